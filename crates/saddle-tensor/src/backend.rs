@@ -1,0 +1,415 @@
+//! The [`Backend`] trait: the small set of operations the paper's models, attacks and training
+//! need. A new device implements this trait and passes the shared op suite
+//! (`saddle_tensor::testing`).
+
+use crate::error::{Result, TensorError};
+use crate::shape::Conv2dParams;
+
+/// A tensor of some backend: it knows its shape; its data lives wherever the backend keeps it.
+pub trait TensorLike: Clone + std::fmt::Debug + Send + Sync {
+    /// The dimensions, outermost first (NCHW for images).
+    fn dims(&self) -> &[usize];
+
+    /// Number of elements.
+    fn numel(&self) -> usize {
+        self.dims().iter().product()
+    }
+}
+
+/// What batch normalisation in training mode returns besides its output.
+#[derive(Clone, Debug)]
+pub struct BatchNormStats<T> {
+    /// Per-channel batch mean, shape `[c]`.
+    pub mean: T,
+    /// Per-channel biased batch variance (divided by the count), shape `[c]`.
+    pub var: T,
+}
+
+/// Gradients of batch normalisation in training mode.
+#[derive(Clone, Debug)]
+pub struct BatchNormGrads<T> {
+    /// Gradient with respect to the input, shaped like it.
+    pub x: T,
+    /// Gradient with respect to the scale, `[c]`.
+    pub gamma: T,
+    /// Gradient with respect to the shift, `[c]`.
+    pub beta: T,
+}
+
+/// Hyper-parameters of one Adam update (Kingma & Ba 2015), as in PyTorch and TensorFlow.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamParams {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay, 0.9 by default.
+    pub beta1: f32,
+    /// Second-moment decay, 0.999 by default.
+    pub beta2: f32,
+    /// Added to the root of the second moment, 1e-8 by default.
+    pub eps: f32,
+    /// The 1-based step number, for bias correction.
+    pub step: u64,
+}
+
+/// Hyper-parameters of one SGD update with momentum and (coupled, L2) weight decay, as in
+/// PyTorch: `g ← g + wd·p; buf ← momentum·buf + g; p ← p − lr·buf`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdParams {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum, 0 for plain SGD.
+    pub momentum: f32,
+    /// Weight decay added to the gradient.
+    pub weight_decay: f32,
+}
+
+/// The operations of a compute device, over `f32` tensors.
+///
+/// Conventions: images are NCHW; convolution weights are `[out, in, kh, kw]`; a linear layer is
+/// `matmul(x, w, false, true)` with `w` of shape `[out, in]` (PyTorch's layout). Class labels are
+/// tensors of shape `[n]` holding class indices as `f32` (exact below 2²⁴), so that they can live
+/// on the device with everything else.
+///
+/// Every method checks its shapes and returns [`TensorError`] naming the operation and the shapes
+/// instead of panicking. Methods with a default body are composites of the required ones; a
+/// backend overrides them to fuse work (the PGD step, optimiser updates).
+pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// The backend's tensor type.
+    type Tensor: TensorLike;
+
+    /// A short name for messages, for example `"cpu"` or `"wgpu (Vulkan, llvmpipe)"`.
+    fn name(&self) -> String;
+
+    // ---- data movement --------------------------------------------------------------------
+
+    /// A tensor of `shape` holding `data` in row-major order.
+    fn from_vec(&self, shape: &[usize], data: Vec<f32>) -> Result<Self::Tensor>;
+
+    /// The tensor's elements in row-major order, copied to the host.
+    fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// A tensor of `shape` filled with `value`.
+    fn full(&self, shape: &[usize], value: f32) -> Result<Self::Tensor>;
+
+    /// A tensor of zeros.
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
+        self.full(shape, 0.0)
+    }
+
+    /// The same elements under another shape with as many elements.
+    fn reshape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
+
+    // ---- element-wise, with NumPy broadcasting -------------------------------------------
+
+    /// `a + b`.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a − b`.
+    fn sub(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a · b`.
+    fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a / b`.
+    fn div(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Element-wise minimum.
+    fn minimum(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Element-wise maximum.
+    fn maximum(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `s · x + t` for scalars `s` and `t`.
+    fn affine(&self, x: &Self::Tensor, s: f32, t: f32) -> Result<Self::Tensor>;
+    /// `sqrt(x)`.
+    fn sqrt(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// −1, 0 or +1 by the sign of each element (sign(0) = 0, sign(NaN) = NaN).
+    fn sign(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Each element clamped to `[lo, hi]`.
+    fn clamp(&self, x: &Self::Tensor, lo: f32, hi: f32) -> Result<Self::Tensor>;
+
+    /// `max(x, 0)`.
+    fn relu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Gradient of ReLU: `gy` where `x > 0`, else 0.
+    fn relu_backward(&self, x: &Self::Tensor, gy: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `x` where `x > 0`, else `slope · x`.
+    fn leaky_relu(&self, x: &Self::Tensor, slope: f32) -> Result<Self::Tensor>;
+    /// Gradient of leaky ReLU: `gy` where `x > 0`, else `slope · gy`.
+    fn leaky_relu_backward(
+        &self,
+        x: &Self::Tensor,
+        gy: &Self::Tensor,
+        slope: f32,
+    ) -> Result<Self::Tensor>;
+
+    // ---- reductions ----------------------------------------------------------------------
+
+    /// Sum over `axes` (each at most once); with `keep_dims` the reduced axes stay as size 1.
+    fn sum_axes(&self, x: &Self::Tensor, axes: &[usize], keep_dims: bool) -> Result<Self::Tensor>;
+
+    /// Mean over `axes`.
+    fn mean_axes(&self, x: &Self::Tensor, axes: &[usize], keep_dims: bool) -> Result<Self::Tensor> {
+        let dims = x.dims();
+        let mut count = 1usize;
+        for &a in axes {
+            count *= *dims.get(a).ok_or_else(|| {
+                TensorError::invalid("mean_axes", format!("axis {a} out of range for {dims:?}"))
+            })?;
+        }
+        let s = self.sum_axes(x, axes, keep_dims)?;
+        self.affine(&s, 1.0 / count.max(1) as f32, 0.0)
+    }
+
+    /// Sum of all elements reduced to a tensor of shape `[]`.
+    fn sum_all(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        let axes: Vec<usize> = (0..x.dims().len()).collect();
+        self.sum_axes(x, &axes, false)
+    }
+
+    /// Sums `x` down to `shape`, undoing a broadcast (the gradient of a broadcasting op).
+    fn sum_to_shape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        let dims = x.dims().to_vec();
+        if dims == shape {
+            return Ok(x.clone());
+        }
+        if shape.len() > dims.len() {
+            return Err(TensorError::shape(
+                "sum_to_shape",
+                format!("cannot sum {dims:?} to {shape:?}"),
+            ));
+        }
+        let lead = dims.len() - shape.len();
+        let mut axes: Vec<usize> = (0..lead).collect();
+        for (i, &s) in shape.iter().enumerate() {
+            if s == 1 && dims[lead + i] != 1 {
+                axes.push(lead + i);
+            } else if s != dims[lead + i] {
+                return Err(TensorError::shape(
+                    "sum_to_shape",
+                    format!("cannot sum {dims:?} to {shape:?}"),
+                ));
+            }
+        }
+        let s = self.sum_axes(x, &axes, true)?;
+        self.reshape(&s, shape)
+    }
+
+    // ---- linear algebra ------------------------------------------------------------------
+
+    /// Matrix product of 2-D tensors, `op(a) · op(b)` where `op` transposes when asked.
+    fn matmul(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<Self::Tensor>;
+
+    /// 2-D convolution (cross-correlation, as in PyTorch) of `x` `[n, c, h, w]` with `w`
+    /// `[k, c, kh, kw]`, plus `bias` `[k]` if given.
+    fn conv2d(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Self::Tensor>;
+
+    /// Gradient of [`Backend::conv2d`] with respect to its input, of shape `input_shape`.
+    fn conv2d_backward_input(
+        &self,
+        gy: &Self::Tensor,
+        w: &Self::Tensor,
+        input_shape: &[usize],
+        p: Conv2dParams,
+    ) -> Result<Self::Tensor>;
+
+    /// Gradient of [`Backend::conv2d`] with respect to its weight, of shape `weight_shape`.
+    fn conv2d_backward_weight(
+        &self,
+        x: &Self::Tensor,
+        gy: &Self::Tensor,
+        weight_shape: &[usize],
+        p: Conv2dParams,
+    ) -> Result<Self::Tensor>;
+
+    /// Max-pool with a square window of `size` and stride `size` (the paper uses 2).
+    fn max_pool2d(&self, x: &Self::Tensor, size: usize) -> Result<Self::Tensor>;
+
+    /// Gradient of [`Backend::max_pool2d`]: each window's gradient goes to the first position
+    /// (in row-major order) holding the window's maximum.
+    fn max_pool2d_backward(
+        &self,
+        x: &Self::Tensor,
+        gy: &Self::Tensor,
+        size: usize,
+    ) -> Result<Self::Tensor>;
+
+    // ---- losses --------------------------------------------------------------------------
+
+    /// Per-example cross-entropy of log-softmax(`logits` `[n, k]`) against `labels` `[n]`:
+    /// shape `[n]`. A label outside `0..k` is an error.
+    fn cross_entropy(&self, logits: &Self::Tensor, labels: &Self::Tensor)
+        -> Result<Self::Tensor>;
+
+    /// Gradient of the per-example cross-entropy with respect to the logits, each row scaled by
+    /// `gy` `[n]`: `gy_i · (softmax(z_i) − onehot(y_i))`.
+    fn cross_entropy_backward(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        gy: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+
+    /// Per-example CW margin loss of MadryLab's `mnist_challenge`:
+    /// `−relu(z_y − max_{j≠y} z_j + κ)`, shape `[n]`.
+    fn cw_loss(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        kappa: f32,
+    ) -> Result<Self::Tensor>;
+
+    /// Gradient of [`Backend::cw_loss`] with respect to the logits, rows scaled by `gy` `[n]`.
+    /// Where the margin is active, −1 at the label and +1 at the first largest other logit.
+    fn cw_loss_backward(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        kappa: f32,
+        gy: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+
+    // ---- batch normalisation -------------------------------------------------------------
+
+    /// Batch normalisation with batch statistics over all axes but 1 (channels) of `x`
+    /// (`[n, c]` or `[n, c, h, w]`): `(x − mean)/sqrt(var + eps)·gamma + beta`.
+    fn batch_norm_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> Result<(Self::Tensor, BatchNormStats<Self::Tensor>)>;
+
+    /// Batch normalisation with given (running) statistics.
+    fn batch_norm_eval(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        mean: &Self::Tensor,
+        var: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+
+    /// Gradients of [`Backend::batch_norm_train`] given the statistics it returned.
+    fn batch_norm_train_backward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &BatchNormStats<Self::Tensor>,
+        gy: &Self::Tensor,
+        eps: f32,
+    ) -> Result<BatchNormGrads<Self::Tensor>>;
+
+    // ---- fused steps (defaults are composites) -------------------------------------------
+
+    /// One L∞ PGD step: `clip_[0,1]( clip_[x0−ε, x0+ε]( x + α·sign(g) ) )`.
+    fn pgd_step_linf(
+        &self,
+        x: &Self::Tensor,
+        x0: &Self::Tensor,
+        g: &Self::Tensor,
+        alpha: f32,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let s = self.sign(g)?;
+        let moved = self.add(x, &self.affine(&s, alpha, 0.0)?)?;
+        self.project_linf(&moved, x0, eps)
+    }
+
+    /// Projection onto the L∞ ball of radius `eps` around `x0`, then onto `[0, 1]`.
+    fn project_linf(&self, x: &Self::Tensor, x0: &Self::Tensor, eps: f32) -> Result<Self::Tensor> {
+        let lo = self.affine(x0, 1.0, -eps)?;
+        let hi = self.affine(x0, 1.0, eps)?;
+        let y = self.minimum(&self.maximum(x, &lo)?, &hi)?;
+        self.clamp(&y, 0.0, 1.0)
+    }
+
+    /// Per-example L2 norms over all axes but the first: shape `[n]`.
+    fn l2_norms(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        let axes: Vec<usize> = (1..x.dims().len()).collect();
+        let sq = self.mul(x, x)?;
+        self.sqrt(&self.sum_axes(&sq, &axes, false)?)
+    }
+
+    /// One L2 PGD step: `x + α·g/‖g‖₂` per example (no move where `‖g‖ = 0`), then
+    /// [`Backend::project_l2`].
+    fn pgd_step_l2(
+        &self,
+        x: &Self::Tensor,
+        x0: &Self::Tensor,
+        g: &Self::Tensor,
+        alpha: f32,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let dims = g.dims().to_vec();
+        let n = *dims.first().ok_or_else(|| TensorError::shape("pgd_step_l2", "scalar input"))?;
+        let norms = self.to_vec(&self.l2_norms(g)?)?;
+        let scale: Vec<f32> =
+            norms.iter().map(|&v| if v > 0.0 { alpha / v } else { 0.0 }).collect();
+        let mut bshape = vec![1usize; dims.len()];
+        bshape[0] = n;
+        let scale = self.from_vec(&bshape, scale)?;
+        let moved = self.add(x, &self.mul(g, &scale)?)?;
+        self.project_l2(&moved, x0, eps)
+    }
+
+    /// Projection onto the L2 ball of radius `eps` around `x0` (per example: δ rescaled to norm
+    /// `eps` when longer), then onto `[0, 1]`.
+    fn project_l2(&self, x: &Self::Tensor, x0: &Self::Tensor, eps: f32) -> Result<Self::Tensor> {
+        let dims = x.dims().to_vec();
+        let n = *dims.first().ok_or_else(|| TensorError::shape("project_l2", "scalar input"))?;
+        let delta = self.sub(x, x0)?;
+        let norms = self.to_vec(&self.l2_norms(&delta)?)?;
+        let scale: Vec<f32> =
+            norms.iter().map(|&v| if v > eps { eps / v } else { 1.0 }).collect();
+        let mut bshape = vec![1usize; dims.len()];
+        bshape[0] = n;
+        let scale = self.from_vec(&bshape, scale)?;
+        let y = self.add(x0, &self.mul(&delta, &scale)?)?;
+        self.clamp(&y, 0.0, 1.0)
+    }
+
+    /// One Adam update of `param` in place, with moments `m` and `v` updated in place.
+    fn adam_update(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        h: AdamParams,
+    ) -> Result<()> {
+        *m = self.add(&self.affine(m, h.beta1, 0.0)?, &self.affine(grad, 1.0 - h.beta1, 0.0)?)?;
+        let g2 = self.mul(grad, grad)?;
+        *v = self.add(&self.affine(v, h.beta2, 0.0)?, &self.affine(&g2, 1.0 - h.beta2, 0.0)?)?;
+        let t = h.step.max(1) as i32;
+        let bc1 = 1.0 - h.beta1.powi(t);
+        let bc2 = 1.0 - h.beta2.powi(t);
+        let mhat = self.affine(m, 1.0 / bc1, 0.0)?;
+        let denom = self.affine(&self.sqrt(&self.affine(v, 1.0 / bc2, 0.0)?)?, 1.0, h.eps)?;
+        let upd = self.div(&mhat, &denom)?;
+        *param = self.sub(param, &self.affine(&upd, h.lr, 0.0)?)?;
+        Ok(())
+    }
+
+    /// One SGD update with momentum and weight decay of `param` in place.
+    fn sgd_update(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        momentum_buf: &mut Self::Tensor,
+        h: SgdParams,
+    ) -> Result<()> {
+        let g = self.add(grad, &self.affine(param, h.weight_decay, 0.0)?)?;
+        *momentum_buf = self.add(&self.affine(momentum_buf, h.momentum, 0.0)?, &g)?;
+        *param = self.sub(param, &self.affine(momentum_buf, h.lr, 0.0)?)?;
+        Ok(())
+    }
+}
