@@ -24,6 +24,7 @@ pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod reference;
+pub mod rng;
 pub mod shape;
 pub mod testing;
 

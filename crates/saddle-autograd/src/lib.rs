@@ -1,0 +1,552 @@
+//! # saddle-autograd
+//!
+//! Reverse-mode automatic differentiation over any [`Backend`]: a define-by-run [`Graph`] records
+//! each operation with its backward rule, written right beside its forward computation. The same
+//! machinery gives gradients with respect to inputs (attacks) and to parameters (training):
+//! whatever was registered with [`Graph::leaf`] gets a gradient, and nothing else is computed
+//! (an attack registers the input as a leaf and the weights as constants, so no weight gradient
+//! is ever formed).
+//!
+//! ```
+//! use saddle_autograd::Graph;
+//! use saddle_tensor::{cpu::Cpu, Backend};
+//! let b = Cpu::new();
+//! let g = Graph::new(b);
+//! // f(x) = sum(relu(x) * 3): df/dx = 3 where x > 0, else 0.
+//! let x = g.leaf(b.from_vec(&[3], vec![-1.0, 2.0, 0.5]).unwrap());
+//! let y = g.affine(g.relu(x).unwrap(), 3.0, 0.0).unwrap();
+//! let loss = g.sum_all(y).unwrap();
+//! let grads = g.backward(loss).unwrap();
+//! assert_eq!(b.to_vec(grads.get(x).unwrap()).unwrap(), vec![0.0, 3.0, 3.0]);
+//! ```
+//!
+//! **Invariants**: a graph's nodes are stored in creation order, which is a topological order, so
+//! the backward pass is a single reverse sweep. A node keeps a backward rule only if one of its
+//! parents needs a gradient; in a no-grad graph ([`Graph::no_grad`]) no rule is ever kept.
+
+use std::cell::RefCell;
+
+use saddle_tensor::{
+    Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike,
+};
+
+/// A handle to a value recorded in a [`Graph`]. Cheap to copy; only meaningful for its graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(usize);
+
+impl Var {
+    /// The node's position in its graph.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+type Tensor<B> = <B as Backend>::Tensor;
+/// A backward rule: given the gradient of the node's output, the gradients of its parents.
+type BackwardFn<B> = Box<dyn Fn(&B, &Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>>>;
+
+struct Node<B: Backend> {
+    value: Tensor<B>,
+    requires_grad: bool,
+    backward: Option<BackwardFn<B>>,
+}
+
+/// A tape of operations over backend `B`.
+pub struct Graph<B: Backend> {
+    backend: B,
+    nodes: RefCell<Vec<Node<B>>>,
+    grad_enabled: bool,
+}
+
+impl<B: Backend> std::fmt::Debug for Graph<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("backend", &self.backend.name())
+            .field("nodes", &self.nodes.borrow().len())
+            .field("grad_enabled", &self.grad_enabled)
+            .finish()
+    }
+}
+
+/// Gradients of a backward pass, for the leaves of the graph.
+#[derive(Debug)]
+pub struct Grads<B: Backend> {
+    grads: Vec<Option<Tensor<B>>>,
+}
+
+impl<B: Backend> Grads<B> {
+    /// The gradient of the loss with respect to `v`, if `v` is a leaf that the loss depends on.
+    pub fn get(&self, v: Var) -> Option<&Tensor<B>> {
+        self.grads.get(v.0).and_then(|g| g.as_ref())
+    }
+
+    /// Takes the gradient out, leaving `None`.
+    pub fn take(&mut self, v: Var) -> Option<Tensor<B>> {
+        self.grads.get_mut(v.0).and_then(|g| g.take())
+    }
+}
+
+impl<B: Backend> Graph<B> {
+    /// A graph that records operations for a backward pass.
+    pub fn new(backend: B) -> Self {
+        Graph { backend, nodes: RefCell::new(Vec::new()), grad_enabled: true }
+    }
+
+    /// A graph that records nothing: for evaluation. [`Graph::backward`] on it is an error.
+    pub fn no_grad(backend: B) -> Self {
+        Graph { backend, nodes: RefCell::new(Vec::new()), grad_enabled: false }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Whether operations are recorded.
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
+    /// Number of recorded nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&self, value: Tensor<B>, requires_grad: bool, backward: Option<BackwardFn<B>>) -> Var {
+        let mut nodes = self.nodes.borrow_mut();
+        nodes.push(Node { value, requires_grad, backward });
+        Var(nodes.len() - 1)
+    }
+
+    /// A constant: no gradient flows to it.
+    pub fn input(&self, value: Tensor<B>) -> Var {
+        self.push(value, false, None)
+    }
+
+    /// A leaf that receives a gradient (a parameter, or an input being attacked).
+    pub fn leaf(&self, value: Tensor<B>) -> Var {
+        self.push(value, self.grad_enabled, None)
+    }
+
+    /// The value of `v` (a cheap clone on backends whose tensors share buffers).
+    pub fn value(&self, v: Var) -> Tensor<B> {
+        self.nodes.borrow()[v.0].value.clone()
+    }
+
+    /// The shape of `v`.
+    pub fn dims(&self, v: Var) -> Vec<usize> {
+        self.nodes.borrow()[v.0].value.dims().to_vec()
+    }
+
+    fn requires_grad(&self, v: Var) -> bool {
+        self.nodes.borrow()[v.0].requires_grad
+    }
+
+    /// Records `value`; its backward rule `bw` is kept only if some parent needs a gradient.
+    fn record(
+        &self,
+        value: Tensor<B>,
+        parents: &[Var],
+        bw: impl Fn(&B, &Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> + 'static,
+    ) -> Var {
+        let rg = self.grad_enabled && parents.iter().any(|&p| self.requires_grad(p));
+        if rg {
+            self.push(value, true, Some(Box::new(bw)))
+        } else {
+            self.push(value, false, None)
+        }
+    }
+
+    /// Runs the backward pass from the scalar `loss` (a tensor of one element).
+    ///
+    /// # Errors
+    /// If the graph records no gradients, or `loss` has more than one element.
+    pub fn backward(&self, loss: Var) -> Result<Grads<B>> {
+        let dims = self.dims(loss);
+        if dims.iter().product::<usize>() != 1 {
+            return Err(TensorError::shape(
+                "backward",
+                format!("the loss must have one element, not shape {dims:?}"),
+            ));
+        }
+        let seed = self.backend.full(&dims, 1.0)?;
+        self.backward_with(loss, seed)
+    }
+
+    /// Runs the backward pass from `v` with the given output gradient (shaped like `v`).
+    pub fn backward_with(&self, v: Var, seed: Tensor<B>) -> Result<Grads<B>> {
+        if !self.grad_enabled {
+            return Err(TensorError::invalid("backward", "this graph was built without gradients"));
+        }
+        let nodes = self.nodes.borrow();
+        if seed.dims() != nodes[v.0].value.dims() {
+            return Err(TensorError::shape(
+                "backward",
+                format!("seed {:?} for a value of shape {:?}", seed.dims(), nodes[v.0].value.dims()),
+            ));
+        }
+        let mut grads: Vec<Option<Tensor<B>>> = (0..nodes.len()).map(|_| None).collect();
+        grads[v.0] = Some(seed);
+        for i in (0..=v.0).rev() {
+            let node = &nodes[i];
+            let Some(bw) = node.backward.as_ref() else { continue };
+            let Some(gy) = grads[i].take() else { continue };
+            for (p, gp) in bw(&self.backend, &gy)? {
+                if !nodes[p.0].requires_grad {
+                    continue;
+                }
+                grads[p.0] = Some(match grads[p.0].take() {
+                    None => gp,
+                    Some(acc) => self.backend.add(&acc, &gp)?,
+                });
+            }
+        }
+        // Keep leaf gradients only.
+        for (i, g) in grads.iter_mut().enumerate() {
+            if nodes[i].backward.is_some() {
+                *g = None;
+            }
+        }
+        Ok(Grads { grads })
+    }
+
+    // ---- element-wise ----------------------------------------------------------------------
+
+    /// `a + b` with broadcasting.
+    pub fn add(&self, a: Var, b: Var) -> Result<Var> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let y = self.backend.add(&va, &vb)?;
+        let (sa, sb) = (va.dims().to_vec(), vb.dims().to_vec());
+        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
+        Ok(self.record(y, &[a, b], move |be, gy| {
+            let mut out = Vec::new();
+            if ra {
+                out.push((a, be.sum_to_shape(gy, &sa)?));
+            }
+            if rb {
+                out.push((b, be.sum_to_shape(gy, &sb)?));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// `a − b` with broadcasting.
+    pub fn sub(&self, a: Var, b: Var) -> Result<Var> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let y = self.backend.sub(&va, &vb)?;
+        let (sa, sb) = (va.dims().to_vec(), vb.dims().to_vec());
+        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
+        Ok(self.record(y, &[a, b], move |be, gy| {
+            let mut out = Vec::new();
+            if ra {
+                out.push((a, be.sum_to_shape(gy, &sa)?));
+            }
+            if rb {
+                out.push((b, be.sum_to_shape(&be.affine(gy, -1.0, 0.0)?, &sb)?));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// `a · b` with broadcasting. d/da = gy·b, d/db = gy·a.
+    pub fn mul(&self, a: Var, b: Var) -> Result<Var> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let y = self.backend.mul(&va, &vb)?;
+        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
+        Ok(self.record(y, &[a, b], move |be, gy| {
+            let mut out = Vec::new();
+            if ra {
+                out.push((a, be.sum_to_shape(&be.mul(gy, &vb)?, va.dims())?));
+            }
+            if rb {
+                out.push((b, be.sum_to_shape(&be.mul(gy, &va)?, vb.dims())?));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// `a / b` with broadcasting. d/da = gy/b, d/db = −gy·a/b².
+    pub fn div(&self, a: Var, b: Var) -> Result<Var> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let y = self.backend.div(&va, &vb)?;
+        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
+        let yv = y.clone();
+        Ok(self.record(y, &[a, b], move |be, gy| {
+            let mut out = Vec::new();
+            let gyb = be.div(gy, &vb)?;
+            if rb {
+                let gb = be.affine(&be.mul(&gyb, &yv)?, -1.0, 0.0)?;
+                out.push((b, be.sum_to_shape(&gb, vb.dims())?));
+            }
+            if ra {
+                out.push((a, be.sum_to_shape(&gyb, va.dims())?));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// Element-wise maximum with broadcasting; the gradient goes to `a` where `a ≥ b`, else to `b`.
+    pub fn maximum(&self, a: Var, b: Var) -> Result<Var> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let y = self.backend.maximum(&va, &vb)?;
+        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
+        Ok(self.record(y, &[a, b], move |be, gy| {
+            // mask_a = 1 where a >= b: sign(a − b) is in {−1, 0, 1}; (sign + 1)/2 rounded up.
+            let d = be.sign(&be.sub(&va, &vb)?)?;
+            let mask_a = be.clamp(&be.affine(&d, 1.0, 1.0)?, 0.0, 1.0)?;
+            let mut out = Vec::new();
+            if ra {
+                out.push((a, be.sum_to_shape(&be.mul(gy, &mask_a)?, va.dims())?));
+            }
+            if rb {
+                let mask_b = be.affine(&mask_a, -1.0, 1.0)?;
+                out.push((b, be.sum_to_shape(&be.mul(gy, &mask_b)?, vb.dims())?));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// `s · x + t`.
+    pub fn affine(&self, x: Var, s: f32, t: f32) -> Result<Var> {
+        let y = self.backend.affine(&self.value(x), s, t)?;
+        Ok(self.record(y, &[x], move |be, gy| Ok(vec![(x, be.affine(gy, s, 0.0)?)])))
+    }
+
+    /// `sqrt(x)`; d/dx = gy / (2·sqrt(x)).
+    pub fn sqrt(&self, x: Var) -> Result<Var> {
+        let y = self.backend.sqrt(&self.value(x))?;
+        let yv = y.clone();
+        Ok(self.record(y, &[x], move |be, gy| {
+            Ok(vec![(x, be.div(gy, &be.affine(&yv, 2.0, 0.0)?)?)])
+        }))
+    }
+
+    /// `max(x, 0)`.
+    pub fn relu(&self, x: Var) -> Result<Var> {
+        let vx = self.value(x);
+        let y = self.backend.relu(&vx)?;
+        Ok(self.record(y, &[x], move |be, gy| Ok(vec![(x, be.relu_backward(&vx, gy)?)])))
+    }
+
+    /// Leaky ReLU with `slope` for negative inputs.
+    pub fn leaky_relu(&self, x: Var, slope: f32) -> Result<Var> {
+        let vx = self.value(x);
+        let y = self.backend.leaky_relu(&vx, slope)?;
+        Ok(self.record(y, &[x], move |be, gy| {
+            Ok(vec![(x, be.leaky_relu_backward(&vx, gy, slope)?)])
+        }))
+    }
+
+    // ---- shapes and reductions -------------------------------------------------------------
+
+    /// The same values under another shape.
+    pub fn reshape(&self, x: Var, shape: &[usize]) -> Result<Var> {
+        let vx = self.value(x);
+        let old = vx.dims().to_vec();
+        let y = self.backend.reshape(&vx, shape)?;
+        Ok(self.record(y, &[x], move |be, gy| Ok(vec![(x, be.reshape(gy, &old)?)])))
+    }
+
+    /// Flattens all axes but the first: `[n, ...] → [n, prod(...)]` (PyTorch's `flatten(1)`).
+    pub fn flatten(&self, x: Var) -> Result<Var> {
+        let d = self.dims(x);
+        let n = *d.first().ok_or_else(|| TensorError::shape("flatten", "scalar input"))?;
+        self.reshape(x, &[n, d[1..].iter().product()])
+    }
+
+    /// Sum over `axes`; the gradient is broadcast back.
+    pub fn sum_axes(&self, x: Var, axes: &[usize], keep_dims: bool) -> Result<Var> {
+        let vx = self.value(x);
+        let old = vx.dims().to_vec();
+        let y = self.backend.sum_axes(&vx, axes, true)?;
+        let kept = y.dims().to_vec();
+        let y = if keep_dims {
+            y
+        } else {
+            let s: Vec<usize> =
+                old.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+            self.backend.reshape(&y, &s)?
+        };
+        Ok(self.record(y, &[x], move |be, gy| {
+            let g = be.reshape(gy, &kept)?;
+            let ones = be.full(&old, 1.0)?;
+            Ok(vec![(x, be.mul(&ones, &g)?)])
+        }))
+    }
+
+    /// Sum of all elements, shape `[]`.
+    pub fn sum_all(&self, x: Var) -> Result<Var> {
+        let axes: Vec<usize> = (0..self.dims(x).len()).collect();
+        self.sum_axes(x, &axes, false)
+    }
+
+    /// Mean of all elements, shape `[]`.
+    pub fn mean_all(&self, x: Var) -> Result<Var> {
+        let n = self.dims(x).iter().product::<usize>().max(1);
+        let s = self.sum_all(x)?;
+        self.affine(s, 1.0 / n as f32, 0.0)
+    }
+
+    // ---- linear algebra --------------------------------------------------------------------
+
+    /// `op(a)·op(b)` for 2-D operands.
+    /// With `C = A·B`: dA = dC·Bᵀ, dB = Aᵀ·dC (and the transposed variants).
+    pub fn matmul(&self, a: Var, b: Var, ta: bool, tb: bool) -> Result<Var> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let y = self.backend.matmul(&va, &vb, ta, tb)?;
+        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
+        Ok(self.record(y, &[a, b], move |be, gy| {
+            let mut out = Vec::new();
+            if ra {
+                let ga = if ta { be.matmul(&vb, gy, tb, true)? } else { be.matmul(gy, &vb, false, !tb)? };
+                out.push((a, ga));
+            }
+            if rb {
+                let gb = if tb { be.matmul(gy, &va, true, ta)? } else { be.matmul(&va, gy, !ta, false)? };
+                out.push((b, gb));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// A linear layer in PyTorch's layout: `x·wᵀ + bias`, with `w` `[out, in]`.
+    pub fn linear(&self, x: Var, w: Var, bias: Option<Var>) -> Result<Var> {
+        let y = self.matmul(x, w, false, true)?;
+        match bias {
+            Some(b) => self.add(y, b),
+            None => Ok(y),
+        }
+    }
+
+    /// 2-D convolution of `x` `[n, c, h, w]` with `w` `[k, c, kh, kw]` plus `bias` `[k]`.
+    pub fn conv2d(&self, x: Var, w: Var, bias: Option<Var>, p: Conv2dParams) -> Result<Var> {
+        let (vx, vw) = (self.value(x), self.value(w));
+        let vb = bias.map(|b| self.value(b));
+        let y = self.backend.conv2d(&vx, &vw, vb.as_ref(), p)?;
+        let (rx, rw) = (self.requires_grad(x), self.requires_grad(w));
+        let rb = bias.map(|b| self.requires_grad(b)).unwrap_or(false);
+        let mut parents = vec![x, w];
+        parents.extend(bias);
+        Ok(self.record(y, &parents, move |be, gy| {
+            let mut out = Vec::new();
+            if rx {
+                out.push((x, be.conv2d_backward_input(gy, &vw, vx.dims(), p)?));
+            }
+            if rw {
+                out.push((w, be.conv2d_backward_weight(&vx, gy, vw.dims(), p)?));
+            }
+            if let (Some(b), true) = (bias, rb) {
+                out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
+            }
+            Ok(out)
+        }))
+    }
+
+    /// Max-pool with window and stride `size`.
+    pub fn max_pool2d(&self, x: Var, size: usize) -> Result<Var> {
+        let vx = self.value(x);
+        let y = self.backend.max_pool2d(&vx, size)?;
+        Ok(self.record(y, &[x], move |be, gy| {
+            Ok(vec![(x, be.max_pool2d_backward(&vx, gy, size)?)])
+        }))
+    }
+
+    // ---- losses ----------------------------------------------------------------------------
+
+    /// Per-example cross-entropy of `logits` `[n, k]` against `labels` `[n]` (class indices as
+    /// f32): shape `[n]`.
+    pub fn cross_entropy(&self, logits: Var, labels: &Tensor<B>) -> Result<Var> {
+        let vz = self.value(logits);
+        let y = self.backend.cross_entropy(&vz, labels)?;
+        let labels = labels.clone();
+        Ok(self.record(y, &[logits], move |be, gy| {
+            Ok(vec![(logits, be.cross_entropy_backward(&vz, &labels, gy)?)])
+        }))
+    }
+
+    /// Per-example CW margin loss `−relu(z_y − max_{j≠y} z_j + κ)`: shape `[n]`.
+    pub fn cw_loss(&self, logits: Var, labels: &Tensor<B>, kappa: f32) -> Result<Var> {
+        let vz = self.value(logits);
+        let y = self.backend.cw_loss(&vz, labels, kappa)?;
+        let labels = labels.clone();
+        Ok(self.record(y, &[logits], move |be, gy| {
+            Ok(vec![(logits, be.cw_loss_backward(&vz, &labels, kappa, gy)?)])
+        }))
+    }
+
+    // ---- batch normalisation ---------------------------------------------------------------
+
+    /// Batch norm with batch statistics; returns the output and the statistics (for running
+    /// averages).
+    pub fn batch_norm_train(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+    ) -> Result<(Var, BatchNormStats<Tensor<B>>)> {
+        let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
+        let (y, stats) = self.backend.batch_norm_train(&vx, &vg, &vb, eps)?;
+        let (rx, rg, rb) = (self.requires_grad(x), self.requires_grad(gamma), self.requires_grad(beta));
+        let st = stats.clone();
+        let v = self.record(y, &[x, gamma, beta], move |be, gy| {
+            let g = be.batch_norm_train_backward(&vx, &vg, &st, gy, eps)?;
+            let mut out = Vec::new();
+            if rx {
+                out.push((x, g.x));
+            }
+            if rg {
+                out.push((gamma, g.gamma));
+            }
+            if rb {
+                out.push((beta, g.beta));
+            }
+            Ok(out)
+        });
+        Ok((v, stats))
+    }
+
+    /// Batch norm with fixed (running) statistics: an affine map per channel,
+    /// `y = x·s + (beta − mean·s)` with `s = gamma/sqrt(var + eps)`.
+    pub fn batch_norm_eval(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: &Tensor<B>,
+        var: &Tensor<B>,
+        eps: f32,
+    ) -> Result<Var> {
+        let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
+        let y = self.backend.batch_norm_eval(&vx, &vg, &vb, mean, var, eps)?;
+        let (rx, rg, rb) = (self.requires_grad(x), self.requires_grad(gamma), self.requires_grad(beta));
+        let (mean, var) = (mean.clone(), var.clone());
+        Ok(self.record(y, &[x, gamma, beta], move |be, gy| {
+            let dims = vx.dims().to_vec();
+            let c = dims[1];
+            let mut bshape = vec![1usize; dims.len()];
+            bshape[1] = c;
+            let inv = be.reshape(&be.div(&be.full(&[c], 1.0)?, &be.sqrt(&be.affine(&var, 1.0, eps)?)?)?, &bshape)?;
+            let red: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
+            let mut out = Vec::new();
+            if rx {
+                let s = be.mul(&inv, &be.reshape(&vg, &bshape)?)?;
+                out.push((x, be.mul(gy, &s)?));
+            }
+            if rg {
+                let xhat = be.mul(&be.sub(&vx, &be.reshape(&mean, &bshape)?)?, &inv)?;
+                out.push((gamma, be.sum_axes(&be.mul(gy, &xhat)?, &red, false)?));
+            }
+            if rb {
+                out.push((beta, be.sum_axes(gy, &red, false)?));
+            }
+            let _ = &vb;
+            Ok(out)
+        }))
+    }
+}

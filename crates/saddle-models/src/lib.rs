@@ -1,0 +1,136 @@
+//! # saddle-models
+//!
+//! Layers, the paper's networks and their weights in safetensors with PyTorch's names and
+//! layouts.
+//!
+//! - [`Classifier`]: maps a batch in `[0, 1]` to logits and records its forward pass on a
+//!   [`Graph`], so that gradients with respect to the input (attacks) or the parameters
+//!   (training) come from one mechanism. Normalisation lives inside the model: attacks always
+//!   work in pixel space.
+//! - [`MnistNet`]: the MNIST network of Madry et al. (2018), with the capacity scale of the
+//!   paper's appendix.
+//! - [`ParamSet`]: ordered named tensors with safetensors (de)serialisation.
+//!
+//! ```
+//! use saddle_models::{Classifier, MnistNet};
+//! use saddle_tensor::{cpu::Cpu, Backend, TensorLike};
+//! let b = Cpu::new();
+//! let net = MnistNet::new(b, 1, 7).unwrap(); // scale 1: 2 and 4 filters, fc 64
+//! let x = b.full(&[3, 1, 28, 28], 0.5).unwrap();
+//! let logits = net.logits(&x).unwrap();
+//! assert_eq!(logits.dims(), &[3, 10]);
+//! ```
+//!
+//! **Invariants**: no I/O here; weights come in and go out as bytes. A malformed or mismatched
+//! weight file is a [`ModelError`] naming the tensor, never a panic.
+
+pub mod error;
+pub mod mnist;
+pub mod params;
+
+pub use error::{ModelError, Result};
+pub use mnist::MnistNet;
+pub use params::ParamSet;
+
+use saddle_autograd::{Graph, Var};
+use saddle_tensor::{Backend, TensorLike};
+
+/// The loss an attack maximises or training minimises.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loss {
+    /// Softmax cross-entropy.
+    CrossEntropy,
+    /// The CW margin loss of MadryLab's `mnist_challenge`, `−relu(z_y − max_{j≠y} z_j + κ)`.
+    Cw {
+        /// Confidence margin κ (50 in the challenge code).
+        kappa: f32,
+    },
+}
+
+impl Loss {
+    /// Per-example loss values `[n]` of `logits` against `labels` recorded on `g`.
+    pub fn per_example<B: Backend>(&self, g: &Graph<B>, logits: Var, labels: &B::Tensor) -> Result<Var> {
+        Ok(match *self {
+            Loss::CrossEntropy => g.cross_entropy(logits, labels)?,
+            Loss::Cw { kappa } => g.cw_loss(logits, labels, kappa)?,
+        })
+    }
+}
+
+/// A forward pass recorded on a graph.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// The logits `[n, classes]`.
+    pub logits: Var,
+    /// One variable per parameter, in [`Classifier::params`] order.
+    pub params: Vec<Var>,
+}
+
+/// A model mapping images in `[0, 1]` to logits.
+pub trait Classifier<B: Backend> {
+    /// The backend the model's tensors live on.
+    fn backend(&self) -> &B;
+
+    /// Number of classes.
+    fn num_classes(&self) -> usize;
+
+    /// Shape of one input image `[c, h, w]`.
+    fn input_shape(&self) -> [usize; 3];
+
+    /// The parameters, named as in PyTorch.
+    fn params(&self) -> &ParamSet<B>;
+
+    /// Mutable parameters (for optimisers and loading).
+    fn params_mut(&mut self) -> &mut ParamSet<B>;
+
+    /// Whether the model is in training mode (batch statistics, dropout).
+    fn is_training(&self) -> bool;
+
+    /// Switches between training and evaluation mode.
+    fn set_training(&mut self, training: bool);
+
+    /// Records the forward pass of `x` on `g`. With `param_grads` the parameters are leaves that
+    /// receive gradients; otherwise they are constants and no parameter gradient is computed.
+    fn forward(&self, g: &Graph<B>, x: Var, param_grads: bool) -> Result<Forward>;
+
+    /// Logits of a batch, without recording gradients.
+    fn logits(&self, x: &B::Tensor) -> Result<B::Tensor> {
+        let g = Graph::no_grad(self.backend().clone());
+        let xv = g.input(x.clone());
+        let f = self.forward(&g, xv, false)?;
+        Ok(g.value(f.logits))
+    }
+
+    /// Checks that `x` is a batch of this model's inputs.
+    fn check_input(&self, x: &B::Tensor) -> Result<()> {
+        let s = self.input_shape();
+        let d = x.dims();
+        if d.len() != 4 || d[1..] != s {
+            return Err(ModelError::Tensor(saddle_tensor::TensorError::shape(
+                "model input",
+                format!("expected a batch [n, {}, {}, {}], got {d:?}", s[0], s[1], s[2]),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-example losses `[n]` and the gradient of their **sum** with respect to the input, with
+/// the parameters held constant (the inner step of every gradient attack).
+pub fn loss_and_input_grad<B: Backend, M: Classifier<B> + ?Sized>(
+    model: &M,
+    x: &B::Tensor,
+    labels: &B::Tensor,
+    loss: Loss,
+) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
+    let g = Graph::new(model.backend().clone());
+    let xv = g.leaf(x.clone());
+    let f = model.forward(&g, xv, false)?;
+    let per = loss.per_example(&g, f.logits, labels)?;
+    let total = g.sum_all(per)?;
+    let mut grads = g.backward(total)?;
+    let gx = grads.take(xv).ok_or_else(|| {
+        ModelError::Tensor(saddle_tensor::TensorError::invalid("input gradient", "no gradient reached the input"))
+    })?;
+    Ok((g.value(per), gx, g.value(f.logits)))
+}

@@ -1,0 +1,186 @@
+//! The MNIST network of Madry et al. (2018), from MadryLab's `mnist_challenge`:
+//!
+//! ```text
+//! conv 5×5×2s (pad 2) → ReLU → maxpool 2 → conv 5×5×4s (pad 2) → ReLU → maxpool 2
+//!   → flatten (C, H, W) → fc 7·7·4s → 64s → ReLU → fc 64s → 10
+//! ```
+//!
+//! Scale `s = 16` is the paper's network (32 and 64 filters, fc 1024); the appendix's capacity
+//! study uses s = 1, 2, 4, 8, 16. Parameters are named and laid out as PyTorch's `state_dict` of
+//! the same model: `conv1.weight` `[2s, 1, 5, 5]`, `conv1.bias`, `conv2.weight` `[4s, 2s, 5, 5]`,
+//! `conv2.bias`, `fc1.weight` `[64s, 196s]`, `fc1.bias`, `fc2.weight` `[10, 64s]`, `fc2.bias`.
+
+use std::collections::HashMap;
+
+use saddle_autograd::{Graph, Var};
+use saddle_tensor::{rng::Rng, Backend, Conv2dParams};
+
+use crate::error::{ModelError, Result};
+use crate::params::{safetensors_metadata, serialize_safetensors, ParamSet};
+use crate::{Classifier, Forward};
+
+/// The paper's MNIST convolutional network.
+#[derive(Clone, Debug)]
+pub struct MnistNet<B: Backend> {
+    backend: B,
+    scale: usize,
+    params: ParamSet<B>,
+    training: bool,
+}
+
+/// The architecture name written into safetensors metadata.
+pub const ARCH: &str = "madry-mnist";
+
+const PAD2: Conv2dParams = Conv2dParams { stride: 1, padding: 2 };
+
+/// Parameter names and shapes of the network at capacity scale `s`.
+pub fn param_shapes(s: usize) -> Vec<(&'static str, Vec<usize>)> {
+    let (c1, c2, f) = (2 * s, 4 * s, 64 * s);
+    vec![
+        ("conv1.weight", vec![c1, 1, 5, 5]),
+        ("conv1.bias", vec![c1]),
+        ("conv2.weight", vec![c2, c1, 5, 5]),
+        ("conv2.bias", vec![c2]),
+        ("fc1.weight", vec![f, 7 * 7 * c2]),
+        ("fc1.bias", vec![f]),
+        ("fc2.weight", vec![10, f]),
+        ("fc2.bias", vec![10]),
+    ]
+}
+
+impl<B: Backend> MnistNet<B> {
+    /// A network at capacity `scale` with PyTorch's default initialisation
+    /// (`U(−1/√fan_in, 1/√fan_in)` for weights and biases), seeded.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] for a scale of 0 or above 64.
+    pub fn new(backend: B, scale: usize, seed: u64) -> Result<Self> {
+        if scale == 0 || scale > 64 {
+            return Err(ModelError::Config(format!(
+                "capacity scale {scale} must be between 1 and 64 (16 is the paper's network)"
+            )));
+        }
+        let mut rng = Rng::new(seed);
+        let mut params = ParamSet::new();
+        let shapes = param_shapes(scale);
+        for (name, shape) in &shapes {
+            let wshape = &shapes.iter().find(|(n, _)| *n == name.replace("bias", "weight")).unwrap().1;
+            let fan_in: usize = wshape[1..].iter().product();
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
+            params.push(*name, backend.from_vec(shape, data)?)?;
+        }
+        Ok(MnistNet { backend, scale, params, training: false })
+    }
+
+    /// The paper's network (scale 16).
+    pub fn paper(backend: B, seed: u64) -> Result<Self> {
+        Self::new(backend, 16, seed)
+    }
+
+    /// The capacity scale.
+    pub fn scale(&self) -> usize {
+        self.scale
+    }
+
+    /// Loads a network from safetensors bytes. The scale is read from the metadata if present,
+    /// otherwise inferred from `conv1.weight`'s shape.
+    ///
+    /// # Errors
+    /// [`ModelError::Format`] for bytes that are not safetensors; [`ModelError::Mismatch`] for
+    /// missing tensors, wrong shapes or dtypes, or non-finite values.
+    pub fn from_safetensors(backend: B, bytes: &[u8]) -> Result<Self> {
+        let meta = safetensors_metadata(bytes)?;
+        if let Some(arch) = meta.get("arch") {
+            if arch != ARCH {
+                return Err(ModelError::Mismatch(format!(
+                    "the file holds a '{arch}' model, not '{ARCH}'"
+                )));
+            }
+        }
+        let scale = match meta.get("scale") {
+            Some(s) => s
+                .parse::<usize>()
+                .map_err(|_| ModelError::Mismatch(format!("metadata scale '{s}' is not a number")))?,
+            None => infer_scale(bytes)?,
+        };
+        let mut net = Self::new(backend, scale, 0)?;
+        let b = net.backend.clone();
+        net.params.load_safetensors(&b, bytes, "")?;
+        Ok(net)
+    }
+
+    /// The network as safetensors bytes (PyTorch names and layouts; metadata `arch`, `scale`).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let tensors = self.params.to_host(&self.backend, "")?;
+        serialize_safetensors(&tensors, self.metadata())
+    }
+
+    /// Metadata describing the architecture, stored with the weights.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("arch".to_string(), ARCH.to_string()),
+            ("scale".to_string(), self.scale.to_string()),
+            ("format".to_string(), "pt".to_string()),
+        ])
+    }
+}
+
+fn infer_scale(bytes: &[u8]) -> Result<usize> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| ModelError::Format(e.to_string()))?;
+    let w = st
+        .tensor("conv1.weight")
+        .map_err(|_| ModelError::Mismatch("tensor conv1.weight is missing".into()))?;
+    let c1 = w.shape().first().copied().unwrap_or(0);
+    if c1 == 0 || c1 % 2 != 0 {
+        return Err(ModelError::Mismatch(format!(
+            "conv1.weight has shape {:?}; expected [2s, 1, 5, 5]",
+            w.shape()
+        )));
+    }
+    Ok(c1 / 2)
+}
+
+impl<B: Backend> Classifier<B> for MnistNet<B> {
+    fn backend(&self) -> &B {
+        &self.backend
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [1, 28, 28]
+    }
+    fn params(&self) -> &ParamSet<B> {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut ParamSet<B> {
+        &mut self.params
+    }
+    fn is_training(&self) -> bool {
+        self.training
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    fn forward(&self, g: &Graph<B>, x: Var, param_grads: bool) -> Result<Forward> {
+        self.check_input(&g.value(x))?;
+        let p: Vec<Var> = self
+            .params
+            .tensors()
+            .iter()
+            .map(|t| if param_grads { g.leaf(t.clone()) } else { g.input(t.clone()) })
+            .collect();
+        let h = g.relu(g.conv2d(x, p[0], Some(p[1]), PAD2)?)?;
+        let h = g.max_pool2d(h, 2)?;
+        let h = g.relu(g.conv2d(h, p[2], Some(p[3]), PAD2)?)?;
+        let h = g.max_pool2d(h, 2)?;
+        let h = g.flatten(h)?;
+        let h = g.relu(g.linear(h, p[4], Some(p[5]))?)?;
+        let logits = g.linear(h, p[6], Some(p[7]))?;
+        Ok(Forward { logits, params: p })
+    }
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests that cross saddle's crates live in `tests/*.rs` beside this file; this
+//! library holds what they share: the PyTorch golden values of `tests/golden/`.
+
+pub mod golden;
+
+/// Relative error ‖a − b‖₂ / ‖b‖₂, computed in f64.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
