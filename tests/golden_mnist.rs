@@ -34,8 +34,18 @@ fn logits_loss_and_every_gradient_match_pytorch() {
     let grads = g.backward(loss).unwrap();
 
     // Logits: no reduction longer than 3136 terms; float32 error is ~1e-6 relative.
-    check("logits", &b.to_vec(&g.value(f.logits)).unwrap(), &gold.get("out.logits").data, 1e-5);
-    check("loss", &b.to_vec(&g.value(loss)).unwrap(), &gold.get("out.loss_mean_xent").data, TOL);
+    check(
+        "logits",
+        &b.to_vec(&g.value(f.logits)).unwrap(),
+        &gold.get("out.logits").data,
+        1e-5,
+    );
+    check(
+        "loss",
+        &b.to_vec(&g.value(loss)).unwrap(),
+        &gold.get("out.loss_mean_xent").data,
+        TOL,
+    );
     check(
         "grad_x (mean cross-entropy)",
         &b.to_vec(grads.get(xv).unwrap()).unwrap(),
@@ -47,15 +57,35 @@ fn logits_loss_and_every_gradient_match_pytorch() {
         if name == "fc1.weight" {
             let idx = &gold.get("out.grad.fc1.weight.sample_index").ints;
             let sampled: Vec<f32> = idx.iter().map(|&i| got[i as usize]).collect();
-            check("grad fc1.weight (8192 samples)", &sampled, &gold.get("out.grad.fc1.weight.sample_value").data, TOL);
+            check(
+                "grad fc1.weight (8192 samples)",
+                &sampled,
+                &gold.get("out.grad.fc1.weight.sample_value").data,
+                TOL,
+            );
             let norm = got.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() as f32;
             let sum = got.iter().map(|&v| v as f64).sum::<f64>() as f32;
-            check("grad fc1.weight norm", &[norm], &gold.get("out.grad.fc1.weight.norm").data, TOL);
+            check(
+                "grad fc1.weight norm",
+                &[norm],
+                &gold.get("out.grad.fc1.weight.norm").data,
+                TOL,
+            );
             // The sum is a cancellation-prone statistic; it still agrees within 1e-3 relative
             // to itself when the entries do (their mean is far from zero for this batch).
-            check("grad fc1.weight sum", &[sum], &gold.get("out.grad.fc1.weight.sum").data, TOL);
+            check(
+                "grad fc1.weight sum",
+                &[sum],
+                &gold.get("out.grad.fc1.weight.sum").data,
+                TOL,
+            );
         } else {
-            check(&format!("grad {name}"), &got, &gold.get(&format!("out.grad.{name}")).data, TOL);
+            check(
+                &format!("grad {name}"),
+                &got,
+                &gold.get(&format!("out.grad.{name}")).data,
+                TOL,
+            );
         }
     }
 }
@@ -67,7 +97,12 @@ fn summed_cw_input_gradient_matches_pytorch() {
     let net = gold.model(&b);
     let (x, y) = gold.inputs(&b);
     let (_, gx, _) = loss_and_input_grad(&net, &x, &y, Loss::Cw { kappa: 50.0 }).unwrap();
-    check("grad_x (summed CW, κ=50)", &b.to_vec(&gx).unwrap(), &gold.get("out.grad_x_sum_cw").data, TOL);
+    check(
+        "grad_x (summed CW, κ=50)",
+        &b.to_vec(&gx).unwrap(),
+        &gold.get("out.grad_x_sum_cw").data,
+        TOL,
+    );
 }
 
 #[test]
@@ -90,7 +125,10 @@ fn a_layout_mistake_is_caught_by_the_tolerance() {
     let (x, _) = gold.inputs(&b);
     let logits = b.to_vec(&net.logits(&x).unwrap()).unwrap();
     let e = rel_err(&logits, &gold.get("out.logits").data);
-    assert!(e > 100.0 * TOL, "a transposed kernel should be caught, error only {e:.3e}");
+    assert!(
+        e > 100.0 * TOL,
+        "a transposed kernel should be caught, error only {e:.3e}"
+    );
 }
 
 #[test]
@@ -101,5 +139,8 @@ fn safetensors_round_trip_preserves_the_logits() {
     let bytes = net.to_safetensors().unwrap();
     let back = saddle_models::MnistNet::from_safetensors(b, &bytes).unwrap();
     let (x, _) = gold.inputs(&b);
-    assert_eq!(b.to_vec(&net.logits(&x).unwrap()).unwrap(), b.to_vec(&back.logits(&x).unwrap()).unwrap());
+    assert_eq!(
+        b.to_vec(&net.logits(&x).unwrap()).unwrap(),
+        b.to_vec(&back.logits(&x).unwrap()).unwrap()
+    );
 }

@@ -11,7 +11,12 @@ fn allowed(krate: &str) -> Option<&'static [&'static str]> {
         "saddle-autograd" => &["saddle-tensor", "saddle-wgsl"],
         "saddle-data" => &["saddle-tensor"],
         "saddle-models" => &["saddle-autograd", "saddle-tensor", "saddle-wgsl"],
-        "saddle-attacks" => &["saddle-models", "saddle-autograd", "saddle-tensor", "saddle-wgsl"],
+        "saddle-attacks" => &[
+            "saddle-models",
+            "saddle-autograd",
+            "saddle-tensor",
+            "saddle-wgsl",
+        ],
         "saddle-train" => &[
             "saddle-attacks",
             "saddle-data",
@@ -29,11 +34,21 @@ fn allowed(krate: &str) -> Option<&'static [&'static str]> {
 fn edges() -> Vec<(String, String, String)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let members: Vec<String> = v["packages"]
         .as_array()
@@ -60,9 +75,9 @@ fn violations(edges: &[(String, String, String)]) -> Vec<String> {
         .iter()
         .filter(|(_, _, kind)| kind != "dev")
         .filter_map(|(from, to, kind)| match allowed(from) {
-            Some(ok) if !ok.contains(&to.as_str()) => {
-                Some(format!("{from} -> {to} ({kind} dependency) breaks the layering"))
-            }
+            Some(ok) if !ok.contains(&to.as_str()) => Some(format!(
+                "{from} -> {to} ({kind} dependency) breaks the layering"
+            )),
             _ => None,
         })
         .collect()
@@ -76,15 +91,29 @@ fn every_crate_depends_only_on_crates_below_it() {
         by_crate.entry(a).or_default().push(b);
     }
     println!("workspace edges: {by_crate:?}");
-    assert!(by_crate.contains_key("saddle-models"), "cargo metadata should list saddle-models' edges");
+    assert!(
+        by_crate.contains_key("saddle-models"),
+        "cargo metadata should list saddle-models' edges"
+    );
     let bad = violations(&e);
     assert!(bad.is_empty(), "layering violations:\n{}", bad.join("\n"));
 }
 
 #[test]
 fn an_upward_edge_is_reported_by_name() {
-    let e = vec![("saddle-tensor".to_string(), "saddle-models".to_string(), "normal".to_string())];
-    assert_eq!(violations(&e), vec!["saddle-tensor -> saddle-models (normal dependency) breaks the layering"]);
-    let dev = vec![("saddle-tensor".to_string(), "saddle-models".to_string(), "dev".to_string())];
+    let e = vec![(
+        "saddle-tensor".to_string(),
+        "saddle-models".to_string(),
+        "normal".to_string(),
+    )];
+    assert_eq!(
+        violations(&e),
+        vec!["saddle-tensor -> saddle-models (normal dependency) breaks the layering"]
+    );
+    let dev = vec![(
+        "saddle-tensor".to_string(),
+        "saddle-models".to_string(),
+        "dev".to_string(),
+    )];
     assert!(violations(&dev).is_empty());
 }

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use safetensors::tensor::{Dtype, SafeTensors};
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::Backend;
+use safetensors::tensor::{Dtype, SafeTensors};
 
 /// The golden file, embedded so tests never read outside the repository.
 pub const BYTES: &[u8] = include_bytes!("../golden/mnist_madry.safetensors");
@@ -37,7 +37,10 @@ impl Golden {
             let bytes = view.data();
             let (data, ints): (Vec<f32>, Vec<i64>) = match view.dtype() {
                 Dtype::F32 => (
-                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                     vec![],
                 ),
                 Dtype::I8 => (bytes.iter().map(|&b| b as i8 as f32).collect(), vec![]),
@@ -50,21 +53,34 @@ impl Golden {
                 }
                 other => panic!("unexpected dtype {other:?} for {name}"),
             };
-            entries.insert(name, Entry { shape: view.shape().to_vec(), data, ints });
+            entries.insert(
+                name,
+                Entry {
+                    shape: view.shape().to_vec(),
+                    data,
+                    ints,
+                },
+            );
         }
         Golden { entries }
     }
 
     /// The entry `name`; panics with the name if missing.
     pub fn get(&self, name: &str) -> &Entry {
-        self.entries.get(name).unwrap_or_else(|| panic!("golden file has no {name}"))
+        self.entries
+            .get(name)
+            .unwrap_or_else(|| panic!("golden file has no {name}"))
     }
 
     /// The weight `name` decoded as the script defines it: `float32(q) * scale` in float32.
     pub fn param(&self, name: &str) -> Entry {
         let q = self.get(&format!("param.{name}.q"));
         let scale = self.get(&format!("param.{name}.scale")).data[0];
-        Entry { shape: q.shape.clone(), data: q.data.iter().map(|&v| v * scale).collect(), ints: vec![] }
+        Entry {
+            shape: q.shape.clone(),
+            data: q.data.iter().map(|&v| v * scale).collect(),
+            ints: vec![],
+        }
     }
 
     /// The paper's network with the golden weights on backend `b`.

@@ -26,9 +26,7 @@
 
 use std::cell::RefCell;
 
-use saddle_tensor::{
-    Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike,
-};
+use saddle_tensor::{Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike};
 
 /// A handle to a value recorded in a [`Graph`]. Cheap to copy; only meaningful for its graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,12 +87,20 @@ impl<B: Backend> Grads<B> {
 impl<B: Backend> Graph<B> {
     /// A graph that records operations for a backward pass.
     pub fn new(backend: B) -> Self {
-        Graph { backend, nodes: RefCell::new(Vec::new()), grad_enabled: true }
+        Graph {
+            backend,
+            nodes: RefCell::new(Vec::new()),
+            grad_enabled: true,
+        }
     }
 
     /// A graph that records nothing: for evaluation. [`Graph::backward`] on it is an error.
     pub fn no_grad(backend: B) -> Self {
-        Graph { backend, nodes: RefCell::new(Vec::new()), grad_enabled: false }
+        Graph {
+            backend,
+            nodes: RefCell::new(Vec::new()),
+            grad_enabled: false,
+        }
     }
 
     /// The backend.
@@ -119,7 +125,11 @@ impl<B: Backend> Graph<B> {
 
     fn push(&self, value: Tensor<B>, requires_grad: bool, backward: Option<BackwardFn<B>>) -> Var {
         let mut nodes = self.nodes.borrow_mut();
-        nodes.push(Node { value, requires_grad, backward });
+        nodes.push(Node {
+            value,
+            requires_grad,
+            backward,
+        });
         Var(nodes.len() - 1)
     }
 
@@ -181,20 +191,29 @@ impl<B: Backend> Graph<B> {
     /// Runs the backward pass from `v` with the given output gradient (shaped like `v`).
     pub fn backward_with(&self, v: Var, seed: Tensor<B>) -> Result<Grads<B>> {
         if !self.grad_enabled {
-            return Err(TensorError::invalid("backward", "this graph was built without gradients"));
+            return Err(TensorError::invalid(
+                "backward",
+                "this graph was built without gradients",
+            ));
         }
         let nodes = self.nodes.borrow();
         if seed.dims() != nodes[v.0].value.dims() {
             return Err(TensorError::shape(
                 "backward",
-                format!("seed {:?} for a value of shape {:?}", seed.dims(), nodes[v.0].value.dims()),
+                format!(
+                    "seed {:?} for a value of shape {:?}",
+                    seed.dims(),
+                    nodes[v.0].value.dims()
+                ),
             ));
         }
         let mut grads: Vec<Option<Tensor<B>>> = (0..nodes.len()).map(|_| None).collect();
         grads[v.0] = Some(seed);
         for i in (0..=v.0).rev() {
             let node = &nodes[i];
-            let Some(bw) = node.backward.as_ref() else { continue };
+            let Some(bw) = node.backward.as_ref() else {
+                continue;
+            };
             let Some(gy) = grads[i].take() else { continue };
             for (p, gp) in bw(&self.backend, &gy)? {
                 if !nodes[p.0].requires_grad {
@@ -330,7 +349,9 @@ impl<B: Backend> Graph<B> {
     pub fn relu(&self, x: Var) -> Result<Var> {
         let vx = self.value(x);
         let y = self.backend.relu(&vx)?;
-        Ok(self.record(y, &[x], move |be, gy| Ok(vec![(x, be.relu_backward(&vx, gy)?)])))
+        Ok(self.record(y, &[x], move |be, gy| {
+            Ok(vec![(x, be.relu_backward(&vx, gy)?)])
+        }))
     }
 
     /// Leaky ReLU with `slope` for negative inputs.
@@ -355,7 +376,9 @@ impl<B: Backend> Graph<B> {
     /// Flattens all axes but the first: `[n, ...] → [n, prod(...)]` (PyTorch's `flatten(1)`).
     pub fn flatten(&self, x: Var) -> Result<Var> {
         let d = self.dims(x);
-        let n = *d.first().ok_or_else(|| TensorError::shape("flatten", "scalar input"))?;
+        let n = *d
+            .first()
+            .ok_or_else(|| TensorError::shape("flatten", "scalar input"))?;
         self.reshape(x, &[n, d[1..].iter().product()])
     }
 
@@ -368,8 +391,12 @@ impl<B: Backend> Graph<B> {
         let y = if keep_dims {
             y
         } else {
-            let s: Vec<usize> =
-                old.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+            let s: Vec<usize> = old
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !axes.contains(i))
+                .map(|(_, &d)| d)
+                .collect();
             self.backend.reshape(&y, &s)?
         };
         Ok(self.record(y, &[x], move |be, gy| {
@@ -403,11 +430,19 @@ impl<B: Backend> Graph<B> {
         Ok(self.record(y, &[a, b], move |be, gy| {
             let mut out = Vec::new();
             if ra {
-                let ga = if ta { be.matmul(&vb, gy, tb, true)? } else { be.matmul(gy, &vb, false, !tb)? };
+                let ga = if ta {
+                    be.matmul(&vb, gy, tb, true)?
+                } else {
+                    be.matmul(gy, &vb, false, !tb)?
+                };
                 out.push((a, ga));
             }
             if rb {
-                let gb = if tb { be.matmul(gy, &va, true, ta)? } else { be.matmul(&va, gy, !ta, false)? };
+                let gb = if tb {
+                    be.matmul(gy, &va, true, ta)?
+                } else {
+                    be.matmul(&va, gy, !ta, false)?
+                };
                 out.push((b, gb));
             }
             Ok(out)
@@ -475,7 +510,10 @@ impl<B: Backend> Graph<B> {
         let y = self.backend.cw_loss(&vz, labels, kappa)?;
         let labels = labels.clone();
         Ok(self.record(y, &[logits], move |be, gy| {
-            Ok(vec![(logits, be.cw_loss_backward(&vz, &labels, kappa, gy)?)])
+            Ok(vec![(
+                logits,
+                be.cw_loss_backward(&vz, &labels, kappa, gy)?,
+            )])
         }))
     }
 
@@ -492,7 +530,11 @@ impl<B: Backend> Graph<B> {
     ) -> Result<(Var, BatchNormStats<Tensor<B>>)> {
         let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
         let (y, stats) = self.backend.batch_norm_train(&vx, &vg, &vb, eps)?;
-        let (rx, rg, rb) = (self.requires_grad(x), self.requires_grad(gamma), self.requires_grad(beta));
+        let (rx, rg, rb) = (
+            self.requires_grad(x),
+            self.requires_grad(gamma),
+            self.requires_grad(beta),
+        );
         let st = stats.clone();
         let v = self.record(y, &[x, gamma, beta], move |be, gy| {
             let g = be.batch_norm_train_backward(&vx, &vg, &st, gy, eps)?;
@@ -523,15 +565,24 @@ impl<B: Backend> Graph<B> {
         eps: f32,
     ) -> Result<Var> {
         let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
-        let y = self.backend.batch_norm_eval(&vx, &vg, &vb, mean, var, eps)?;
-        let (rx, rg, rb) = (self.requires_grad(x), self.requires_grad(gamma), self.requires_grad(beta));
+        let y = self
+            .backend
+            .batch_norm_eval(&vx, &vg, &vb, mean, var, eps)?;
+        let (rx, rg, rb) = (
+            self.requires_grad(x),
+            self.requires_grad(gamma),
+            self.requires_grad(beta),
+        );
         let (mean, var) = (mean.clone(), var.clone());
         Ok(self.record(y, &[x, gamma, beta], move |be, gy| {
             let dims = vx.dims().to_vec();
             let c = dims[1];
             let mut bshape = vec![1usize; dims.len()];
             bshape[1] = c;
-            let inv = be.reshape(&be.div(&be.full(&[c], 1.0)?, &be.sqrt(&be.affine(&var, 1.0, eps)?)?)?, &bshape)?;
+            let inv = be.reshape(
+                &be.div(&be.full(&[c], 1.0)?, &be.sqrt(&be.affine(&var, 1.0, eps)?)?)?,
+                &bshape,
+            )?;
             let red: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
             let mut out = Vec::new();
             if rx {

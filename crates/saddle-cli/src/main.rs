@@ -1,1 +1,100 @@
-fn main() {}
+//! `saddle`: train, evaluate and attack adversarially robust models (Madry et al. 2018).
+//!
+//! Every error ends the program with a one-line message naming the problem and exit status 2;
+//! no panic message, no backtrace.
+
+mod commands;
+mod fsutil;
+mod npy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Train and honestly evaluate adversarially robust models (Madry et al., ICLR 2018).
+#[derive(Parser, Debug)]
+#[command(name = "saddle", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where tensors are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The CPU backend (ndarray, all cores or `--threads`).
+    Cpu,
+    /// A GPU through wgpu (Vulkan, Metal or DX12).
+    Gpu,
+    /// The GPU if a real (not CPU-emulated) one is present, else the CPU.
+    Auto,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model from a preset or a TOML config (keys as in MadryLab's mnist_challenge).
+    Train(commands::train::TrainArgs),
+    /// Evaluate a model: natural accuracy and accuracy under attacks, as a table and JSON.
+    Eval(commands::eval::EvalArgs),
+    /// Logits of a batch of images (.npy, float32 NCHW in [0,1]).
+    Predict(PredictArgs),
+    /// Adversarial examples for a batch of images and labels.
+    Attack(commands::attack::AttackArgs),
+}
+
+/// Arguments of `saddle predict`.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// Model weights (safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images, float32 [n, 1, 28, 28] in [0, 1].
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the logits, float32 [n, 10].
+    #[arg(long)]
+    out: PathBuf,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+    /// Worker threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    // Errors are reported as one line; a panic (a bug) is reported the same way, without a
+    // backtrace, and with a request to report it.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("saddle: internal error (please report it): {msg}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Predict(a) => commands::predict(a),
+        Command::Attack(a) => commands::attack::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("saddle: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -49,7 +49,12 @@ pub enum Loss {
 
 impl Loss {
     /// Per-example loss values `[n]` of `logits` against `labels` recorded on `g`.
-    pub fn per_example<B: Backend>(&self, g: &Graph<B>, logits: Var, labels: &B::Tensor) -> Result<Var> {
+    pub fn per_example<B: Backend>(
+        &self,
+        g: &Graph<B>,
+        logits: Var,
+        labels: &B::Tensor,
+    ) -> Result<Var> {
         Ok(match *self {
             Loss::CrossEntropy => g.cross_entropy(logits, labels)?,
             Loss::Cw { kappa } => g.cw_loss(logits, labels, kappa)?,
@@ -89,9 +94,22 @@ pub trait Classifier<B: Backend> {
     /// Switches between training and evaluation mode.
     fn set_training(&mut self, training: bool);
 
+    /// Key-value metadata describing the architecture (for example `arch` and `scale`), stored
+    /// with the weights so that a file says what it holds.
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::new()
+    }
+
     /// Records the forward pass of `x` on `g`. With `param_grads` the parameters are leaves that
     /// receive gradients; otherwise they are constants and no parameter gradient is computed.
     fn forward(&self, g: &Graph<B>, x: Var, param_grads: bool) -> Result<Forward>;
+
+    /// The weights as safetensors bytes, with PyTorch's names and layouts and
+    /// [`Classifier::metadata`].
+    fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let tensors = self.params().to_host(self.backend(), "")?;
+        params::serialize_safetensors(&tensors, self.metadata())
+    }
 
     /// Logits of a batch, without recording gradients.
     fn logits(&self, x: &B::Tensor) -> Result<B::Tensor> {
@@ -108,7 +126,10 @@ pub trait Classifier<B: Backend> {
         if d.len() != 4 || d[1..] != s {
             return Err(ModelError::Tensor(saddle_tensor::TensorError::shape(
                 "model input",
-                format!("expected a batch [n, {}, {}, {}], got {d:?}", s[0], s[1], s[2]),
+                format!(
+                    "expected a batch [n, {}, {}, {}], got {d:?}",
+                    s[0], s[1], s[2]
+                ),
             )));
         }
         Ok(())
@@ -130,7 +151,10 @@ pub fn loss_and_input_grad<B: Backend, M: Classifier<B> + ?Sized>(
     let total = g.sum_all(per)?;
     let mut grads = g.backward(total)?;
     let gx = grads.take(xv).ok_or_else(|| {
-        ModelError::Tensor(saddle_tensor::TensorError::invalid("input gradient", "no gradient reached the input"))
+        ModelError::Tensor(saddle_tensor::TensorError::invalid(
+            "input gradient",
+            "no gradient reached the input",
+        ))
     })?;
     Ok((g.value(per), gx, g.value(f.logits)))
 }

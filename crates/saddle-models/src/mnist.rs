@@ -16,7 +16,7 @@ use saddle_autograd::{Graph, Var};
 use saddle_tensor::{rng::Rng, Backend, Conv2dParams};
 
 use crate::error::{ModelError, Result};
-use crate::params::{safetensors_metadata, serialize_safetensors, ParamSet};
+use crate::params::{safetensors_metadata, ParamSet};
 use crate::{Classifier, Forward};
 
 /// The paper's MNIST convolutional network.
@@ -31,7 +31,10 @@ pub struct MnistNet<B: Backend> {
 /// The architecture name written into safetensors metadata.
 pub const ARCH: &str = "madry-mnist";
 
-const PAD2: Conv2dParams = Conv2dParams { stride: 1, padding: 2 };
+const PAD2: Conv2dParams = Conv2dParams {
+    stride: 1,
+    padding: 2,
+};
 
 /// Parameter names and shapes of the network at capacity scale `s`.
 pub fn param_shapes(s: usize) -> Vec<(&'static str, Vec<usize>)> {
@@ -64,14 +67,23 @@ impl<B: Backend> MnistNet<B> {
         let mut params = ParamSet::new();
         let shapes = param_shapes(scale);
         for (name, shape) in &shapes {
-            let wshape = &shapes.iter().find(|(n, _)| *n == name.replace("bias", "weight")).unwrap().1;
+            let wshape = &shapes
+                .iter()
+                .find(|(n, _)| *n == name.replace("bias", "weight"))
+                .unwrap()
+                .1;
             let fan_in: usize = wshape[1..].iter().product();
             let bound = 1.0 / (fan_in as f32).sqrt();
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
             params.push(*name, backend.from_vec(shape, data)?)?;
         }
-        Ok(MnistNet { backend, scale, params, training: false })
+        Ok(MnistNet {
+            backend,
+            scale,
+            params,
+            training: false,
+        })
     }
 
     /// The paper's network (scale 16).
@@ -100,9 +112,9 @@ impl<B: Backend> MnistNet<B> {
             }
         }
         let scale = match meta.get("scale") {
-            Some(s) => s
-                .parse::<usize>()
-                .map_err(|_| ModelError::Mismatch(format!("metadata scale '{s}' is not a number")))?,
+            Some(s) => s.parse::<usize>().map_err(|_| {
+                ModelError::Mismatch(format!("metadata scale '{s}' is not a number"))
+            })?,
             None => infer_scale(bytes)?,
         };
         let mut net = Self::new(backend, scale, 0)?;
@@ -111,20 +123,6 @@ impl<B: Backend> MnistNet<B> {
         Ok(net)
     }
 
-    /// The network as safetensors bytes (PyTorch names and layouts; metadata `arch`, `scale`).
-    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        let tensors = self.params.to_host(&self.backend, "")?;
-        serialize_safetensors(&tensors, self.metadata())
-    }
-
-    /// Metadata describing the architecture, stored with the weights.
-    pub fn metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
-            ("arch".to_string(), ARCH.to_string()),
-            ("scale".to_string(), self.scale.to_string()),
-            ("format".to_string(), "pt".to_string()),
-        ])
-    }
 }
 
 fn infer_scale(bytes: &[u8]) -> Result<usize> {
@@ -165,6 +163,13 @@ impl<B: Backend> Classifier<B> for MnistNet<B> {
     fn set_training(&mut self, training: bool) {
         self.training = training;
     }
+    fn metadata(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("arch".to_string(), ARCH.to_string()),
+            ("scale".to_string(), self.scale.to_string()),
+            ("format".to_string(), "pt".to_string()),
+        ])
+    }
 
     fn forward(&self, g: &Graph<B>, x: Var, param_grads: bool) -> Result<Forward> {
         self.check_input(&g.value(x))?;
@@ -172,7 +177,13 @@ impl<B: Backend> Classifier<B> for MnistNet<B> {
             .params
             .tensors()
             .iter()
-            .map(|t| if param_grads { g.leaf(t.clone()) } else { g.input(t.clone()) })
+            .map(|t| {
+                if param_grads {
+                    g.leaf(t.clone())
+                } else {
+                    g.input(t.clone())
+                }
+            })
             .collect();
         let h = g.relu(g.conv2d(x, p[0], Some(p[1]), PAD2)?)?;
         let h = g.max_pool2d(h, 2)?;

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use saddle_tensor::{Backend, TensorLike};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{ModelError, Result};
 
@@ -17,7 +17,10 @@ pub struct ParamSet<B: Backend> {
 
 impl<B: Backend> Default for ParamSet<B> {
     fn default() -> Self {
-        ParamSet { names: Vec::new(), tensors: Vec::new() }
+        ParamSet {
+            names: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 }
 
@@ -34,7 +37,9 @@ impl<B: Backend> ParamSet<B> {
     pub fn push(&mut self, name: impl Into<String>, t: B::Tensor) -> Result<()> {
         let name = name.into();
         if self.names.contains(&name) {
-            return Err(ModelError::Mismatch(format!("parameter {name} given twice")));
+            return Err(ModelError::Mismatch(format!(
+                "parameter {name} given twice"
+            )));
         }
         self.names.push(name);
         self.tensors.push(t);
@@ -78,7 +83,10 @@ impl<B: Backend> ParamSet<B> {
 
     /// Pairs of name and tensor.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &B::Tensor)> {
-        self.names.iter().map(String::as_str).zip(self.tensors.iter())
+        self.names
+            .iter()
+            .map(String::as_str)
+            .zip(self.tensors.iter())
     }
 
     /// Total number of scalar parameters.
@@ -185,7 +193,10 @@ fn summarize_names(st: &SafeTensors<'_>) -> String {
 
 /// Decodes little-endian f32 bytes.
 pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Encodes f32 values as little-endian bytes.

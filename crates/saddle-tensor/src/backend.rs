@@ -83,6 +83,7 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
     // ---- data movement --------------------------------------------------------------------
 
     /// A tensor of `shape` holding `data` in row-major order.
+    #[allow(clippy::wrong_self_convention)] // a constructor on the backend, like `Vec::from`
     fn from_vec(&self, shape: &[usize], data: Vec<f32>) -> Result<Self::Tensor>;
 
     /// The tensor's elements in row-major order, copied to the host.
@@ -244,8 +245,7 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// Per-example cross-entropy of log-softmax(`logits` `[n, k]`) against `labels` `[n]`:
     /// shape `[n]`. A label outside `0..k` is an error.
-    fn cross_entropy(&self, logits: &Self::Tensor, labels: &Self::Tensor)
-        -> Result<Self::Tensor>;
+    fn cross_entropy(&self, logits: &Self::Tensor, labels: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// Gradient of the per-example cross-entropy with respect to the logits, each row scaled by
     /// `gy` `[n]`: `gy_i · (softmax(z_i) − onehot(y_i))`.
@@ -334,6 +334,9 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// Per-example L2 norms over all axes but the first: shape `[n]`.
     fn l2_norms(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        if x.dims().is_empty() {
+            return Err(TensorError::shape("l2_norms", "a scalar has no batch axis"));
+        }
         let axes: Vec<usize> = (1..x.dims().len()).collect();
         let sq = self.mul(x, x)?;
         self.sqrt(&self.sum_axes(&sq, &axes, false)?)
@@ -350,10 +353,14 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         eps: f32,
     ) -> Result<Self::Tensor> {
         let dims = g.dims().to_vec();
-        let n = *dims.first().ok_or_else(|| TensorError::shape("pgd_step_l2", "scalar input"))?;
+        let n = *dims
+            .first()
+            .ok_or_else(|| TensorError::shape("pgd_step_l2", "scalar input"))?;
         let norms = self.to_vec(&self.l2_norms(g)?)?;
-        let scale: Vec<f32> =
-            norms.iter().map(|&v| if v > 0.0 { alpha / v } else { 0.0 }).collect();
+        let scale: Vec<f32> = norms
+            .iter()
+            .map(|&v| if v > 0.0 { alpha / v } else { 0.0 })
+            .collect();
         let mut bshape = vec![1usize; dims.len()];
         bshape[0] = n;
         let scale = self.from_vec(&bshape, scale)?;
@@ -365,11 +372,15 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// `eps` when longer), then onto `[0, 1]`.
     fn project_l2(&self, x: &Self::Tensor, x0: &Self::Tensor, eps: f32) -> Result<Self::Tensor> {
         let dims = x.dims().to_vec();
-        let n = *dims.first().ok_or_else(|| TensorError::shape("project_l2", "scalar input"))?;
+        let n = *dims
+            .first()
+            .ok_or_else(|| TensorError::shape("project_l2", "scalar input"))?;
         let delta = self.sub(x, x0)?;
         let norms = self.to_vec(&self.l2_norms(&delta)?)?;
-        let scale: Vec<f32> =
-            norms.iter().map(|&v| if v > eps { eps / v } else { 1.0 }).collect();
+        let scale: Vec<f32> = norms
+            .iter()
+            .map(|&v| if v > eps { eps / v } else { 1.0 })
+            .collect();
         let mut bshape = vec![1usize; dims.len()];
         bshape[0] = n;
         let scale = self.from_vec(&bshape, scale)?;
@@ -386,9 +397,23 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         v: &mut Self::Tensor,
         h: AdamParams,
     ) -> Result<()> {
-        *m = self.add(&self.affine(m, h.beta1, 0.0)?, &self.affine(grad, 1.0 - h.beta1, 0.0)?)?;
+        for (what, t) in [("grad", grad.dims()), ("m", m.dims()), ("v", v.dims())] {
+            if t != param.dims() {
+                return Err(TensorError::shape(
+                    "adam_update",
+                    format!("{what} {t:?} must match the parameter {:?}", param.dims()),
+                ));
+            }
+        }
+        *m = self.add(
+            &self.affine(m, h.beta1, 0.0)?,
+            &self.affine(grad, 1.0 - h.beta1, 0.0)?,
+        )?;
         let g2 = self.mul(grad, grad)?;
-        *v = self.add(&self.affine(v, h.beta2, 0.0)?, &self.affine(&g2, 1.0 - h.beta2, 0.0)?)?;
+        *v = self.add(
+            &self.affine(v, h.beta2, 0.0)?,
+            &self.affine(&g2, 1.0 - h.beta2, 0.0)?,
+        )?;
         let t = h.step.max(1) as i32;
         let bc1 = 1.0 - h.beta1.powi(t);
         let bc2 = 1.0 - h.beta2.powi(t);
@@ -407,6 +432,14 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         momentum_buf: &mut Self::Tensor,
         h: SgdParams,
     ) -> Result<()> {
+        for (what, t) in [("grad", grad.dims()), ("momentum buffer", momentum_buf.dims())] {
+            if t != param.dims() {
+                return Err(TensorError::shape(
+                    "sgd_update",
+                    format!("{what} {t:?} must match the parameter {:?}", param.dims()),
+                ));
+            }
+        }
         let g = self.add(grad, &self.affine(param, h.weight_decay, 0.0)?)?;
         *momentum_buf = self.add(&self.affine(momentum_buf, h.momentum, 0.0)?, &g)?;
         *param = self.sub(param, &self.affine(momentum_buf, h.lr, 0.0)?)?;

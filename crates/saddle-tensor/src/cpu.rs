@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use crate::backend::{Backend, BatchNormGrads, BatchNormStats, TensorLike};
 use crate::error::{Result, TensorError};
 use crate::shape::{
-    broadcast_shape, check_logits_labels, checked_numel, pool_out_shape, same_shape,
-    Conv2dParams, ConvGeometry,
+    broadcast_shape, check_logits_labels, checked_numel, pool_out_shape, same_shape, Conv2dParams,
+    ConvGeometry,
 };
 use crate::{AdamParams, SgdParams};
 
@@ -28,7 +28,13 @@ pub struct CpuTensor {
 impl std::fmt::Debug for CpuTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let head: Vec<f32> = self.data.iter().take(8).copied().collect();
-        write!(f, "CpuTensor{:?} {:?}{}", self.shape, head, if self.data.len() > 8 { "…" } else { "" })
+        write!(
+            f,
+            "CpuTensor{:?} {:?}{}",
+            self.shape,
+            head,
+            if self.data.len() > 8 { "…" } else { "" }
+        )
     }
 }
 
@@ -45,15 +51,24 @@ impl CpuTensor {
         if n != data.len() {
             return Err(TensorError::shape(
                 "from_vec",
-                format!("shape {shape:?} needs {n} elements but {} were given", data.len()),
+                format!(
+                    "shape {shape:?} needs {n} elements but {} were given",
+                    data.len()
+                ),
             ));
         }
-        Ok(CpuTensor { shape: shape.to_vec(), data: Arc::new(data) })
+        Ok(CpuTensor {
+            shape: shape.to_vec(),
+            data: Arc::new(data),
+        })
     }
 
     fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        CpuTensor { shape, data: Arc::new(data) }
+        CpuTensor {
+            shape,
+            data: Arc::new(data),
+        }
     }
 
     /// The elements in row-major order.
@@ -138,20 +153,22 @@ fn par_matmul(m: usize, k: usize, n: usize, a: &[f32], ta: bool, b: &[f32], tb: 
     }
     let rows = (m / rayon::current_num_threads().max(1)).clamp(16, 256);
     let rows = rows.min(m);
-    c.par_chunks_mut(rows * n).enumerate().for_each(|(blk, cblk)| {
-        let r0 = blk * rows;
-        let mr = cblk.len() / n;
-        if ta {
-            // op(a) rows r0..r0+mr are columns of a (k × m): a strided sub-block.
-            let mut asub = vec![0.0f32; k * mr];
-            for kk in 0..k {
-                asub[kk * mr..(kk + 1) * mr].copy_from_slice(&a[kk * m + r0..kk * m + r0 + mr]);
+    c.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(blk, cblk)| {
+            let r0 = blk * rows;
+            let mr = cblk.len() / n;
+            if ta {
+                // op(a) rows r0..r0+mr are columns of a (k × m): a strided sub-block.
+                let mut asub = vec![0.0f32; k * mr];
+                for kk in 0..k {
+                    asub[kk * mr..(kk + 1) * mr].copy_from_slice(&a[kk * m + r0..kk * m + r0 + mr]);
+                }
+                sgemm(mr, k, n, &asub, true, b, tb, cblk, 0.0);
+            } else {
+                sgemm(mr, k, n, &a[r0 * k..(r0 + mr) * k], false, b, tb, cblk, 0.0);
             }
-            sgemm(mr, k, n, &asub, true, b, tb, cblk, 0.0);
-        } else {
-            sgemm(mr, k, n, &a[r0 * k..(r0 + mr) * k], false, b, tb, cblk, 0.0);
-        }
-    });
+        });
     c
 }
 
@@ -174,7 +191,11 @@ fn im2col(x: &[f32], g: &ConvGeometry, cols: &mut [f32]) {
                     let src = &x[(c * g.h + ii as usize) * g.w..(c * g.h + ii as usize + 1) * g.w];
                     for oj in 0..ow {
                         let jj = (oj * g.stride) as isize + kj as isize - pad;
-                        drow[oj] = if jj < 0 || jj >= g.w as isize { 0.0 } else { src[jj as usize] };
+                        drow[oj] = if jj < 0 || jj >= g.w as isize {
+                            0.0
+                        } else {
+                            src[jj as usize]
+                        };
                     }
                 }
             }
@@ -229,9 +250,17 @@ fn labels_to_indices(op: &'static str, labels: &CpuTensor, classes: usize) -> Re
 }
 
 /// Per-channel reduction layout of `[n, c, ...]`: (n, c, spatial size).
-fn bn_layout(op: &'static str, x: &[usize], gamma: &[usize], beta: &[usize]) -> Result<(usize, usize, usize)> {
+fn bn_layout(
+    op: &'static str,
+    x: &[usize],
+    gamma: &[usize],
+    beta: &[usize],
+) -> Result<(usize, usize, usize)> {
     if x.len() != 2 && x.len() != 4 {
-        return Err(TensorError::shape(op, format!("input {x:?} must be [n, c] or [n, c, h, w]")));
+        return Err(TensorError::shape(
+            op,
+            format!("input {x:?} must be [n, c] or [n, c, h, w]"),
+        ));
     }
     let c = x[1];
     if gamma != [c] || beta != [c] {
@@ -242,7 +271,10 @@ fn bn_layout(op: &'static str, x: &[usize], gamma: &[usize], beta: &[usize]) -> 
     }
     let s = if x.len() == 4 { x[2] * x[3] } else { 1 };
     if x[0] * s == 0 {
-        return Err(TensorError::shape(op, format!("input {x:?} has no elements per channel")));
+        return Err(TensorError::shape(
+            op,
+            format!("input {x:?} has no elements per channel"),
+        ));
     }
     Ok((x[0], c, s))
 }
@@ -256,15 +288,24 @@ impl Cpu {
         f: impl Fn(f32, f32) -> f32 + Sync,
     ) -> Result<CpuTensor> {
         if a.shape == b.shape {
-            let data: Vec<f32> = a.data.iter().zip(b.data.iter()).map(|(&x, &y)| f(x, y)).collect();
+            let data: Vec<f32> = a
+                .data
+                .iter()
+                .zip(b.data.iter())
+                .map(|(&x, &y)| f(x, y))
+                .collect();
             return Ok(CpuTensor::from_parts(a.shape.clone(), data));
         }
         let out = broadcast_shape(op, &a.shape, &b.shape)?;
         checked_numel(op, &out)?;
         let av = a.view();
         let bv = b.view();
-        let ab = av.broadcast(IxDyn(&out)).ok_or_else(|| TensorError::shape(op, "broadcast"))?;
-        let bb = bv.broadcast(IxDyn(&out)).ok_or_else(|| TensorError::shape(op, "broadcast"))?;
+        let ab = av
+            .broadcast(IxDyn(&out))
+            .ok_or_else(|| TensorError::shape(op, "broadcast"))?;
+        let bb = bv
+            .broadcast(IxDyn(&out))
+            .ok_or_else(|| TensorError::shape(op, "broadcast"))?;
         let r = Zip::from(&ab).and(&bb).map_collect(|&x, &y| f(x, y));
         let data = r.as_standard_layout().iter().copied().collect();
         Ok(CpuTensor::from_parts(out, data))
@@ -287,7 +328,12 @@ impl Cpu {
         f: impl Fn(f32, f32) -> f32 + Sync,
     ) -> Result<CpuTensor> {
         same_shape(op, &x.shape, &gy.shape)?;
-        let data = x.data.iter().zip(gy.data.iter()).map(|(&a, &b)| f(a, b)).collect();
+        let data = x
+            .data
+            .iter()
+            .zip(gy.data.iter())
+            .map(|(&a, &b)| f(a, b))
+            .collect();
         Ok(CpuTensor::from_parts(x.shape.clone(), data))
     }
 }
@@ -319,7 +365,10 @@ impl Backend for Cpu {
                 format!("cannot reshape {:?} to {shape:?}", x.shape),
             ));
         }
-        Ok(CpuTensor { shape: shape.to_vec(), data: x.data.clone() })
+        Ok(CpuTensor {
+            shape: shape.to_vec(),
+            data: x.data.clone(),
+        })
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
@@ -360,7 +409,10 @@ impl Backend for Cpu {
     }
     fn clamp(&self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {
         if lo.is_nan() || hi.is_nan() || lo > hi {
-            return Err(TensorError::invalid("clamp", format!("bounds [{lo}, {hi}] are not a range")));
+            return Err(TensorError::invalid(
+                "clamp",
+                format!("bounds [{lo}, {hi}] are not a range"),
+            ));
         }
         Ok(self.unary(x, |v| v.max(lo).min(hi)))
     }
@@ -374,7 +426,13 @@ impl Backend for Cpu {
         Ok(self.unary(x, |v| if v > 0.0 { v } else { slope * v }))
     }
     fn leaky_relu_backward(&self, x: &CpuTensor, gy: &CpuTensor, slope: f32) -> Result<CpuTensor> {
-        self.zip_same("leaky_relu_backward", x, gy, |v, g| if v > 0.0 { g } else { slope * g })
+        self.zip_same("leaky_relu_backward", x, gy, |v, g| {
+            if v > 0.0 {
+                g
+            } else {
+                slope * g
+            }
+        })
     }
 
     fn sum_axes(&self, x: &CpuTensor, axes: &[usize], keep_dims: bool) -> Result<CpuTensor> {
@@ -383,7 +441,10 @@ impl Backend for Cpu {
         sorted.sort_unstable();
         for w in sorted.windows(2) {
             if w[0] == w[1] {
-                return Err(TensorError::invalid("sum_axes", format!("axis {} given twice", w[0])));
+                return Err(TensorError::invalid(
+                    "sum_axes",
+                    format!("axis {} given twice", w[0]),
+                ));
             }
         }
         if let Some(&a) = sorted.last() {
@@ -415,8 +476,16 @@ impl Backend for Cpu {
                 format!("operands {:?} and {:?} must be 2-D", a.shape, b.shape),
             ));
         }
-        let (m, k) = if ta { (a.shape[1], a.shape[0]) } else { (a.shape[0], a.shape[1]) };
-        let (k2, n) = if tb { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
+        let (m, k) = if ta {
+            (a.shape[1], a.shape[0])
+        } else {
+            (a.shape[0], a.shape[1])
+        };
+        let (k2, n) = if tb {
+            (b.shape[1], b.shape[0])
+        } else {
+            (b.shape[0], b.shape[1])
+        };
         if k != k2 {
             return Err(TensorError::shape(
                 "matmul",
@@ -446,7 +515,10 @@ impl Backend for Cpu {
             if b.shape != [g.k] {
                 return Err(TensorError::shape(
                     "conv2d",
-                    format!("bias {:?} must be [{}] for weight {:?}", b.shape, g.k, w.shape),
+                    format!(
+                        "bias {:?} must be [{}] for weight {:?}",
+                        b.shape, g.k, w.shape
+                    ),
                 ));
             }
         }
@@ -468,7 +540,17 @@ impl Backend for Cpu {
                         row.fill(b.data[kk]);
                     }
                 }
-                sgemm(g.k, ckk, ohw, wd, false, cols, false, o, if bias.is_some() { 1.0 } else { 0.0 });
+                sgemm(
+                    g.k,
+                    ckk,
+                    ohw,
+                    wd,
+                    false,
+                    cols,
+                    false,
+                    o,
+                    if bias.is_some() { 1.0 } else { 0.0 },
+                );
             },
         );
         Ok(CpuTensor::from_parts(g.out_shape().to_vec(), out))
@@ -495,7 +577,17 @@ impl Backend for Cpu {
             || vec![0.0f32; ckk * ohw],
             |cols, (i, gxi)| {
                 // cols = Wᵀ [ckk, k] · gy_i [k, ohw]
-                sgemm(ckk, g.k, ohw, wd, true, &gy.data[i * out_sz..(i + 1) * out_sz], false, cols, 0.0);
+                sgemm(
+                    ckk,
+                    g.k,
+                    ohw,
+                    wd,
+                    true,
+                    &gy.data[i * out_sz..(i + 1) * out_sz],
+                    false,
+                    cols,
+                    0.0,
+                );
                 col2im(cols, &g, gxi);
             },
         );
@@ -525,7 +617,17 @@ impl Backend for Cpu {
                 for i in i0..(i0 + ROWS_PER_TASK).min(g.n) {
                     im2col(&x.data[i * in_sz..(i + 1) * in_sz], &g, &mut cols);
                     // acc += gy_i [k, ohw] · colsᵀ [ohw, ckk]
-                    sgemm(g.k, ohw, ckk, &gy.data[i * out_sz..(i + 1) * out_sz], false, &cols, true, &mut acc, 1.0);
+                    sgemm(
+                        g.k,
+                        ohw,
+                        ckk,
+                        &gy.data[i * out_sz..(i + 1) * out_sz],
+                        false,
+                        &cols,
+                        true,
+                        &mut acc,
+                        1.0,
+                    );
                 }
                 acc
             })
@@ -547,25 +649,27 @@ impl Backend for Cpu {
         if out.is_empty() {
             return Ok(CpuTensor::from_parts(os.to_vec(), out));
         }
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
-            let src = &x.data[plane * h * w..(plane + 1) * h * w];
-            for oi in 0..oh {
-                for oj in 0..ow {
-                    let mut m = f32::NEG_INFINITY;
-                    let mut first = true;
-                    for di in 0..size {
-                        let row = &src[(oi * size + di) * w + oj * size..][..size];
-                        for &v in row {
-                            if first || v > m || v.is_nan() {
-                                m = v;
-                                first = false;
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(plane, o)| {
+                let src = &x.data[plane * h * w..(plane + 1) * h * w];
+                for oi in 0..oh {
+                    for oj in 0..ow {
+                        let mut m = f32::NEG_INFINITY;
+                        let mut first = true;
+                        for di in 0..size {
+                            let row = &src[(oi * size + di) * w + oj * size..][..size];
+                            for &v in row {
+                                if first || v > m || v.is_nan() {
+                                    m = v;
+                                    first = false;
+                                }
                             }
                         }
+                        o[oi * ow + oj] = m;
                     }
-                    o[oi * ow + oj] = m;
                 }
-            }
-        });
+            });
         Ok(CpuTensor::from_parts(os.to_vec(), out))
     }
 
@@ -578,26 +682,28 @@ impl Backend for Cpu {
         if gx.is_empty() {
             return Ok(CpuTensor::from_parts(x.shape.clone(), gx));
         }
-        gx.par_chunks_mut(h * w).enumerate().for_each(|(plane, gxp)| {
-            let src = &x.data[plane * h * w..(plane + 1) * h * w];
-            let g = &gy.data[plane * oh * ow..(plane + 1) * oh * ow];
-            for oi in 0..oh {
-                for oj in 0..ow {
-                    let mut best = (oi * size) * w + oj * size;
-                    let mut m = src[best];
-                    for di in 0..size {
-                        for dj in 0..size {
-                            let idx = (oi * size + di) * w + oj * size + dj;
-                            if src[idx] > m {
-                                m = src[idx];
-                                best = idx;
+        gx.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, gxp)| {
+                let src = &x.data[plane * h * w..(plane + 1) * h * w];
+                let g = &gy.data[plane * oh * ow..(plane + 1) * oh * ow];
+                for oi in 0..oh {
+                    for oj in 0..ow {
+                        let mut best = (oi * size) * w + oj * size;
+                        let mut m = src[best];
+                        for di in 0..size {
+                            for dj in 0..size {
+                                let idx = (oi * size + di) * w + oj * size + dj;
+                                if src[idx] > m {
+                                    m = src[idx];
+                                    best = idx;
+                                }
                             }
                         }
+                        gxp[best] += g[oi * ow + oj];
                     }
-                    gxp[best] += g[oi * ow + oj];
                 }
-            }
-        });
+            });
         Ok(CpuTensor::from_parts(x.shape.clone(), gx))
     }
 
@@ -608,8 +714,8 @@ impl Backend for Cpu {
             .map(|i| {
                 let z = &logits.data[i * k..(i + 1) * k];
                 let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let lse = m + z.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
-                lse - z[y[i]]
+                // (m − z_y) + ln Σ exp(z − m): exact when the label holds the maximum.
+                (m - z[y[i]]) + z.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
             })
             .collect();
         Ok(CpuTensor::from_parts(vec![n], out))
@@ -663,7 +769,10 @@ impl Backend for Cpu {
     ) -> Result<CpuTensor> {
         let (n, k) = check_logits_labels("cw_loss_backward", &logits.shape, &labels.shape)?;
         if k < 2 {
-            return Err(TensorError::shape("cw_loss_backward", "needs at least two classes"));
+            return Err(TensorError::shape(
+                "cw_loss_backward",
+                "needs at least two classes",
+            ));
         }
         same_shape("cw_loss_backward", &gy.shape, &[n])?;
         let y = labels_to_indices("cw_loss_backward", labels, k)?;
@@ -693,7 +802,10 @@ impl Backend for Cpu {
         for ch in 0..c {
             let mut acc = 0.0f64;
             for i in 0..n {
-                acc += x.data[(i * c + ch) * s..(i * c + ch + 1) * s].iter().map(|&v| v as f64).sum::<f64>();
+                acc += x.data[(i * c + ch) * s..(i * c + ch + 1) * s]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
             }
             let mu = acc / cnt;
             let mut acc2 = 0.0f64;
@@ -739,7 +851,10 @@ impl Backend for Cpu {
         if mean.shape != [c] || var.shape != [c] {
             return Err(TensorError::shape(
                 "batch_norm_eval",
-                format!("mean {:?} and var {:?} must be [{c}]", mean.shape, var.shape),
+                format!(
+                    "mean {:?} and var {:?} must be [{c}]",
+                    mean.shape, var.shape
+                ),
             ));
         }
         let mut y = vec![0.0f32; x.data.len()];
@@ -748,7 +863,8 @@ impl Backend for Cpu {
                 let inv = 1.0 / (var.data[ch] + eps).sqrt();
                 let o = (i * c + ch) * s;
                 for t in 0..s {
-                    y[o + t] = (x.data[o + t] - mean.data[ch]) * inv * gamma.data[ch] + beta.data[ch];
+                    y[o + t] =
+                        (x.data[o + t] - mean.data[ch]) * inv * gamma.data[ch] + beta.data[ch];
                 }
             }
         }
@@ -763,11 +879,18 @@ impl Backend for Cpu {
         gy: &CpuTensor,
         eps: f32,
     ) -> Result<BatchNormGrads<CpuTensor>> {
-        let (n, c, s) =
-            bn_layout("batch_norm_train_backward", &x.shape, &gamma.shape, &gamma.shape)?;
+        let (n, c, s) = bn_layout(
+            "batch_norm_train_backward",
+            &x.shape,
+            &gamma.shape,
+            &gamma.shape,
+        )?;
         same_shape("batch_norm_train_backward", &gy.shape, &x.shape)?;
         if stats.mean.shape != [c] || stats.var.shape != [c] {
-            return Err(TensorError::shape("batch_norm_train_backward", "statistics must be [c]"));
+            return Err(TensorError::shape(
+                "batch_norm_train_backward",
+                "statistics must be [c]",
+            ));
         }
         let cnt = (n * s) as f32;
         let mut gx = vec![0.0f32; x.data.len()];
@@ -819,7 +942,13 @@ impl Backend for Cpu {
             .zip(x0.data.iter())
             .zip(g.data.iter())
             .map(|((&xv, &x0v), &gv)| {
-                let s = if gv > 0.0 { alpha } else if gv < 0.0 { -alpha } else { 0.0 };
+                let s = if gv > 0.0 {
+                    alpha
+                } else if gv < 0.0 {
+                    -alpha
+                } else {
+                    0.0
+                };
                 (xv + s).max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0)
             })
             .collect();

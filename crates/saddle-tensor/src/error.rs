@@ -45,11 +45,17 @@ pub type Result<T> = std::result::Result<T, TensorError>;
 impl TensorError {
     /// A shape error for `op`, formatting the shapes given.
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
-        TensorError::Shape { op, detail: detail.into() }
+        TensorError::Shape {
+            op,
+            detail: detail.into(),
+        }
     }
 
     /// An invalid-argument error for `op`.
     pub fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
-        TensorError::InvalidArgument { op, detail: detail.into() }
+        TensorError::InvalidArgument {
+            op,
+            detail: detail.into(),
+        }
     }
 }

@@ -28,8 +28,6 @@ pub mod rng;
 pub mod shape;
 pub mod testing;
 
-pub use backend::{
-    AdamParams, Backend, BatchNormGrads, BatchNormStats, SgdParams, TensorLike,
-};
+pub use backend::{AdamParams, Backend, BatchNormGrads, BatchNormStats, SgdParams, TensorLike};
 pub use error::{Result, TensorError};
 pub use shape::Conv2dParams;

@@ -21,7 +21,12 @@ impl Rng {
     /// A generator whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         let mut st = seed;
-        let s = [splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st)];
+        let s = [
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+            splitmix64(&mut st),
+        ];
         Rng { s }
     }
 
@@ -107,10 +112,12 @@ mod tests {
 
     #[test]
     fn streams_are_fixed_by_the_seed() {
-        let a: Vec<u64> = (0..4).map({
-            let mut r = Rng::new(42);
-            move |_| r.next_u64()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(42);
+                move |_| r.next_u64()
+            })
+            .collect();
         let mut r = Rng::new(42);
         assert_eq!(a, (0..4).map(|_| r.next_u64()).collect::<Vec<_>>());
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());

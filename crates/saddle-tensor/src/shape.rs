@@ -12,9 +12,15 @@ pub fn numel(shape: &[usize]) -> usize {
 
 /// Number of elements, or an error if the product overflows `usize`.
 pub fn checked_numel(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        TensorError::invalid(op, format!("shape {shape:?} has more elements than fit in memory"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            TensorError::invalid(
+                op,
+                format!("shape {shape:?} has more elements than fit in memory"),
+            )
+        })
 }
 
 /// NumPy broadcasting of two shapes: align on the right; each pair of sizes must be equal or
@@ -26,14 +32,25 @@ pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
             db
         } else {
-            return Err(TensorError::shape(op, format!("{a:?} and {b:?} do not broadcast")));
+            return Err(TensorError::shape(
+                op,
+                format!("{a:?} and {b:?} do not broadcast"),
+            ));
         };
     }
     Ok(out)
@@ -101,14 +118,20 @@ impl ConvGeometry {
         if x[1] != w[1] {
             return Err(TensorError::shape(
                 op,
-                format!("input {x:?} has {} channels but weight {w:?} expects {}", x[1], w[1]),
+                format!(
+                    "input {x:?} has {} channels but weight {w:?} expects {}",
+                    x[1], w[1]
+                ),
             ));
         }
         let (hp, wp) = (x[2] + 2 * p.padding, x[3] + 2 * p.padding);
         if w[2] == 0 || w[3] == 0 || w[2] > hp || w[3] > wp {
             return Err(TensorError::shape(
                 op,
-                format!("kernel {w:?} does not fit input {x:?} with padding {}", p.padding),
+                format!(
+                    "kernel {w:?} does not fit input {x:?} with padding {}",
+                    p.padding
+                ),
             ));
         }
         Ok(ConvGeometry {
@@ -171,7 +194,10 @@ pub fn same_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<()> {
     if a == b {
         Ok(())
     } else {
-        Err(TensorError::shape(op, format!("{a:?} and {b:?} must be equal")))
+        Err(TensorError::shape(
+            op,
+            format!("{a:?} and {b:?} must be equal"),
+        ))
     }
 }
 
@@ -197,7 +223,10 @@ mod tests {
     #[test]
     fn broadcasting_follows_numpy() {
         assert_eq!(broadcast_shape("t", &[2, 3], &[3]).unwrap(), vec![2, 3]);
-        assert_eq!(broadcast_shape("t", &[2, 1, 4], &[3, 1]).unwrap(), vec![2, 3, 4]);
+        assert_eq!(
+            broadcast_shape("t", &[2, 1, 4], &[3, 1]).unwrap(),
+            vec![2, 3, 4]
+        );
         assert_eq!(broadcast_shape("t", &[], &[5]).unwrap(), vec![5]);
         let err = broadcast_shape("add", &[2, 3], &[4]).unwrap_err();
         assert!(err.to_string().contains("add") && err.to_string().contains("[2, 3]"));
@@ -205,18 +234,31 @@ mod tests {
 
     #[test]
     fn conv_geometry_matches_the_mnist_network() {
-        let g = ConvGeometry::new("c", &[50, 1, 28, 28], &[32, 1, 5, 5], Conv2dParams::new(1, 2))
-            .unwrap();
+        let g = ConvGeometry::new(
+            "c",
+            &[50, 1, 28, 28],
+            &[32, 1, 5, 5],
+            Conv2dParams::new(1, 2),
+        )
+        .unwrap();
         assert_eq!(g.out_shape(), [50, 32, 28, 28]);
-        let g = ConvGeometry::new("c", &[1, 3, 32, 32], &[16, 3, 3, 3], Conv2dParams::new(2, 1))
-            .unwrap();
+        let g = ConvGeometry::new(
+            "c",
+            &[1, 3, 32, 32],
+            &[16, 3, 3, 3],
+            Conv2dParams::new(2, 1),
+        )
+        .unwrap();
         assert_eq!(g.out_shape(), [1, 16, 16, 16]);
-        assert!(ConvGeometry::new("c", &[1, 2, 8, 8], &[4, 3, 3, 3], Conv2dParams::new(1, 0))
-            .is_err());
-        assert!(ConvGeometry::new("c", &[1, 3, 2, 2], &[4, 3, 5, 5], Conv2dParams::new(1, 0))
-            .is_err());
-        assert!(ConvGeometry::new("c", &[1, 3, 8, 8], &[4, 3, 3, 3], Conv2dParams::new(0, 0))
-            .is_err());
+        assert!(
+            ConvGeometry::new("c", &[1, 2, 8, 8], &[4, 3, 3, 3], Conv2dParams::new(1, 0)).is_err()
+        );
+        assert!(
+            ConvGeometry::new("c", &[1, 3, 2, 2], &[4, 3, 5, 5], Conv2dParams::new(1, 0)).is_err()
+        );
+        assert!(
+            ConvGeometry::new("c", &[1, 3, 8, 8], &[4, 3, 3, 3], Conv2dParams::new(0, 0)).is_err()
+        );
     }
 
     #[test]

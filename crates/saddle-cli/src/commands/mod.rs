@@ -1,0 +1,98 @@
+//! The subcommands and what they share.
+
+pub mod attack;
+pub mod eval;
+pub mod train;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use saddle_models::{Classifier, MnistNet};
+use saddle_tensor::{cpu::Cpu, Backend, TensorLike};
+
+use crate::{fsutil, npy, Device, PredictArgs};
+
+/// Sets the CPU backend's worker threads (once per process).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("cannot set the number of threads")?;
+    }
+    Ok(())
+}
+
+/// The CPU backend, or an error saying why the requested device is unavailable.
+pub fn cpu_backend(device: Device) -> Result<Cpu> {
+    match device {
+        Device::Cpu | Device::Auto => Ok(Cpu::new()),
+        Device::Gpu => bail!(
+            "--device gpu: this build of saddle has no GPU backend yet (the wgpu backend is \
+             being added); use --device cpu"
+        ),
+    }
+}
+
+/// Loads an MNIST network from a safetensors file.
+pub fn load_model<B: Backend>(b: &B, path: &Path) -> Result<MnistNet<B>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+    MnistNet::from_safetensors(b.clone(), &bytes).with_context(|| format!("model {}", path.display()))
+}
+
+/// Reads a batch of images for `model` from a `.npy` file, checking shape and range.
+pub fn load_images<B: Backend, M: Classifier<B>>(b: &B, model: &M, path: &Path) -> Result<B::Tensor> {
+    let a = npy::read(path)?;
+    let [c, h, w] = model.input_shape();
+    if a.shape.len() != 4 || a.shape[1..] != [c, h, w] {
+        bail!(
+            "{}: images must have shape [n, {c}, {h}, {w}] (float32 NCHW), not {:?}",
+            path.display(),
+            a.shape
+        );
+    }
+    if let Some(i) = a.data.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        bail!(
+            "{}: pixel values must be in [0, 1]; element {i} is {} (divide 8-bit images by 255)",
+            path.display(),
+            a.data[i]
+        );
+    }
+    Ok(b.from_vec(&a.shape, a.data)?)
+}
+
+/// Reads labels `[n]` from a `.npy` file, checking that they are class indices.
+pub fn load_labels<B: Backend>(b: &B, path: &Path, n: usize, classes: usize) -> Result<B::Tensor> {
+    let a = npy::read(path)?;
+    if a.shape != [n] {
+        bail!("{}: labels must have shape [{n}] to match the images, not {:?}", path.display(), a.shape);
+    }
+    if let Some(i) = a.data.iter().position(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes)) {
+        bail!("{}: label {} at position {i} is not a class in 0..{classes}", path.display(), a.data[i]);
+    }
+    Ok(b.from_vec(&[n], a.data)?)
+}
+
+/// `saddle predict`.
+pub fn predict(a: PredictArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let b = cpu_backend(a.device)?;
+    let model = load_model(&b, &a.model)?;
+    let x = load_images(&b, &model, &a.inputs)?;
+    let n = x.dims()[0];
+    let mut out = Vec::with_capacity(n * model.num_classes());
+    let bs = 500;
+    let flat = b.to_vec(&x)?;
+    let per = flat.len() / n.max(1);
+    for s in (0..n).step_by(bs) {
+        let e = (s + bs).min(n);
+        let xb = b.from_vec(&[e - s, x.dims()[1], x.dims()[2], x.dims()[3]], flat[s * per..e * per].to_vec())?;
+        out.extend(b.to_vec(&model.logits(&xb)?)?);
+    }
+    fsutil::write_atomic(&a.out, &npy::encode_f32(&[n, model.num_classes()], &out))?;
+    eprintln!("wrote logits [{n}, {}] to {}", model.num_classes(), a.out.display());
+    Ok(())
+}

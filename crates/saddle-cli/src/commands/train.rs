@@ -1,0 +1,160 @@
+//! `saddle train`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use saddle_data::{Dataset, Split};
+use saddle_models::{Classifier, MnistNet};
+use saddle_train::{config::PRESETS, Event, TrainConfig, Trainer};
+
+use super::{cpu_backend, set_threads};
+use crate::{fsutil, Device};
+
+/// Arguments of `saddle train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// A TOML config (keys as in MadryLab's mnist_challenge config.json: max_num_training_steps,
+    /// training_batch_size, epsilon, k, a, random_start, loss_func, ...).
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
+    /// A built-in recipe: mnist-paper, mnist-quick, mnist-natural, mnist-smoke.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override the config's random_seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override the config's max_num_training_steps.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Worker threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder: config.toml, metrics.jsonl, checkpoint.safetensors, model.safetensors.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// The training set named by the config, limited to `train_limit` examples.
+pub fn load_train_set(cfg: &TrainConfig, data_dir: Option<&Path>) -> Result<Dataset> {
+    let root = data_dir.map(Path::to_path_buf).unwrap_or_else(saddle_data::datasets_dir);
+    let ds = match cfg.dataset.as_str() {
+        "mnist" => saddle_data::mnist::load(root.join("mnist"), Split::Train)?,
+        "fashion-mnist" => saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Train)?,
+        other => bail!("unknown dataset {other}"),
+    };
+    Ok(if cfg.train_limit > 0 && cfg.train_limit < ds.len() { ds.subset_first(cfg.train_limit) } else { ds })
+}
+
+fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+            toml::from_str::<TrainConfig>(&text).with_context(|| format!("config {}", path.display()))?
+        }
+        (None, Some(p)) => TrainConfig::preset(p)
+            .with_context(|| format!("unknown preset '{p}'; the presets are {}", PRESETS.join(", ")))?,
+        (None, None) => bail!("give --config FILE.toml or --preset NAME ({})", PRESETS.join(", ")),
+    };
+    if let Some(s) = a.seed {
+        cfg.random_seed = s;
+    }
+    if let Some(s) = a.steps {
+        cfg.max_num_training_steps = s;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// `saddle train`.
+pub fn run(a: TrainArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let cfg = build_config(&a)?;
+    let b = cpu_backend(a.device)?;
+    let data = load_train_set(&cfg, a.data_dir.as_deref())?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let ckpt_path = a.out.join("checkpoint.safetensors");
+    let model = MnistNet::new(b, cfg.model_scale, cfg.random_seed)?;
+    let mut trainer = Trainer::new(model, cfg.clone())?;
+    if a.resume {
+        let bytes = std::fs::read(&ckpt_path)
+            .with_context(|| format!("--resume: cannot read {}", ckpt_path.display()))?;
+        let saved = trainer.restore(&bytes).with_context(|| format!("--resume: {}", ckpt_path.display()))?;
+        let same = TrainConfig { max_num_training_steps: cfg.max_num_training_steps, ..saved.clone() };
+        if same != cfg {
+            bail!(
+                "--resume: the checkpoint was trained with another configuration (only \
+                 max_num_training_steps may change); compare {} with your config",
+                a.out.join("config.toml").display()
+            );
+        }
+        eprintln!("resuming from step {} of {}", trainer.step(), cfg.max_num_training_steps);
+    } else {
+        let _ = std::fs::remove_file(a.out.join("metrics.jsonl"));
+    }
+    fsutil::write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+
+    let total = cfg.max_num_training_steps;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta} {msg}")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .progress_chars("=> "),
+    );
+    bar.set_position(trainer.step());
+    let metrics_path = a.out.join("metrics.jsonl");
+    let t0 = Instant::now();
+    let model_path = a.out.join("model.safetensors");
+    let res = trainer.run(&data, |ev| {
+        match ev {
+            Event::Step(m) => {
+                bar.set_position(m.step);
+                bar.set_message(format!(
+                    "loss {:.3} adv acc {:.1}%{}",
+                    m.loss,
+                    100.0 * m.adv_accuracy,
+                    m.nat_accuracy.map(|v| format!(" nat {:.1}%", 100.0 * v)).unwrap_or_default()
+                ));
+                if m.nat_accuracy.is_some() || m.step == total {
+                    let line = serde_json::json!({
+                        "step": m.step, "loss": m.loss, "adv_accuracy": m.adv_accuracy,
+                        "nat_accuracy": m.nat_accuracy, "lr": m.lr, "epsilon": m.epsilon,
+                        "examples_per_sec": m.examples_per_sec,
+                        "elapsed_sec": t0.elapsed().as_secs_f64(),
+                    });
+                    fsutil::append_line(&metrics_path, &line.to_string())
+                        .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
+                }
+            }
+            Event::Checkpoint { bytes, model, .. } => {
+                fsutil::write_atomic(&ckpt_path, &bytes)
+                    .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
+                if let Some(m) = model {
+                    fsutil::write_atomic(&model_path, &m)
+                        .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
+                }
+            }
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    res.with_context(|| format!("training stopped; the last checkpoint is {}", ckpt_path.display()))?;
+    eprintln!(
+        "trained {} steps in {:.1} s; model: {} ({} parameters)",
+        trainer.step(),
+        t0.elapsed().as_secs_f64(),
+        model_path.display(),
+        trainer.model().params().numel()
+    );
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Training configuration. Keys mirror MadryLab's `mnist_challenge` `config.json`
+//! (`max_num_training_steps`, `training_batch_size`, `epsilon`, `k`, `a`, `random_start`,
+//! `loss_func`, ...), written in TOML by the CLI; saddle's additions follow them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::optim::OptimizerKind;
+use crate::schedule::Schedule;
+
+/// How each training batch is made adversarial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingMode {
+    /// Train on clean examples.
+    Natural,
+    /// Train on FGSM examples (one step of size ε from x, no random start).
+    Fgsm,
+    /// Train on PGD examples (`k` steps of size `a`, from a random start if `random_start`):
+    /// the paper's adversarial training.
+    Pgd,
+    /// Fast FGSM (Wong, Rice & Kolter 2020): a uniform random start in the ε-ball, one signed
+    /// step of size `a` (1.25ε in that paper), projection.
+    FastFgsm,
+}
+
+/// The loss the attack maximises while training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossFunc {
+    /// Cross-entropy.
+    Xent,
+    /// The CW margin loss with κ = 50 (`mnist_challenge`'s "cw").
+    Cw,
+}
+
+/// Everything a training run depends on. Every field has a default (the paper's MNIST recipe),
+/// so a config file names only what differs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `mnist` or `fashion-mnist`.
+    pub dataset: String,
+    /// Capacity scale of the MNIST network (16 is the paper's).
+    pub model_scale: usize,
+    /// Seed of every random choice (initialisation, batches, random starts).
+    pub random_seed: u64,
+    /// Number of optimiser steps.
+    pub max_num_training_steps: u64,
+    /// Log a metrics line every this many steps.
+    pub num_output_steps: u64,
+    /// Accepted for compatibility with `mnist_challenge` configs; same meaning as
+    /// `num_output_steps` here.
+    pub num_summary_steps: u64,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub num_checkpoint_steps: u64,
+    /// Examples per step.
+    pub training_batch_size: usize,
+    /// Examples of the test set used by the evaluation after training (0: none).
+    pub num_eval_examples: usize,
+    /// Batch size of that evaluation.
+    pub eval_batch_size: usize,
+    /// L∞ radius of the training attack, in [0, 1] pixel units.
+    pub epsilon: f32,
+    /// Steps of the training attack.
+    pub k: usize,
+    /// Step size of the training attack.
+    pub a: f32,
+    /// Start the training attack from a uniform point of the ε-ball.
+    pub random_start: bool,
+    /// Loss of the training attack.
+    pub loss_func: LossFunc,
+    /// How batches are made adversarial.
+    pub training: TrainingMode,
+    /// The optimiser.
+    pub optimizer: OptimizerKind,
+    /// Learning-rate schedule.
+    pub learning_rate: Schedule,
+    /// Ramp ε linearly from 0 over this many steps (0: full ε from the start).
+    pub epsilon_ramp_steps: u64,
+    /// Train on the first this-many training examples only (0: all).
+    pub train_limit: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dataset: "mnist".into(),
+            model_scale: 16,
+            random_seed: 4_557_077,
+            max_num_training_steps: 100_000,
+            num_output_steps: 100,
+            num_summary_steps: 100,
+            num_checkpoint_steps: 300,
+            training_batch_size: 50,
+            num_eval_examples: 10_000,
+            eval_batch_size: 200,
+            epsilon: 0.3,
+            k: 40,
+            a: 0.01,
+            random_start: true,
+            loss_func: LossFunc::Xent,
+            training: TrainingMode::Pgd,
+            optimizer: OptimizerKind::adam(),
+            learning_rate: Schedule::Constant { value: 1e-4 },
+            epsilon_ramp_steps: 0,
+            train_limit: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The paper's MNIST recipe (MadryLab `mnist_challenge`): Adam 1e-4, batch 50, 100,000
+    /// steps, PGD-40 of 0.01 from a random start, ε 0.3, adversarial examples only.
+    pub fn mnist_paper() -> Self {
+        Self::default()
+    }
+
+    /// The ε of the training attack at `step` (with the ramp applied).
+    pub fn epsilon_at(&self, step: u64) -> f32 {
+        if self.epsilon_ramp_steps == 0 || step >= self.epsilon_ramp_steps {
+            self.epsilon
+        } else {
+            self.epsilon * (step + 1) as f32 / self.epsilon_ramp_steps as f32
+        }
+    }
+
+    /// Checks every value, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if !["mnist", "fashion-mnist"].contains(&self.dataset.as_str()) {
+            return bad(format!("dataset = \"{}\": expected \"mnist\" or \"fashion-mnist\"", self.dataset));
+        }
+        if self.model_scale == 0 || self.model_scale > 64 {
+            return bad(format!("model_scale = {}: expected 1 to 64", self.model_scale));
+        }
+        if self.training_batch_size == 0 {
+            return bad("training_batch_size must be at least 1".into());
+        }
+        if self.max_num_training_steps == 0 {
+            return bad("max_num_training_steps must be at least 1".into());
+        }
+        if !(self.epsilon.is_finite() && (0.0..=1.0).contains(&self.epsilon)) {
+            return bad(format!("epsilon = {}: expected a number in [0, 1]", self.epsilon));
+        }
+        let attacks = self.training != TrainingMode::Natural;
+        if attacks && !(self.a.is_finite() && self.a > 0.0) && self.training != TrainingMode::Fgsm {
+            return bad(format!("a = {}: the attack step size must be positive", self.a));
+        }
+        if self.training == TrainingMode::Pgd && self.k == 0 {
+            return bad("k = 0: PGD training needs at least one step".into());
+        }
+        if self.eval_batch_size == 0 {
+            return bad("eval_batch_size must be at least 1".into());
+        }
+        self.optimizer.validate()?;
+        self.learning_rate.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_the_paper_recipe_and_valid() {
+        let c = TrainConfig::mnist_paper();
+        c.validate().unwrap();
+        assert_eq!((c.training_batch_size, c.k, c.a, c.epsilon), (50, 40, 0.01, 0.3));
+        assert_eq!(c.learning_rate, Schedule::Constant { value: 1e-4 });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let c = TrainConfig { epsilon: -0.1, ..TrainConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("epsilon"));
+        let c = TrainConfig { k: 0, ..TrainConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("k = 0"));
+        let c = TrainConfig { epsilon: f32::NAN, ..TrainConfig::default() };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn epsilon_ramps_linearly() {
+        let c = TrainConfig { epsilon_ramp_steps: 10, ..TrainConfig::default() };
+        assert!((c.epsilon_at(0) - 0.03).abs() < 1e-7);
+        assert!((c.epsilon_at(9) - 0.3).abs() < 1e-7);
+        assert_eq!(c.epsilon_at(100), 0.3);
+    }
+}
+
+/// Names of the built-in presets.
+pub const PRESETS: &[&str] = &["mnist-paper", "mnist-quick", "mnist-natural", "mnist-smoke"];
+
+impl TrainConfig {
+    /// A built-in recipe by name:
+    /// - `mnist-paper`: the paper's recipe ([`TrainConfig::mnist_paper`]), ~41 h on 2 cores;
+    /// - `mnist-quick`: the best robust recipe found for a 2-core CPU within an hour;
+    /// - `mnist-natural`: natural training of the paper's network (2 epochs);
+    /// - `mnist-smoke`: a small PGD run (scale 4, 300 steps, 2,000 images) for checks in minutes.
+    pub fn preset(name: &str) -> Option<TrainConfig> {
+        let paper = TrainConfig::mnist_paper();
+        Some(match name {
+            "mnist-paper" => paper,
+            "mnist-quick" => TrainConfig {
+                max_num_training_steps: 2400,
+                training_batch_size: 100,
+                k: 8,
+                a: 0.05,
+                epsilon_ramp_steps: 1200,
+                learning_rate: Schedule::OneCycle { max: 1e-3, total: 2400, warmup: 0.3, div: 10.0 },
+                num_checkpoint_steps: 200,
+                num_output_steps: 20,
+                ..paper
+            },
+            "mnist-natural" => TrainConfig {
+                training: TrainingMode::Natural,
+                max_num_training_steps: 2400,
+                learning_rate: Schedule::Constant { value: 1e-3 },
+                num_output_steps: 50,
+                ..paper
+            },
+            "mnist-smoke" => TrainConfig {
+                model_scale: 4,
+                max_num_training_steps: 300,
+                training_batch_size: 50,
+                k: 7,
+                a: 0.1,
+                epsilon_ramp_steps: 100,
+                train_limit: 2000,
+                learning_rate: Schedule::Constant { value: 1e-3 },
+                num_checkpoint_steps: 100,
+                num_output_steps: 10,
+                num_eval_examples: 500,
+                ..paper
+            },
+            _ => return None,
+        })
+    }
+}
