@@ -45,10 +45,10 @@ pub struct AttackArgs {
     #[arg(long, value_enum)]
     attack: AttackKind,
     /// L∞ radius in [0, 1] pixel units.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     eps: f32,
     /// PGD step size (default ε/30, the paper's 0.01 at ε = 0.3).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     alpha: Option<f32>,
     /// PGD steps.
     #[arg(long, default_value_t = 40)]

@@ -27,10 +27,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "fgsm,pgd40,pgd100,cw,cw+,targeted")]
     attacks: String,
     /// L∞ radius in [0, 1] pixel units.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, allow_hyphen_values = true)]
     eps: f32,
     /// PGD step size (default ε/30, the paper's 0.01 at ε = 0.3).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     alpha: Option<f32>,
     /// Evaluate on the first N test images only.
     #[arg(long)]
@@ -125,6 +125,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let names: Vec<&str> = a.attacks.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let attacks: Vec<NamedAttack<_>> = names
+        .iter()
+        .map(|n| if a.eps == 0.0 { bail!("--eps 0 leaves nothing to attack; use --attacks '' for natural accuracy") } else { parse_attack(n, a.eps, alpha, a.seed) })
+        .collect::<Result<_>>()?;
     let b = cpu_backend(a.device)?;
     let mut model = load_model(&b, &a.model)?;
     let mut data = load_test_set(&a.data, a.data_dir.as_deref())?;
@@ -134,11 +139,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         data = data.subset_first(n.min(data.len()));
     }
-    let names: Vec<&str> = a.attacks.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let attacks: Vec<NamedAttack<_>> = names
-        .iter()
-        .map(|n| if a.eps == 0.0 { bail!("--eps 0 leaves nothing to attack; use --attacks '' for natural accuracy") } else { parse_attack(n, a.eps, alpha, a.seed) })
-        .collect::<Result<_>>()?;
     let n = data.len();
     let classes = model.num_classes();
     let mut natural_ok = vec![false; n];
