@@ -100,8 +100,13 @@ fn assert_in_l2_ball(c: &Case, y: &[f32], eps: f32) -> Result<(), TestCaseError>
     Ok(())
 }
 
+/// Cases per property: `PROPTEST_CASES` (as `cargo xtask proptest` sets it), 128 by default.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn linf_step_moves_each_coordinate_by_alpha_or_zero(mut c in case()) {

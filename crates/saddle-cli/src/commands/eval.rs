@@ -65,18 +65,25 @@ pub struct NamedAttack<B: Backend> {
     pub attack: Box<dyn Attack<B>>,
 }
 
+/// A short decimal for tables (0.3/30 prints as 0.01, not 0.010000001).
+fn short(v: f32) -> String {
+    let s = format!("{v:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Parses one attack name of the suite.
 pub fn parse_attack<B: Backend>(name: &str, eps: f32, alpha: f32, seed: u64) -> Result<NamedAttack<B>> {
+    let (e, al) = (short(eps), short(alpha));
     let pgd = |steps: usize| -> Result<Pgd> { Ok(Pgd::linf(eps, alpha, steps)?.random_start(true).seed(seed)) };
     let (description, attack): (String, Box<dyn Attack<B>>) = match name {
-        "fgsm" => (format!("FGSM, ε={eps}"), Box::new(Fgsm::new(eps)?)),
+        "fgsm" => (format!("FGSM, ε={e}"), Box::new(Fgsm::new(eps)?)),
         "cw" => (
-            format!("PGD-40 on the CW loss (κ=0), ε={eps}, α={alpha}"),
+            format!("PGD-40 on the CW loss (κ=0), ε={e}, α={al}"),
             Box::new(pgd(40)?.loss(Loss::Cw { kappa: 0.0 })),
         ),
-        "cw+" => (format!("PGD-40 on the CW loss (κ=50), ε={eps}, α={alpha}"), Box::new(pgd(40)?.loss(CW_PLUS))),
+        "cw+" => (format!("PGD-40 on the CW loss (κ=50), ε={e}, α={al}"), Box::new(pgd(40)?.loss(CW_PLUS))),
         "targeted" => (
-            format!("targeted PGD-40 to the least-likely class, ε={eps}, α={alpha}"),
+            format!("targeted PGD-40 to the least-likely class, ε={e}, α={al}"),
             Box::new(pgd(40)?.targeting(Targeting::LeastLikely)),
         ),
         s if s.starts_with("pgd") => {
@@ -90,7 +97,7 @@ pub fn parse_attack<B: Backend>(name: &str, eps: f32, alpha: f32, seed: u64) -> 
                 _ => bail!("unknown attack '{s}': PGD is written pgdK or pgdKxR (e.g. pgd40, pgd100x20)"),
             };
             (
-                format!("PGD-{k}, {r} restart{}, ε={eps}, α={alpha}, random start", if r > 1 { "s" } else { "" }),
+                format!("PGD-{k}, {r} restart{}, ε={e}, α={al}, random start", if r > 1 { "s" } else { "" }),
                 Box::new(pgd(k)?.restarts(r)),
             )
         }
