@@ -16,7 +16,10 @@ pub struct Args {
 }
 
 /// The property-test targets: (package, test target).
-const TARGETS: &[(&str, &str)] = &[("saddle-attacks", "properties"), ("saddle-tensor", "cpu_properties")];
+const TARGETS: &[(&str, &str)] = &[
+    ("saddle-attacks", "properties"),
+    ("saddle-tensor", "cpu_properties"),
+];
 
 /// Runs every property-test target with `PROPTEST_CASES` set, printing what they report.
 pub fn run(args: Args) -> Result<()> {
@@ -28,14 +31,29 @@ pub fn run(args: Args) -> Result<()> {
         println!("== {pkg} --test {test}: {} cases per property", args.cases);
         let t = Instant::now();
         let status = Command::new(&cargo)
-            .args(["test", "--release", "--quiet", "-p", pkg, "--test", test, "--", "--nocapture", "--test-threads", "2"])
+            .args([
+                "test",
+                "--release",
+                "--quiet",
+                "-p",
+                pkg,
+                "--test",
+                test,
+                "--",
+                "--nocapture",
+                "--test-threads",
+                "2",
+            ])
             .env("PROPTEST_CASES", args.cases.to_string())
             .status()
             .with_context(|| format!("cannot run cargo test for {pkg}"))?;
         if !status.success() {
             bail!("property tests of {pkg} ({test}) failed: see the output above");
         }
-        println!("== {pkg} --test {test}: passed in {:.1} s", t.elapsed().as_secs_f64());
+        println!(
+            "== {pkg} --test {test}: passed in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -52,11 +52,16 @@ const PAPER_MNIST: &[(&str, &str, f64)] = &[
 ];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {what}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -66,24 +71,47 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
 /// Runs the experiment.
 pub fn run(args: Args) -> Result<()> {
     if args.experiment != "mnist" {
-        bail!("unknown experiment '{}': only `mnist` is available", args.experiment);
+        bail!(
+            "unknown experiment '{}': only `mnist` is available",
+            args.experiment
+        );
     }
-    let preset = args.preset.clone().unwrap_or_else(|| if args.quick { "mnist-quick".into() } else { "mnist-paper".into() });
+    let preset = args.preset.clone().unwrap_or_else(|| {
+        if args.quick {
+            "mnist-quick".into()
+        } else {
+            "mnist-paper".into()
+        }
+    });
     let root = root();
     let out = root.join("results").join(&preset);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let t0 = Instant::now();
 
-    crate::download::run(crate::download::Args { dataset: crate::download::Target::Mnist, dir: None })?;
+    crate::download::run(crate::download::Args {
+        dataset: crate::download::Target::Mnist,
+        dir: None,
+    })?;
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_checked(
-        Command::new(&cargo).current_dir(&root).args(["build", "--release", "--quiet", "-p", "saddle-cli"]),
+        Command::new(&cargo).current_dir(&root).args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "saddle-cli",
+        ]),
         "building saddle",
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let saddle = target.join("release").join("saddle");
-    let threads: Vec<String> = args.threads.map(|t| vec!["--threads".into(), t.to_string()]).unwrap_or_default();
+    let threads: Vec<String> = args
+        .threads
+        .map(|t| vec!["--threads".into(), t.to_string()])
+        .unwrap_or_default();
 
     let model = out.join("model.safetensors");
     let t_train = Instant::now();
@@ -112,7 +140,18 @@ pub fn run(args: Args) -> Result<()> {
         run_checked(
             Command::new(&saddle)
                 .current_dir(&root)
-                .args(["eval", "--data", "mnist", "--eps", "0.3", "--attacks", attacks, "--limit", &n.to_string(), "--model"])
+                .args([
+                    "eval",
+                    "--data",
+                    "mnist",
+                    "--eps",
+                    "0.3",
+                    "--attacks",
+                    attacks,
+                    "--limit",
+                    &n.to_string(),
+                    "--model",
+                ])
                 .arg(&model)
                 .arg("--out")
                 .arg(&json)
@@ -129,22 +168,39 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn report(preset: &str, evals: &[serde_json::Value], train_secs: f64, total_secs: f64) -> Result<String> {
+fn report(
+    preset: &str,
+    evals: &[serde_json::Value],
+    train_secs: f64,
+    total_secs: f64,
+) -> Result<String> {
     let mut ours: Vec<(String, f64, u64)> = Vec::new();
     for e in evals {
         let n = e["examples"].as_u64().unwrap_or(0);
         if ours.iter().all(|(k, _, _)| k != "natural") {
-            ours.push(("natural".into(), e["natural_accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0, n));
+            ours.push((
+                "natural".into(),
+                e["natural_accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                n,
+            ));
         }
         for a in e["attacks"].as_array().into_iter().flatten() {
-            ours.push((a["name"].as_str().unwrap_or("?").to_string(), a["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0, n));
+            ours.push((
+                a["name"].as_str().unwrap_or("?").to_string(),
+                a["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                n,
+            ));
         }
     }
     let mut s = String::new();
-    s.push_str(&format!("# MNIST, preset `{preset}`: saddle beside the paper's Table 1\n\n"));
-    s.push_str("Madry et al. (2018), Table 1, MNIST, white-box attacks on the adversarially trained \
+    s.push_str(&format!(
+        "# MNIST, preset `{preset}`: saddle beside the paper's Table 1\n\n"
+    ));
+    s.push_str(
+        "Madry et al. (2018), Table 1, MNIST, white-box attacks on the adversarially trained \
                 network (source A), L∞ ε = 0.3. Ours: the model trained here, evaluated with \
-                `saddle eval` (random starts from seed 0).\n\n");
+                `saddle eval` (random starts from seed 0).\n\n",
+    );
     s.push_str("| attack | paper | saddle | test images |\n|---|---:|---:|---:|\n");
     for (key, row, paper) in PAPER_MNIST {
         let (acc, n) = ours
@@ -158,7 +214,9 @@ fn report(preset: &str, evals: &[serde_json::Value], train_secs: f64, total_secs
         "\nTraining took {:.1} min; the whole run {:.1} min, on this machine ({} logical cores).\n",
         train_secs / 60.0,
         total_secs / 60.0,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     ));
     s.push_str("\nFiles: `model.safetensors` (weights, PyTorch names), `checkpoint.safetensors`, \
                 `config.toml`, `metrics.jsonl` (training log), `eval.json`, `eval-restarts.json`.\n");

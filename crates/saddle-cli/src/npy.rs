@@ -40,14 +40,23 @@ pub fn parse(bytes: &[u8]) -> Result<Array> {
             if bytes.len() < 12 {
                 bail!("truncated header");
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => bail!("unsupported .npy format version {v}"),
     };
-    let end = start.checked_add(hlen).filter(|&e| e <= bytes.len()).context("truncated header")?;
+    let end = start
+        .checked_add(hlen)
+        .filter(|&e| e <= bytes.len())
+        .context("truncated header")?;
     let header = std::str::from_utf8(&bytes[start..end]).context("header is not text")?;
     let descr = dict_str(header, "descr").context("header has no 'descr'")?;
-    if dict_raw(header, "fortran_order").map(|v| v.starts_with("True")).unwrap_or(false) {
+    if dict_raw(header, "fortran_order")
+        .map(|v| v.starts_with("True"))
+        .unwrap_or(false)
+    {
         bail!("Fortran-order arrays are not supported; save with np.ascontiguousarray");
     }
     let shape_txt = dict_raw(header, "shape").context("header has no 'shape'")?;
@@ -57,40 +66,82 @@ pub fn parse(bytes: &[u8]) -> Result<Array> {
         .context("malformed 'shape'")?;
     let mut shape = Vec::new();
     for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        shape.push(part.parse::<usize>().with_context(|| format!("bad dimension '{part}'"))?);
+        shape.push(
+            part.parse::<usize>()
+                .with_context(|| format!("bad dimension '{part}'"))?,
+        );
     }
     let width = match descr.as_str() {
         "<f4" | "<i4" | "<u4" => 4,
         "<f8" | "<i8" | "<u8" => 8,
         "|u1" | "|i1" | "|b1" => 1,
         "<i2" | "<u2" => 2,
-        other => bail!("unsupported dtype '{other}' (use float32, float64 or an integer type, little-endian)"),
+        other => bail!(
+            "unsupported dtype '{other}' (use float32, float64 or an integer type, little-endian)"
+        ),
     };
-    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).context("shape overflows")?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .context("shape overflows")?;
     let need = count.checked_mul(width).context("shape overflows")?;
     let body = &bytes[end..];
     if body.len() != need {
-        bail!("shape {shape:?} of {descr} needs {need} data bytes but the file has {}", body.len());
+        bail!(
+            "shape {shape:?} of {descr} needs {need} data bytes but the file has {}",
+            body.len()
+        );
     }
     let data: Vec<f32> = match descr.as_str() {
-        "<f4" => body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        "<f8" => body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        "<i4" => body.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        "<u4" => body.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        "<i8" => body.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        "<u8" => body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        "<i2" => body.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
-        "<u2" => body.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32).collect(),
+        "<f4" => body
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        "<f8" => body
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        "<i4" => body
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        "<u4" => body
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        "<i8" => body
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        "<u8" => body
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        "<i2" => body
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
+        "<u2" => body
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
         "|i1" => body.iter().map(|&b| b as i8 as f32).collect(),
         _ => body.iter().map(|&b| b as f32).collect(),
     };
-    Ok(Array { shape, data, dtype: descr })
+    Ok(Array {
+        shape,
+        data,
+        dtype: descr,
+    })
 }
 
 fn dict_raw<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pat_a = format!("'{key}':");
     let pat_b = format!("\"{key}\":");
-    let i = header.find(&pat_a).map(|i| i + pat_a.len()).or_else(|| header.find(&pat_b).map(|i| i + pat_b.len()))?;
+    let i = header
+        .find(&pat_a)
+        .map(|i| i + pat_a.len())
+        .or_else(|| header.find(&pat_b).map(|i| i + pat_b.len()))?;
     Some(header[i..].trim_start())
 }
 
@@ -105,8 +156,13 @@ fn dict_str(header: &str, key: &str) -> Option<String> {
 
 fn encode(shape: &[usize], descr: &str, body: Vec<u8>) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let shape_txt = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Pad so that the data starts on a 64-byte boundary, ending the header with a newline.
     let total = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -122,13 +178,21 @@ fn encode(shape: &[usize], descr: &str, body: Vec<u8>) -> Vec<u8> {
 
 /// The bytes of a float32 `.npy` file.
 pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
-    encode(shape, "<f4", data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    encode(
+        shape,
+        "<f4",
+        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 /// The bytes of an int64 `.npy` file.
 #[cfg(test)]
 pub fn encode_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
-    encode(shape, "<i8", data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    encode(
+        shape,
+        "<i8",
+        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
 }
 
 #[cfg(test)]
@@ -138,10 +202,17 @@ mod tests {
     #[test]
     fn round_trips_f32_and_i64() {
         let a = parse(&encode_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.5])).unwrap();
-        assert_eq!((a.shape.clone(), a.data.clone()), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]));
+        assert_eq!(
+            (a.shape.clone(), a.data.clone()),
+            (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5])
+        );
         let b = parse(&encode_i64(&[3], &[7, 0, 9])).unwrap();
-        assert_eq!((b.shape, b.data, b.dtype.as_str()), (vec![3], vec![7.0, 0.0, 9.0], "<i8"));
-        assert_eq!(encode_f32(&[2, 3], &[0.0; 6]).len() % 64, (24) % 64);
+        assert_eq!(
+            (b.shape, b.data, b.dtype.as_str()),
+            (vec![3], vec![7.0, 0.0, 9.0], "<i8")
+        );
+        // The header pads the data to a 64-byte boundary: 6 floats = 24 bytes after it.
+        assert_eq!(encode_f32(&[2, 3], &[0.0; 6]).len() % 64, 24);
     }
 
     #[test]

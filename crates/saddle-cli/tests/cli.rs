@@ -16,7 +16,11 @@ fn dir(name: &str) -> PathBuf {
 
 fn npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     while (10 + h.len() + 1) % 64 != 0 {
         h.push(' ');
@@ -30,26 +34,52 @@ fn npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) {
 }
 
 fn f32_npy(path: &Path, shape: &[usize], v: &[f32]) {
-    npy(path, "<f4", shape, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+    npy(
+        path,
+        "<f4",
+        shape,
+        &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
+    );
 }
 
 fn i64_npy(path: &Path, v: &[i64]) {
-    npy(path, "<i8", &[v.len()], &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+    npy(
+        path,
+        "<i8",
+        &[v.len()],
+        &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
+    );
 }
 
 /// A tiny model, 4 images and labels in `d`.
 fn fixture(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let model = d.join("m.safetensors");
-    std::fs::write(&model, MnistNet::new(Cpu::new(), 1, 3).unwrap().to_safetensors().unwrap()).unwrap();
+    std::fs::write(
+        &model,
+        MnistNet::new(Cpu::new(), 1, 3)
+            .unwrap()
+            .to_safetensors()
+            .unwrap(),
+    )
+    .unwrap();
     let x = d.join("x.npy");
-    f32_npy(&x, &[4, 1, 28, 28], &(0..4 * 784).map(|i| (i % 97) as f32 / 97.0).collect::<Vec<_>>());
+    f32_npy(
+        &x,
+        &[4, 1, 28, 28],
+        &(0..4 * 784)
+            .map(|i| (i % 97) as f32 / 97.0)
+            .collect::<Vec<_>>(),
+    );
     let y = d.join("y.npy");
     i64_npy(&y, &[0, 1, 2, 3]);
     (model, x, y)
 }
 
 fn saddle(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saddle")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_saddle"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -61,10 +91,16 @@ fn saddle(args: &[&str]) -> (i32, String, String) {
 fn fails_with(args: &[&str], want: &str) {
     let (code, _, err) = saddle(args);
     assert_eq!(code, 2, "{args:?} should fail with status 2; stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace") && !err.contains("internal error"), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace") && !err.contains("internal error"),
+        "{args:?}: {err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
-    assert!(err.contains(want), "{args:?}: message should mention '{want}': {err}");
+    assert!(
+        err.contains(want),
+        "{args:?}: message should mention '{want}': {err}"
+    );
 }
 
 fn s(p: &Path) -> &str {
@@ -76,22 +112,57 @@ fn predict_and_attack_work_on_good_input() {
     let d = dir("good");
     let (m, x, y) = fixture(&d);
     let logits = d.join("logits.npy");
-    let (code, _, err) = saddle(&["predict", "--model", s(&m), "--inputs", s(&x), "--out", s(&logits)]);
+    let (code, _, err) = saddle(&[
+        "predict",
+        "--model",
+        s(&m),
+        "--inputs",
+        s(&x),
+        "--out",
+        s(&logits),
+    ]);
     assert_eq!(code, 0, "{err}");
     let bytes = std::fs::read(&logits).unwrap();
-    assert!(bytes.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&bytes[..128]).contains("(4, 10)"));
+    assert!(
+        bytes.starts_with(b"\x93NUMPY")
+            && String::from_utf8_lossy(&bytes[..128]).contains("(4, 10)")
+    );
     let adv = d.join("adv.npy");
     let png = d.join("grid.png");
-    let args = ["attack", "--model", s(&m), "--inputs", s(&x), "--labels", s(&y), "--attack", "pgd", "--eps", "0.3", "--steps", "5", "--out", s(&adv), "--png", s(&png)];
+    let args = [
+        "attack",
+        "--model",
+        s(&m),
+        "--inputs",
+        s(&x),
+        "--labels",
+        s(&y),
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.3",
+        "--steps",
+        "5",
+        "--out",
+        s(&adv),
+        "--png",
+        s(&png),
+    ];
     let (code, _, err) = saddle(&args);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("accuracy under attack"), "{err}");
     let a = std::fs::read(&adv).unwrap();
     // Header (64-byte aligned) + 4·784 float32 values, each within 0.3 of the input and in [0,1].
-    let vals: Vec<f32> = a[a.len() - 4 * 784 * 4..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let vals: Vec<f32> = a[a.len() - 4 * 784 * 4..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     for (i, v) in vals.iter().enumerate() {
         let x0 = (i % 97) as f32 / 97.0;
-        assert!((0.0..=1.0).contains(v) && (v - x0).abs() <= 0.3 + 1e-6, "pixel {i}: {v} vs {x0}");
+        assert!(
+            (0.0..=1.0).contains(v) && (v - x0).abs() <= 0.3 + 1e-6,
+            "pixel {i}: {v} vs {x0}"
+        );
     }
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
 }
@@ -102,28 +173,99 @@ fn every_bad_input_is_one_line_and_status_2() {
     let (m, x, y) = fixture(&d);
     let out = d.join("o.npy");
     let missing = d.join("nope.safetensors");
-    fails_with(&["predict", "--model", s(&missing), "--inputs", s(&x), "--out", s(&out)], "cannot read model");
+    fails_with(
+        &[
+            "predict",
+            "--model",
+            s(&missing),
+            "--inputs",
+            s(&x),
+            "--out",
+            s(&out),
+        ],
+        "cannot read model",
+    );
     let junk = d.join("junk.safetensors");
     std::fs::write(&junk, b"this is not a safetensors file at all").unwrap();
-    fails_with(&["predict", "--model", s(&junk), "--inputs", s(&x), "--out", s(&out)], "safetensors");
+    fails_with(
+        &[
+            "predict",
+            "--model",
+            s(&junk),
+            "--inputs",
+            s(&x),
+            "--out",
+            s(&out),
+        ],
+        "safetensors",
+    );
     let wrong_shape = d.join("w.npy");
     f32_npy(&wrong_shape, &[2, 28, 28], &vec![0.5; 2 * 784]);
-    fails_with(&["predict", "--model", s(&m), "--inputs", s(&wrong_shape), "--out", s(&out)], "shape");
+    fails_with(
+        &[
+            "predict",
+            "--model",
+            s(&m),
+            "--inputs",
+            s(&wrong_shape),
+            "--out",
+            s(&out),
+        ],
+        "shape",
+    );
     let out_of_range = d.join("r.npy");
     f32_npy(&out_of_range, &[1, 1, 28, 28], &vec![255.0; 784]);
-    fails_with(&["predict", "--model", s(&m), "--inputs", s(&out_of_range), "--out", s(&out)], "[0, 1]");
+    fails_with(
+        &[
+            "predict",
+            "--model",
+            s(&m),
+            "--inputs",
+            s(&out_of_range),
+            "--out",
+            s(&out),
+        ],
+        "[0, 1]",
+    );
     let corrupt = d.join("c.npy");
     std::fs::write(&corrupt, b"\x93NUMPY\x01\x00\xff\xff{'descr'").unwrap();
-    fails_with(&["predict", "--model", s(&m), "--inputs", s(&corrupt), "--out", s(&out)], "npy");
+    fails_with(
+        &[
+            "predict",
+            "--model",
+            s(&m),
+            "--inputs",
+            s(&corrupt),
+            "--out",
+            s(&out),
+        ],
+        "npy",
+    );
     let labels_bad = d.join("lb.npy");
     i64_npy(&labels_bad, &[0, 1, 2, 10]);
     let base = |lab: &Path, eps: &str| -> Vec<String> {
-        ["attack", "--model", s(&m), "--inputs", s(&x), "--labels", s(lab), "--attack", "pgd", "--eps", eps, "--out", s(&out)]
-            .iter()
-            .map(|v| v.to_string())
-            .collect()
+        [
+            "attack",
+            "--model",
+            s(&m),
+            "--inputs",
+            s(&x),
+            "--labels",
+            s(lab),
+            "--attack",
+            "pgd",
+            "--eps",
+            eps,
+            "--out",
+            s(&out),
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect()
     };
-    let run = |v: Vec<String>, want: &str| fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), want);
+    let run = |v: Vec<String>, want: &str| {
+        fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), want)
+    };
     run(base(&labels_bad, "0.3"), "label 10");
     let labels_short = d.join("ls.npy");
     i64_npy(&labels_short, &[0, 1]);
@@ -136,18 +278,35 @@ fn every_bad_input_is_one_line_and_status_2() {
     let mut zero_steps = base(&y, "0.3");
     zero_steps.extend(["--steps".into(), "0".into()]);
     run(zero_steps, "step");
-    fails_with(&["eval", "--model", s(&m), "--attacks", "pgd4O"], "unknown attack");
+    fails_with(
+        &["eval", "--model", s(&m), "--attacks", "pgd4O"],
+        "unknown attack",
+    );
     fails_with(&["train", "--preset", "no-such-preset"], "unknown preset");
     let cfg = d.join("c.toml");
     std::fs::write(&cfg, "epsilonn = 0.3\n").unwrap();
     fails_with(&["train", "--config", s(&cfg)], "epsilonn");
     std::fs::write(&cfg, "epsilon = 3.0\n").unwrap();
     fails_with(&["train", "--config", s(&cfg)], "epsilon");
-    fails_with(&["train", "--preset", "mnist-smoke", "--threads", "0"], "--threads");
+    fails_with(
+        &["train", "--preset", "mnist-smoke", "--threads", "0"],
+        "--threads",
+    );
 }
 
 #[test]
 fn missing_datasets_say_how_to_get_them() {
     let d = dir("nodata");
-    fails_with(&["train", "--preset", "mnist-smoke", "--data-dir", s(&d), "--out", s(&d.join("run"))], "cargo xtask download");
+    fails_with(
+        &[
+            "train",
+            "--preset",
+            "mnist-smoke",
+            "--data-dir",
+            s(&d),
+            "--out",
+            s(&d.join("run")),
+        ],
+        "cargo xtask download",
+    );
 }

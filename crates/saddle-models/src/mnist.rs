@@ -122,7 +122,6 @@ impl<B: Backend> MnistNet<B> {
         net.params.load_safetensors(&b, bytes, "")?;
         Ok(net)
     }
-
 }
 
 fn infer_scale(bytes: &[u8]) -> Result<usize> {

@@ -7,6 +7,9 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{ModelError, Result};
 
+/// A tensor copied to the host: `(name, shape, little-endian f32 bytes)`.
+pub type HostTensor = (String, Vec<usize>, Vec<u8>);
+
 /// An ordered set of named tensors (a model's parameters, an optimiser's state), named as in
 /// PyTorch's `state_dict`.
 #[derive(Clone, Debug)]
@@ -139,7 +142,7 @@ impl<B: Backend> ParamSet<B> {
     }
 
     /// The tensors as `(prefix + name, shape, little-endian f32 bytes)`, copied to the host.
-    pub fn to_host(&self, backend: &B, prefix: &str) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
+    pub fn to_host(&self, backend: &B, prefix: &str) -> Result<Vec<HostTensor>> {
         self.iter()
             .map(|(n, t)| {
                 let v = backend.to_vec(t)?;
@@ -155,7 +158,7 @@ impl<B: Backend> ParamSet<B> {
 /// # Errors
 /// [`ModelError::Format`] if safetensors refuses (duplicate names, inconsistent sizes).
 pub fn serialize_safetensors(
-    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    tensors: &[HostTensor],
     metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors

@@ -17,21 +17,31 @@ fn t<F: FnMut()>(name: &str, flop: f64, mut f: F) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let m = v[5];
     if flop > 0.0 {
-        println!("{name:<28} {:>8.2} ms {:>7.1} GFLOP/s", m * 1e3, flop / m / 1e9);
+        println!(
+            "{name:<28} {:>8.2} ms {:>7.1} GFLOP/s",
+            m * 1e3,
+            flop / m / 1e9
+        );
     } else {
         println!("{name:<28} {:>8.2} ms", m * 1e3);
     }
 }
 
 fn main() {
-    let threads: usize =
-        std::env::var("SADDLE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
+    let threads: usize = std::env::var("SADDLE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .unwrap();
     let b = Cpu::new();
     let mut r = Rng::new(1);
     let mut rnd = |s: &[usize]| {
         let n: usize = s.iter().product();
-        b.from_vec(s, (0..n).map(|_| r.uniform(-1.0, 1.0)).collect()).unwrap()
+        b.from_vec(s, (0..n).map(|_| r.uniform(-1.0, 1.0)).collect())
+            .unwrap()
     };
     let n = 50;
     let p = Conv2dParams::new(1, 2);
@@ -49,20 +59,53 @@ fn main() {
     let c1 = 2.0 * (n * 32 * 784 * 25) as f64;
     let c2 = 2.0 * (n * 64 * 196 * 800) as f64;
     let fc = 2.0 * (n * 3136 * 1024) as f64;
-    t("conv1 fwd", c1, || drop(b.conv2d(&x1, &w1, Some(&b1), p).unwrap()));
-    t("conv2 fwd", c2, || drop(b.conv2d(&x2, &w2, Some(&b2), p).unwrap()));
-    t("conv2 bwd input", c2, || drop(b.conv2d_backward_input(&h2, &w2, &[n, 32, 14, 14], p).unwrap()));
-    t("conv1 bwd input", c1, || drop(b.conv2d_backward_input(&h1, &w1, &[n, 1, 28, 28], p).unwrap()));
-    t("conv2 bwd weight", c2, || drop(b.conv2d_backward_weight(&x2, &h2, &[64, 32, 5, 5], p).unwrap()));
-    t("fc1 fwd", fc, || drop(b.matmul(&f, &fw, false, true).unwrap()));
-    t("fc1 bwd input", fc, || drop(b.matmul(&g1, &fw, false, false).unwrap()));
-    t("fc1 bwd weight", fc, || drop(b.matmul(&g1, &f, true, false).unwrap()));
+    t("conv1 fwd", c1, || {
+        drop(b.conv2d(&x1, &w1, Some(&b1), p).unwrap())
+    });
+    t("conv2 fwd", c2, || {
+        drop(b.conv2d(&x2, &w2, Some(&b2), p).unwrap())
+    });
+    t("conv2 bwd input", c2, || {
+        drop(
+            b.conv2d_backward_input(&h2, &w2, &[n, 32, 14, 14], p)
+                .unwrap(),
+        )
+    });
+    t("conv1 bwd input", c1, || {
+        drop(
+            b.conv2d_backward_input(&h1, &w1, &[n, 1, 28, 28], p)
+                .unwrap(),
+        )
+    });
+    t("conv2 bwd weight", c2, || {
+        drop(
+            b.conv2d_backward_weight(&x2, &h2, &[64, 32, 5, 5], p)
+                .unwrap(),
+        )
+    });
+    t("fc1 fwd", fc, || {
+        drop(b.matmul(&f, &fw, false, true).unwrap())
+    });
+    t("fc1 bwd input", fc, || {
+        drop(b.matmul(&g1, &fw, false, false).unwrap())
+    });
+    t("fc1 bwd weight", fc, || {
+        drop(b.matmul(&g1, &f, true, false).unwrap())
+    });
     t("maxpool1 fwd", 0.0, || drop(b.max_pool2d(&h1, 2).unwrap()));
-    t("maxpool1 bwd", 0.0, || drop(b.max_pool2d_backward(&h1, &x2, 2).unwrap()));
+    t("maxpool1 bwd", 0.0, || {
+        drop(b.max_pool2d_backward(&h1, &x2, 2).unwrap())
+    });
     t("relu1 fwd", 0.0, || drop(b.relu(&h1).unwrap()));
-    t("relu1 bwd", 0.0, || drop(b.relu_backward(&h1, &h1).unwrap()));
-    t("bias add [n,1024]+[1024]", 0.0, || drop(b.add(&g1, &rnd_row()).unwrap()));
-    t("sum_axes conv bias grad", 0.0, || drop(b.sum_axes(&h1, &[0, 2, 3], false).unwrap()));
+    t("relu1 bwd", 0.0, || {
+        drop(b.relu_backward(&h1, &h1).unwrap())
+    });
+    t("bias add [n,1024]+[1024]", 0.0, || {
+        drop(b.add(&g1, &rnd_row()).unwrap())
+    });
+    t("sum_axes conv bias grad", 0.0, || {
+        drop(b.sum_axes(&h1, &[0, 2, 3], false).unwrap())
+    });
 }
 
 fn rnd_row() -> saddle_tensor::cpu::CpuTensor {

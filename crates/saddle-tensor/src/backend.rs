@@ -432,7 +432,10 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         momentum_buf: &mut Self::Tensor,
         h: SgdParams,
     ) -> Result<()> {
-        for (what, t) in [("grad", grad.dims()), ("momentum buffer", momentum_buf.dims())] {
+        for (what, t) in [
+            ("grad", grad.dims()),
+            ("momentum buffer", momentum_buf.dims()),
+        ] {
             if t != param.dims() {
                 return Err(TensorError::shape(
                     "sgd_update",

@@ -102,7 +102,10 @@ fn assert_in_l2_ball(c: &Case, y: &[f32], eps: f32) -> Result<(), TestCaseError>
 
 /// Cases per property: `PROPTEST_CASES` (as `cargo xtask proptest` sets it), 128 by default.
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(128)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(128)
 }
 
 proptest! {

@@ -129,10 +129,16 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         if !["mnist", "fashion-mnist"].contains(&self.dataset.as_str()) {
-            return bad(format!("dataset = \"{}\": expected \"mnist\" or \"fashion-mnist\"", self.dataset));
+            return bad(format!(
+                "dataset = \"{}\": expected \"mnist\" or \"fashion-mnist\"",
+                self.dataset
+            ));
         }
         if self.model_scale == 0 || self.model_scale > 64 {
-            return bad(format!("model_scale = {}: expected 1 to 64", self.model_scale));
+            return bad(format!(
+                "model_scale = {}: expected 1 to 64",
+                self.model_scale
+            ));
         }
         if self.training_batch_size == 0 {
             return bad("training_batch_size must be at least 1".into());
@@ -141,11 +147,17 @@ impl TrainConfig {
             return bad("max_num_training_steps must be at least 1".into());
         }
         if !(self.epsilon.is_finite() && (0.0..=1.0).contains(&self.epsilon)) {
-            return bad(format!("epsilon = {}: expected a number in [0, 1]", self.epsilon));
+            return bad(format!(
+                "epsilon = {}: expected a number in [0, 1]",
+                self.epsilon
+            ));
         }
         let attacks = self.training != TrainingMode::Natural;
         if attacks && !(self.a.is_finite() && self.a > 0.0) && self.training != TrainingMode::Fgsm {
-            return bad(format!("a = {}: the attack step size must be positive", self.a));
+            return bad(format!(
+                "a = {}: the attack step size must be positive",
+                self.a
+            ));
         }
         if self.training == TrainingMode::Pgd && self.k == 0 {
             return bad("k = 0: PGD training needs at least one step".into());
@@ -155,37 +167,6 @@ impl TrainConfig {
         }
         self.optimizer.validate()?;
         self.learning_rate.validate()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_is_the_paper_recipe_and_valid() {
-        let c = TrainConfig::mnist_paper();
-        c.validate().unwrap();
-        assert_eq!((c.training_batch_size, c.k, c.a, c.epsilon), (50, 40, 0.01, 0.3));
-        assert_eq!(c.learning_rate, Schedule::Constant { value: 1e-4 });
-    }
-
-    #[test]
-    fn bad_values_name_their_key() {
-        let c = TrainConfig { epsilon: -0.1, ..TrainConfig::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("epsilon"));
-        let c = TrainConfig { k: 0, ..TrainConfig::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("k = 0"));
-        let c = TrainConfig { epsilon: f32::NAN, ..TrainConfig::default() };
-        assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn epsilon_ramps_linearly() {
-        let c = TrainConfig { epsilon_ramp_steps: 10, ..TrainConfig::default() };
-        assert!((c.epsilon_at(0) - 0.03).abs() < 1e-7);
-        assert!((c.epsilon_at(9) - 0.3).abs() < 1e-7);
-        assert_eq!(c.epsilon_at(100), 0.3);
     }
 }
 
@@ -208,7 +189,12 @@ impl TrainConfig {
                 k: 8,
                 a: 0.05,
                 epsilon_ramp_steps: 1200,
-                learning_rate: Schedule::OneCycle { max: 1e-3, total: 2400, warmup: 0.3, div: 10.0 },
+                learning_rate: Schedule::OneCycle {
+                    max: 1e-3,
+                    total: 2400,
+                    warmup: 0.3,
+                    div: 10.0,
+                },
                 num_checkpoint_steps: 200,
                 num_output_steps: 20,
                 ..paper
@@ -236,5 +222,51 @@ impl TrainConfig {
             },
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_the_paper_recipe_and_valid() {
+        let c = TrainConfig::mnist_paper();
+        c.validate().unwrap();
+        assert_eq!(
+            (c.training_batch_size, c.k, c.a, c.epsilon),
+            (50, 40, 0.01, 0.3)
+        );
+        assert_eq!(c.learning_rate, Schedule::Constant { value: 1e-4 });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let c = TrainConfig {
+            epsilon: -0.1,
+            ..TrainConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("epsilon"));
+        let c = TrainConfig {
+            k: 0,
+            ..TrainConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("k = 0"));
+        let c = TrainConfig {
+            epsilon: f32::NAN,
+            ..TrainConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn epsilon_ramps_linearly() {
+        let c = TrainConfig {
+            epsilon_ramp_steps: 10,
+            ..TrainConfig::default()
+        };
+        assert!((c.epsilon_at(0) - 0.03).abs() < 1e-7);
+        assert!((c.epsilon_at(9) - 0.3).abs() < 1e-7);
+        assert_eq!(c.epsilon_at(100), 0.3);
     }
 }

@@ -33,7 +33,11 @@ pub enum OptimizerKind {
 impl OptimizerKind {
     /// Adam with the usual defaults.
     pub fn adam() -> Self {
-        OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        OptimizerKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 
     /// Checks the hyper-parameters.
@@ -42,14 +46,17 @@ impl OptimizerKind {
             OptimizerKind::Adam { beta1, beta2, eps } => {
                 (0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0
             }
-            OptimizerKind::Sgd { momentum, weight_decay } => {
-                (0.0..1.0).contains(&momentum) && weight_decay >= 0.0 && weight_decay.is_finite()
-            }
+            OptimizerKind::Sgd {
+                momentum,
+                weight_decay,
+            } => (0.0..1.0).contains(&momentum) && weight_decay >= 0.0 && weight_decay.is_finite(),
         };
         if ok {
             Ok(())
         } else {
-            Err(TrainError::Config(format!("optimiser hyper-parameters out of range: {self:?}")))
+            Err(TrainError::Config(format!(
+                "optimiser hyper-parameters out of range: {self:?}"
+            )))
         }
     }
 
@@ -77,9 +84,19 @@ impl<B: Backend> Optimizer<B> {
         let state = kind
             .slots()
             .iter()
-            .map(|_| params.tensors().iter().map(|t| backend.zeros(t.dims())).collect())
+            .map(|_| {
+                params
+                    .tensors()
+                    .iter()
+                    .map(|t| backend.zeros(t.dims()))
+                    .collect()
+            })
             .collect::<std::result::Result<Vec<Vec<_>>, _>>()?;
-        Ok(Optimizer { kind, state, steps: 0 })
+        Ok(Optimizer {
+            kind,
+            state,
+            steps: 0,
+        })
     }
 
     /// The optimiser's kind.
@@ -96,7 +113,13 @@ impl<B: Backend> Optimizer<B> {
     ///
     /// # Errors
     /// A shape mismatch between a parameter and its gradient.
-    pub fn step(&mut self, backend: &B, params: &mut ParamSet<B>, grads: &[B::Tensor], lr: f32) -> Result<()> {
+    pub fn step(
+        &mut self,
+        backend: &B,
+        params: &mut ParamSet<B>,
+        grads: &[B::Tensor],
+        lr: f32,
+    ) -> Result<()> {
         if grads.len() != params.len() {
             return Err(TrainError::Config(format!(
                 "{} gradients for {} parameters",
@@ -108,14 +131,27 @@ impl<B: Backend> Optimizer<B> {
         let tensors = params.tensors_mut();
         match self.kind {
             OptimizerKind::Adam { beta1, beta2, eps } => {
-                let h = AdamParams { lr, beta1, beta2, eps, step: self.steps };
+                let h = AdamParams {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    step: self.steps,
+                };
                 let (ms, vs) = self.state.split_at_mut(1);
                 for (i, p) in tensors.iter_mut().enumerate() {
                     backend.adam_update(p, &grads[i], &mut ms[0][i], &mut vs[0][i], h)?;
                 }
             }
-            OptimizerKind::Sgd { momentum, weight_decay } => {
-                let h = SgdParams { lr, momentum, weight_decay };
+            OptimizerKind::Sgd {
+                momentum,
+                weight_decay,
+            } => {
+                let h = SgdParams {
+                    lr,
+                    momentum,
+                    weight_decay,
+                };
                 for (i, p) in tensors.iter_mut().enumerate() {
                     backend.sgd_update(p, &grads[i], &mut self.state[0][i], h)?;
                 }
@@ -174,7 +210,10 @@ mod tests {
         let g = b.from_vec(&[3], vec![0.5, -2.0, 0.0]).unwrap();
         opt.step(&b, &mut p, &[g], 0.1).unwrap();
         let w = b.to_vec(&p.tensors()[0]).unwrap();
-        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6 && w[2] == 1.0, "{w:?}");
+        assert!(
+            (w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6 && w[2] == 1.0,
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -185,8 +224,10 @@ mod tests {
         let b = Cpu::new();
         let mut p = one_param(&b, vec![0.0]);
         let mut opt = Optimizer::new(OptimizerKind::adam(), &b, &p).unwrap();
-        opt.step(&b, &mut p, &[b.from_vec(&[1], vec![1.0]).unwrap()], 0.01).unwrap();
-        opt.step(&b, &mut p, &[b.from_vec(&[1], vec![3.0]).unwrap()], 0.01).unwrap();
+        opt.step(&b, &mut p, &[b.from_vec(&[1], vec![1.0]).unwrap()], 0.01)
+            .unwrap();
+        opt.step(&b, &mut p, &[b.from_vec(&[1], vec![3.0]).unwrap()], 0.01)
+            .unwrap();
         let want = -0.01 - 0.01 * (0.39f64 / 0.19) / (0.009999f64 / 0.001999).sqrt();
         let got = b.to_vec(&p.tensors()[0]).unwrap()[0] as f64;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
@@ -199,10 +240,14 @@ mod tests {
         // step 2: d = 0.5 + 0.094 = 0.594, buf = 0.54 + 0.594 = 1.134, p = 0.94 − 0.1134 = 0.8266
         let b = Cpu::new();
         let mut p = one_param(&b, vec![1.0]);
-        let kind = OptimizerKind::Sgd { momentum: 0.9, weight_decay: 0.1 };
+        let kind = OptimizerKind::Sgd {
+            momentum: 0.9,
+            weight_decay: 0.1,
+        };
         let mut opt = Optimizer::new(kind, &b, &p).unwrap();
         for _ in 0..2 {
-            opt.step(&b, &mut p, &[b.from_vec(&[1], vec![0.5]).unwrap()], 0.1).unwrap();
+            opt.step(&b, &mut p, &[b.from_vec(&[1], vec![0.5]).unwrap()], 0.1)
+                .unwrap();
         }
         let got = b.to_vec(&p.tensors()[0]).unwrap()[0];
         assert!((got - 0.8266).abs() < 1e-6, "{got}");
@@ -212,7 +257,24 @@ mod tests {
     fn bad_hyper_parameters_are_errors() {
         let b = Cpu::new();
         let p = one_param(&b, vec![0.0]);
-        assert!(Optimizer::new(OptimizerKind::Adam { beta1: 1.0, beta2: 0.999, eps: 1e-8 }, &b, &p).is_err());
-        assert!(Optimizer::new(OptimizerKind::Sgd { momentum: -0.1, weight_decay: 0.0 }, &b, &p).is_err());
+        assert!(Optimizer::new(
+            OptimizerKind::Adam {
+                beta1: 1.0,
+                beta2: 0.999,
+                eps: 1e-8
+            },
+            &b,
+            &p
+        )
+        .is_err());
+        assert!(Optimizer::new(
+            OptimizerKind::Sgd {
+                momentum: -0.1,
+                weight_decay: 0.0
+            },
+            &b,
+            &p
+        )
+        .is_err());
     }
 }

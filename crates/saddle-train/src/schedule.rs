@@ -44,7 +44,12 @@ impl Schedule {
                 let i = boundaries.iter().take_while(|&&b| step >= b).count();
                 values[i.min(values.len() - 1)]
             }
-            Schedule::OneCycle { max, total, warmup, div } => {
+            Schedule::OneCycle {
+                max,
+                total,
+                warmup,
+                div,
+            } => {
                 let t = step as f64 / (*total).max(1) as f64;
                 let w = *warmup as f64;
                 let lo = (*max / *div) as f64;
@@ -65,9 +70,9 @@ impl Schedule {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         match self {
-            Schedule::Constant { value } if !(value.is_finite() && *value >= 0.0) => {
-                bad(format!("learning rate {value} must be finite and non-negative"))
-            }
+            Schedule::Constant { value } if !(value.is_finite() && *value >= 0.0) => bad(format!(
+                "learning rate {value} must be finite and non-negative"
+            )),
             Schedule::Piecewise { boundaries, values } => {
                 if values.len() != boundaries.len() + 1 {
                     return bad(format!(
@@ -84,8 +89,20 @@ impl Schedule {
                 }
                 Ok(())
             }
-            Schedule::OneCycle { max, total, warmup, div } => {
-                if !(max.is_finite() && *max > 0.0) || *total == 0 || !(*warmup > 0.0 && *warmup < 1.0) || !(*div >= 1.0) {
+            Schedule::OneCycle {
+                max,
+                total,
+                warmup,
+                div,
+            } => {
+                let valid = max.is_finite()
+                    && *max > 0.0
+                    && *total > 0
+                    && *warmup > 0.0
+                    && *warmup < 1.0
+                    && div.is_finite()
+                    && *div >= 1.0;
+                if !valid {
                     return bad(format!(
                         "one-cycle needs max > 0, total > 0, 0 < warmup < 1 and div ≥ 1 (got max {max}, total {total}, warmup {warmup}, div {div})"
                     ));
@@ -103,7 +120,10 @@ mod tests {
 
     #[test]
     fn piecewise_is_the_paper_cifar_schedule() {
-        let s = Schedule::Piecewise { boundaries: vec![40000, 60000], values: vec![0.1, 0.01, 0.001] };
+        let s = Schedule::Piecewise {
+            boundaries: vec![40000, 60000],
+            values: vec![0.1, 0.01, 0.001],
+        };
         s.validate().unwrap();
         assert_eq!(s.at(0), 0.1);
         assert_eq!(s.at(39999), 0.1);
@@ -114,7 +134,12 @@ mod tests {
 
     #[test]
     fn one_cycle_rises_then_falls_to_zero() {
-        let s = Schedule::OneCycle { max: 1.0, total: 100, warmup: 0.25, div: 10.0 };
+        let s = Schedule::OneCycle {
+            max: 1.0,
+            total: 100,
+            warmup: 0.25,
+            div: 10.0,
+        };
         s.validate().unwrap();
         assert!((s.at(0) - 0.1).abs() < 1e-6);
         assert!((s.at(25) - 1.0).abs() < 1e-6);
@@ -126,9 +151,26 @@ mod tests {
 
     #[test]
     fn invalid_schedules_are_errors() {
-        assert!(Schedule::Piecewise { boundaries: vec![5], values: vec![0.1] }.validate().is_err());
-        assert!(Schedule::Piecewise { boundaries: vec![5, 3], values: vec![1.0, 0.1, 0.01] }.validate().is_err());
+        assert!(Schedule::Piecewise {
+            boundaries: vec![5],
+            values: vec![0.1]
+        }
+        .validate()
+        .is_err());
+        assert!(Schedule::Piecewise {
+            boundaries: vec![5, 3],
+            values: vec![1.0, 0.1, 0.01]
+        }
+        .validate()
+        .is_err());
         assert!(Schedule::Constant { value: f32::NAN }.validate().is_err());
-        assert!(Schedule::OneCycle { max: 1.0, total: 0, warmup: 0.3, div: 10.0 }.validate().is_err());
+        assert!(Schedule::OneCycle {
+            max: 1.0,
+            total: 0,
+            warmup: 0.3,
+            div: 10.0
+        }
+        .validate()
+        .is_err());
     }
 }

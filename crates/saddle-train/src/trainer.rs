@@ -67,7 +67,10 @@ pub fn accuracy(logits: &[f32], labels: &[f32], classes: usize) -> f32 {
             let arg = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
                 .0;
             arg as f32 == labels[i]
         })
@@ -99,7 +102,13 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         config.validate()?;
         let backend = model.backend().clone();
         let optimizer = Optimizer::new(config.optimizer, &backend, model.params())?;
-        Ok(Trainer { backend, model, config, optimizer, step: 0 })
+        Ok(Trainer {
+            backend,
+            model,
+            config,
+            optimizer,
+            step: 0,
+        })
     }
 
     /// Steps completed.
@@ -134,7 +143,12 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// # Errors
     /// [`TrainError::NonFinite`] if the loss is NaN or infinite; the model is then left as it
     /// was.
-    pub fn train_step(&mut self, x: &B::Tensor, y: &B::Tensor, measure_natural: bool) -> Result<StepMetrics> {
+    pub fn train_step(
+        &mut self,
+        x: &B::Tensor,
+        y: &B::Tensor,
+        measure_natural: bool,
+    ) -> Result<StepMetrics> {
         let t0 = Instant::now();
         let step = self.step;
         let eps = self.config.epsilon_at(step);
@@ -160,17 +174,26 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         let loss = g.mean_all(per)?;
         let loss_value = self.backend.to_vec(&g.value(loss))?[0];
         if !loss_value.is_finite() {
-            return Err(TrainError::NonFinite { step: step + 1, value: loss_value, last_good: step });
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                value: loss_value,
+                last_good: step,
+            });
         }
         let mut grads = g.backward(loss)?;
         let gs: Vec<B::Tensor> = f
             .params
             .iter()
-            .map(|&p| grads.take(p).ok_or_else(|| TrainError::Config("a parameter got no gradient".into())))
+            .map(|&p| {
+                grads
+                    .take(p)
+                    .ok_or_else(|| TrainError::Config("a parameter got no gradient".into()))
+            })
             .collect::<Result<_>>()?;
         let z = self.backend.to_vec(&g.value(f.logits))?;
         drop(g);
-        self.optimizer.step(&self.backend, self.model.params_mut(), &gs, lr)?;
+        self.optimizer
+            .step(&self.backend, self.model.params_mut(), &gs, lr)?;
         self.step += 1;
         Ok(StepMetrics {
             step: self.step,
@@ -185,7 +208,11 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
 
     /// Trains on `data` until `max_num_training_steps`, reporting every step and every due
     /// checkpoint to `on_event` (which may stop the run by returning an error).
-    pub fn run(&mut self, data: &Dataset, mut on_event: impl FnMut(Event<'_>) -> Result<()>) -> Result<()> {
+    pub fn run(
+        &mut self,
+        data: &Dataset,
+        mut on_event: impl FnMut(Event<'_>) -> Result<()>,
+    ) -> Result<()> {
         let [_, c, h, w] = data.batch_shape(1);
         let want = self.model.input_shape();
         if [c, h, w] != want {
@@ -196,7 +223,12 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             )));
         }
         let bs = self.config.training_batch_size;
-        let mut batcher = Batcher::new(data.len(), bs.min(data.len()), true, self.config.random_seed)?;
+        let mut batcher = Batcher::new(
+            data.len(),
+            bs.min(data.len()),
+            true,
+            self.config.random_seed,
+        )?;
         batcher.seek(self.step);
         let every_out = self.config.num_output_steps.max(1);
         let every_ckpt = self.config.num_checkpoint_steps;
@@ -210,8 +242,17 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             on_event(Event::Step(&m))?;
             let last = self.step == self.config.max_num_training_steps;
             if last || (every_ckpt > 0 && self.step % every_ckpt == 0) {
-                let model = if last { Some(self.model.to_safetensors()?) } else { None };
-                on_event(Event::Checkpoint { bytes: self.checkpoint()?, step: self.step, last, model })?;
+                let model = if last {
+                    Some(self.model.to_safetensors()?)
+                } else {
+                    None
+                };
+                on_event(Event::Checkpoint {
+                    bytes: self.checkpoint()?,
+                    step: self.step,
+                    last,
+                    model,
+                })?;
             }
         }
         Ok(())
@@ -225,18 +266,29 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         let mut tensors = self.model.params().to_host(&self.backend, "")?;
         for (name, t) in self.optimizer.named_state(self.model.params().names()) {
             let v = self.backend.to_vec(t)?;
-            tensors.push((name, saddle_tensor::TensorLike::dims(t).to_vec(), saddle_models::params::f32_to_le(&v)));
+            tensors.push((
+                name,
+                saddle_tensor::TensorLike::dims(t).to_vec(),
+                saddle_models::params::f32_to_le(&v),
+            ));
         }
         let mut meta: HashMap<String, String> = self.model.metadata();
         meta.insert("saddle.step".into(), self.step.to_string());
-        meta.insert("saddle.optimizer_steps".into(), self.optimizer.steps().to_string());
+        meta.insert(
+            "saddle.optimizer_steps".into(),
+            self.optimizer.steps().to_string(),
+        );
         meta.insert(
             "saddle.config".into(),
-            serde_json::to_string(&self.config).map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+            serde_json::to_string(&self.config)
+                .map_err(|e| TrainError::Checkpoint(e.to_string()))?,
         );
         meta.insert(
             "saddle.rng".into(),
-            format!("per-step xoshiro256++ derived from random_seed {} and the step", self.config.random_seed),
+            format!(
+                "per-step xoshiro256++ derived from random_seed {} and the step",
+                self.config.random_seed
+            ),
         );
         Ok(serialize_safetensors(&tensors, meta)?)
     }
@@ -246,8 +298,14 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// checkpoint is returned so the caller can compare it with its own.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<TrainConfig> {
         let meta = saddle_models::params::safetensors_metadata(bytes)?;
-        let get = |k: &str| meta.get(k).ok_or_else(|| TrainError::Checkpoint(format!("metadata has no {k}: not a saddle checkpoint")));
-        let step: u64 = get("saddle.step")?.parse().map_err(|_| TrainError::Checkpoint("bad saddle.step".into()))?;
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| {
+                TrainError::Checkpoint(format!("metadata has no {k}: not a saddle checkpoint"))
+            })
+        };
+        let step: u64 = get("saddle.step")?
+            .parse()
+            .map_err(|_| TrainError::Checkpoint("bad saddle.step".into()))?;
         let osteps: u64 = get("saddle.optimizer_steps")?
             .parse()
             .map_err(|_| TrainError::Checkpoint("bad saddle.optimizer_steps".into()))?;
@@ -255,14 +313,20 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             .map_err(|e| TrainError::Checkpoint(format!("bad saddle.config: {e}")))?;
         let b = self.backend.clone();
         self.model.params_mut().load_safetensors(&b, bytes, "")?;
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
         let names = self.model.params().names().to_vec();
         self.optimizer.restore(
             &names,
             |name, dims| {
-                let v = st.tensor(name).map_err(|_| TrainError::Checkpoint(format!("optimiser state {name} is missing")))?;
+                let v = st.tensor(name).map_err(|_| {
+                    TrainError::Checkpoint(format!("optimiser state {name} is missing"))
+                })?;
                 if v.shape() != dims || v.dtype() != safetensors::Dtype::F32 {
-                    return Err(TrainError::Checkpoint(format!("optimiser state {name} has shape {:?}, expected {dims:?}", v.shape())));
+                    return Err(TrainError::Checkpoint(format!(
+                        "optimiser state {name} has shape {:?}, expected {dims:?}",
+                        v.shape()
+                    )));
                 }
                 Ok(b.from_vec(dims, saddle_models::params::f32_from_le(v.data()))?)
             },

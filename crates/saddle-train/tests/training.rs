@@ -19,7 +19,11 @@ fn synthetic(n: usize, seed: u64) -> Dataset {
         for y in 0..28 {
             for x in 0..28 {
                 let on = (r0..r0 + 6).contains(&y) && (c0..c0 + 5).contains(&x);
-                images.push(if on { 0.7 + 0.3 * r.next_f32() } else { 0.3 * r.next_f32() });
+                images.push(if on {
+                    0.7 + 0.3 * r.next_f32()
+                } else {
+                    0.3 * r.next_f32()
+                });
             }
         }
         labels.push(c);
@@ -69,12 +73,19 @@ fn natural_training_clearly_learns() {
     let t = train(small(TrainingMode::Natural, 150), &train_set);
     let after = eval_accuracy(t.model(), &test_set);
     println!("held-out accuracy: before {before:.3}, after {after:.3}");
-    assert!(after > 0.95, "natural training reached only {after:.3} (before: {before:.3})");
+    assert!(
+        after > 0.95,
+        "natural training reached only {after:.3} (before: {before:.3})"
+    );
 }
 
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
-    for mode in [TrainingMode::Pgd, TrainingMode::FastFgsm, TrainingMode::Natural] {
+    for mode in [
+        TrainingMode::Pgd,
+        TrainingMode::FastFgsm,
+        TrainingMode::Natural,
+    ] {
         let data = synthetic(300, 3);
         let full = train(small(mode, 20), &data);
 
@@ -89,7 +100,12 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
         resumed.run(&data, |_| Ok(())).unwrap();
 
         let b = Cpu::new();
-        for ((name, a), r) in full.model().params().iter().zip(resumed.model().params().tensors()) {
+        for ((name, a), r) in full
+            .model()
+            .params()
+            .iter()
+            .zip(resumed.model().params().tensors())
+        {
             let (va, vr) = (b.to_vec(a).unwrap(), b.to_vec(r).unwrap());
             let same = va.iter().zip(&vr).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{mode:?}: {name} differs after resume");
@@ -106,7 +122,12 @@ fn a_non_finite_loss_stops_training_before_the_update() {
     let b = Cpu::new();
     let nb = b.full(&[10], f32::INFINITY).unwrap();
     *model.params_mut().tensors_mut().last_mut().unwrap() = nb;
-    let before: Vec<Vec<f32>> = model.params().tensors().iter().map(|t| b.to_vec(t).unwrap()).collect();
+    let before: Vec<Vec<f32>> = model
+        .params()
+        .tensors()
+        .iter()
+        .map(|t| b.to_vec(t).unwrap())
+        .collect();
     let mut t = Trainer::new(model, cfg).unwrap();
     let mut checkpoints = 0;
     let err = t
@@ -117,20 +138,44 @@ fn a_non_finite_loss_stops_training_before_the_update() {
             Ok(())
         })
         .unwrap_err();
-    assert!(matches!(err, TrainError::NonFinite { step: 1, last_good: 0, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TrainError::NonFinite {
+                step: 1,
+                last_good: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("step 1"), "{err}");
     assert_eq!(checkpoints, 0);
-    let after: Vec<Vec<f32>> = t.model().params().tensors().iter().map(|t| b.to_vec(t).unwrap()).collect();
+    let after: Vec<Vec<f32>> = t
+        .model()
+        .params()
+        .tensors()
+        .iter()
+        .map(|t| b.to_vec(t).unwrap())
+        .collect();
     for (x, y) in before.iter().zip(&after) {
-        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "the model changed");
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "the model changed"
+        );
     }
 }
 
 /// The MNIST training subset, or a failure saying how to get it (unless explicitly skipped).
 fn mnist_subset(n: usize) -> Option<(Dataset, Dataset)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/mnist");
-    let root = std::env::var_os("SADDLE_DATASETS").map(|d| std::path::PathBuf::from(d).join("mnist")).unwrap_or(root);
-    match (saddle_data::mnist::load(&root, Split::Train), saddle_data::mnist::load(&root, Split::Test)) {
+    let root = std::env::var_os("SADDLE_DATASETS")
+        .map(|d| std::path::PathBuf::from(d).join("mnist"))
+        .unwrap_or(root);
+    match (
+        saddle_data::mnist::load(&root, Split::Train),
+        saddle_data::mnist::load(&root, Split::Test),
+    ) {
         (Ok(tr), Ok(te)) => Some((tr.subset_first(n), te.subset_first(300))),
         (Err(e), _) | (_, Err(e)) => {
             if std::env::var("SADDLE_SKIP_REAL_DATA").as_deref() == Ok("1") {
@@ -145,7 +190,9 @@ fn mnist_subset(n: usize) -> Option<(Dataset, Dataset)> {
 
 #[test]
 fn adversarial_training_beats_natural_training_under_pgd_on_mnist() {
-    let Some((train_set, test_set)) = mnist_subset(3000) else { return };
+    let Some((train_set, test_set)) = mnist_subset(3000) else {
+        return;
+    };
     let mut cfg = small(TrainingMode::Natural, 240);
     cfg.model_scale = 2;
     cfg.learning_rate = Schedule::Constant { value: 2e-3 };
@@ -173,6 +220,12 @@ fn adversarial_training_beats_natural_training_under_pgd_on_mnist() {
     let nat_pgd = robust_acc(&mut nat_m);
     let rob_pgd = robust_acc(&mut rob_m);
     println!("natural training: clean {nat_clean:.3}, PGD-20 {nat_pgd:.3}; PGD training: clean {rob_clean:.3}, PGD-20 {rob_pgd:.3}");
-    assert!(nat_clean > 0.8, "natural training should learn MNIST ({nat_clean:.3})");
-    assert!(rob_pgd > nat_pgd + 0.2, "PGD training should be clearly more robust: {rob_pgd:.3} vs {nat_pgd:.3}");
+    assert!(
+        nat_clean > 0.8,
+        "natural training should learn MNIST ({nat_clean:.3})"
+    );
+    assert!(
+        rob_pgd > nat_pgd + 0.2,
+        "PGD training should be clearly more robust: {rob_pgd:.3} vs {nat_pgd:.3}"
+    );
 }

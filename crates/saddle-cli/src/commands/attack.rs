@@ -86,7 +86,10 @@ pub struct AttackArgs {
 pub fn run(a: AttackArgs) -> Result<()> {
     set_threads(a.threads)?;
     if !(a.eps.is_finite() && a.eps >= 0.0) {
-        bail!("--eps {}: expected a non-negative number (pixel units, e.g. 0.3 for MNIST)", a.eps);
+        bail!(
+            "--eps {}: expected a non-negative number (pixel units, e.g. 0.3 for MNIST)",
+            a.eps
+        );
     }
     let alpha = a.alpha.unwrap_or(a.eps / 30.0);
     let b = cpu_backend(a.device)?;
@@ -108,11 +111,18 @@ pub fn run(a: AttackArgs) -> Result<()> {
                 .seed(a.seed),
         ),
     };
-    let r = attack.perturb(&mut model, &x, &y).context("attack failed")?;
+    let r = attack
+        .perturb(&mut model, &x, &y)
+        .context("attack failed")?;
     let adv = b.to_vec(&r.x_adv)?;
     fsutil::write_atomic(&a.out, &npy::encode_f32(x.dims(), &adv))?;
     let labels = b.to_vec(&y)?;
-    let robust = r.predictions.iter().zip(&labels).filter(|(p, &l)| **p as f32 == l).count();
+    let robust = r
+        .predictions
+        .iter()
+        .zip(&labels)
+        .filter(|(p, &l)| **p as f32 == l)
+        .count();
     eprintln!(
         "{} on {n} images: accuracy under attack {:.2}%; wrote {}",
         attack.name(),

@@ -72,16 +72,26 @@ fn short(v: f32) -> String {
 }
 
 /// Parses one attack name of the suite.
-pub fn parse_attack<B: Backend>(name: &str, eps: f32, alpha: f32, seed: u64) -> Result<NamedAttack<B>> {
+pub fn parse_attack<B: Backend>(
+    name: &str,
+    eps: f32,
+    alpha: f32,
+    seed: u64,
+) -> Result<NamedAttack<B>> {
     let (e, al) = (short(eps), short(alpha));
-    let pgd = |steps: usize| -> Result<Pgd> { Ok(Pgd::linf(eps, alpha, steps)?.random_start(true).seed(seed)) };
+    let pgd = |steps: usize| -> Result<Pgd> {
+        Ok(Pgd::linf(eps, alpha, steps)?.random_start(true).seed(seed))
+    };
     let (description, attack): (String, Box<dyn Attack<B>>) = match name {
         "fgsm" => (format!("FGSM, ε={e}"), Box::new(Fgsm::new(eps)?)),
         "cw" => (
             format!("PGD-40 on the CW loss (κ=0), ε={e}, α={al}"),
             Box::new(pgd(40)?.loss(Loss::Cw { kappa: 0.0 })),
         ),
-        "cw+" => (format!("PGD-40 on the CW loss (κ=50), ε={e}, α={al}"), Box::new(pgd(40)?.loss(CW_PLUS))),
+        "cw+" => (
+            format!("PGD-40 on the CW loss (κ=50), ε={e}, α={al}"),
+            Box::new(pgd(40)?.loss(CW_PLUS)),
+        ),
         "targeted" => (
             format!("targeted PGD-40 to the least-likely class, ε={e}, α={al}"),
             Box::new(pgd(40)?.targeting(Targeting::LeastLikely)),
@@ -94,31 +104,52 @@ pub fn parse_attack<B: Backend>(name: &str, eps: f32, alpha: f32, seed: u64) -> 
             };
             let (k, r): (usize, usize) = match (k.parse(), r.parse()) {
                 (Ok(k), Ok(r)) if k > 0 && r > 0 => (k, r),
-                _ => bail!("unknown attack '{s}': PGD is written pgdK or pgdKxR (e.g. pgd40, pgd100x20)"),
+                _ => bail!(
+                    "unknown attack '{s}': PGD is written pgdK or pgdKxR (e.g. pgd40, pgd100x20)"
+                ),
             };
             (
-                format!("PGD-{k}, {r} restart{}, ε={e}, α={al}, random start", if r > 1 { "s" } else { "" }),
+                format!(
+                    "PGD-{k}, {r} restart{}, ε={e}, α={al}, random start",
+                    if r > 1 { "s" } else { "" }
+                ),
                 Box::new(pgd(k)?.restarts(r)),
             )
         }
         other => bail!("unknown attack '{other}'; known: fgsm, pgdK, pgdKxR, cw, cw+, targeted"),
     };
-    Ok(NamedAttack { name: name.to_string(), description, attack })
+    Ok(NamedAttack {
+        name: name.to_string(),
+        description,
+        attack,
+    })
 }
 
 /// Loads the test split of `data`.
 pub fn load_test_set(data: &str, data_dir: Option<&Path>) -> Result<saddle_data::Dataset> {
-    let root = data_dir.map(Path::to_path_buf).unwrap_or_else(saddle_data::datasets_dir);
+    let root = data_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(saddle_data::datasets_dir);
     Ok(match data {
         "mnist" => saddle_data::mnist::load(root.join("mnist"), Split::Test)?,
-        "fashion-mnist" => saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Test)?,
+        "fashion-mnist" => {
+            saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Test)?
+        }
         other => bail!("--data {other}: expected mnist or fashion-mnist"),
     })
 }
 
 fn argmax_rows(z: &[f32], k: usize) -> Vec<usize> {
     z.chunks(k)
-        .map(|r| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
+                .0
+        })
         .collect()
 }
 
@@ -132,10 +163,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let names: Vec<&str> = a.attacks.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let names: Vec<&str> = a
+        .attacks
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let attacks: Vec<NamedAttack<_>> = names
         .iter()
-        .map(|n| if a.eps == 0.0 { bail!("--eps 0 leaves nothing to attack; use --attacks '' for natural accuracy") } else { parse_attack(n, a.eps, alpha, a.seed) })
+        .map(|n| {
+            if a.eps == 0.0 {
+                bail!("--eps 0 leaves nothing to attack; use --attacks '' for natural accuracy")
+            } else {
+                parse_attack(n, a.eps, alpha, a.seed)
+            }
+        })
         .collect::<Result<_>>()?;
     let b = cpu_backend(a.device)?;
     let mut model = load_model(&b, &a.model)?;
@@ -152,7 +194,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut robust_ok: Vec<Vec<bool>> = vec![vec![false; n]; attacks.len()];
     let mut seconds = vec![0.0f64; attacks.len()];
     let bar = ProgressBar::new((n * (attacks.len() + 1)) as u64);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta} {msg}").map_err(|e| anyhow::anyhow!("{e}"))?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta} {msg}")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .progress_chars("=> "),
+    );
     for s in (0..n).step_by(a.batch_size) {
         let idx: Vec<usize> = (s..(s + a.batch_size).min(n)).collect();
         let (xs, ys) = data.batch(&idx)?;
@@ -167,7 +213,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         for (k, at) in attacks.iter().enumerate() {
             bar.set_message(at.name.clone());
             let t = Instant::now();
-            let r = at.attack.perturb(&mut model, &x, &y).with_context(|| format!("attack {}", at.name))?;
+            let r = at
+                .attack
+                .perturb(&mut model, &x, &y)
+                .with_context(|| format!("attack {}", at.name))?;
             seconds[k] += t.elapsed().as_secs_f64();
             for (j, &i) in idx.iter().enumerate() {
                 robust_ok[k][i] = r.predictions[j] == labels[j];
@@ -177,24 +226,48 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let pct = |v: &[bool]| 100.0 * v.iter().filter(|&&o| o).count() as f64 / n as f64;
-    let worst: Vec<bool> = (0..n).map(|i| natural_ok[i] && robust_ok.iter().all(|r| r[i])).collect();
-    println!("model {}  data {} (first {n} test images)  ε = {}", a.model.display(), a.data, a.eps);
-    println!("{:<12} {:>9}  {}", "attack", "accuracy", "details");
-    println!("{:<12} {:>8.2}%  clean test images", "natural", pct(&natural_ok));
+    let worst: Vec<bool> = (0..n)
+        .map(|i| natural_ok[i] && robust_ok.iter().all(|r| r[i]))
+        .collect();
+    println!(
+        "model {}  data {} (first {n} test images)  ε = {}",
+        a.model.display(),
+        a.data,
+        a.eps
+    );
+    println!("{:<12} {:>9}  details", "attack", "accuracy");
+    println!(
+        "{:<12} {:>8.2}%  clean test images",
+        "natural",
+        pct(&natural_ok)
+    );
     let mut rows = Vec::new();
     for (k, at) in attacks.iter().enumerate() {
-        println!("{:<12} {:>8.2}%  {} ({:.1} s)", at.name, pct(&robust_ok[k]), at.description, seconds[k]);
+        println!(
+            "{:<12} {:>8.2}%  {} ({:.1} s)",
+            at.name,
+            pct(&robust_ok[k]),
+            at.description,
+            seconds[k]
+        );
         rows.push(serde_json::json!({"name": at.name, "description": at.description, "accuracy": pct(&robust_ok[k]) / 100.0, "seconds": seconds[k]}));
     }
     if !attacks.is_empty() {
-        println!("{:<12} {:>8.2}%  correct under every attack above (per-example worst case)", "worst-case", pct(&worst));
+        println!(
+            "{:<12} {:>8.2}%  correct under every attack above (per-example worst case)",
+            "worst-case",
+            pct(&worst)
+        );
     }
     let report = serde_json::json!({
         "model": a.model.display().to_string(), "data": a.data, "examples": n, "epsilon": a.eps, "alpha": alpha,
         "seed": a.seed, "natural_accuracy": pct(&natural_ok) / 100.0, "attacks": rows,
         "worst_case_accuracy": pct(&worst) / 100.0,
     });
-    let out = a.out.clone().unwrap_or_else(|| a.model.with_extension("eval.json"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.model.with_extension("eval.json"));
     fsutil::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     eprintln!("wrote {}", out.display());
     Ok(())

@@ -39,12 +39,18 @@ pub fn cpu_backend(device: Device) -> Result<Cpu> {
 
 /// Loads an MNIST network from a safetensors file.
 pub fn load_model<B: Backend>(b: &B, path: &Path) -> Result<MnistNet<B>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-    MnistNet::from_safetensors(b.clone(), &bytes).with_context(|| format!("model {}", path.display()))
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+    MnistNet::from_safetensors(b.clone(), &bytes)
+        .with_context(|| format!("model {}", path.display()))
 }
 
 /// Reads a batch of images for `model` from a `.npy` file, checking shape and range.
-pub fn load_images<B: Backend, M: Classifier<B>>(b: &B, model: &M, path: &Path) -> Result<B::Tensor> {
+pub fn load_images<B: Backend, M: Classifier<B>>(
+    b: &B,
+    model: &M,
+    path: &Path,
+) -> Result<B::Tensor> {
     let a = npy::read(path)?;
     let [c, h, w] = model.input_shape();
     if a.shape.len() != 4 || a.shape[1..] != [c, h, w] {
@@ -68,10 +74,22 @@ pub fn load_images<B: Backend, M: Classifier<B>>(b: &B, model: &M, path: &Path) 
 pub fn load_labels<B: Backend>(b: &B, path: &Path, n: usize, classes: usize) -> Result<B::Tensor> {
     let a = npy::read(path)?;
     if a.shape != [n] {
-        bail!("{}: labels must have shape [{n}] to match the images, not {:?}", path.display(), a.shape);
+        bail!(
+            "{}: labels must have shape [{n}] to match the images, not {:?}",
+            path.display(),
+            a.shape
+        );
     }
-    if let Some(i) = a.data.iter().position(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes)) {
-        bail!("{}: label {} at position {i} is not a class in 0..{classes}", path.display(), a.data[i]);
+    if let Some(i) = a
+        .data
+        .iter()
+        .position(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes))
+    {
+        bail!(
+            "{}: label {} at position {i} is not a class in 0..{classes}",
+            path.display(),
+            a.data[i]
+        );
     }
     Ok(b.from_vec(&[n], a.data)?)
 }
@@ -89,10 +107,17 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let per = flat.len() / n.max(1);
     for s in (0..n).step_by(bs) {
         let e = (s + bs).min(n);
-        let xb = b.from_vec(&[e - s, x.dims()[1], x.dims()[2], x.dims()[3]], flat[s * per..e * per].to_vec())?;
+        let xb = b.from_vec(
+            &[e - s, x.dims()[1], x.dims()[2], x.dims()[3]],
+            flat[s * per..e * per].to_vec(),
+        )?;
         out.extend(b.to_vec(&model.logits(&xb)?)?);
     }
     fsutil::write_atomic(&a.out, &npy::encode_f32(&[n, model.num_classes()], &out))?;
-    eprintln!("wrote logits [{n}, {}] to {}", model.num_classes(), a.out.display());
+    eprintln!(
+        "wrote logits [{n}, {}] to {}",
+        model.num_classes(),
+        a.out.display()
+    );
     Ok(())
 }

@@ -47,24 +47,41 @@ pub struct TrainArgs {
 
 /// The training set named by the config, limited to `train_limit` examples.
 pub fn load_train_set(cfg: &TrainConfig, data_dir: Option<&Path>) -> Result<Dataset> {
-    let root = data_dir.map(Path::to_path_buf).unwrap_or_else(saddle_data::datasets_dir);
+    let root = data_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(saddle_data::datasets_dir);
     let ds = match cfg.dataset.as_str() {
         "mnist" => saddle_data::mnist::load(root.join("mnist"), Split::Train)?,
-        "fashion-mnist" => saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Train)?,
+        "fashion-mnist" => {
+            saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Train)?
+        }
         other => bail!("unknown dataset {other}"),
     };
-    Ok(if cfg.train_limit > 0 && cfg.train_limit < ds.len() { ds.subset_first(cfg.train_limit) } else { ds })
+    Ok(if cfg.train_limit > 0 && cfg.train_limit < ds.len() {
+        ds.subset_first(cfg.train_limit)
+    } else {
+        ds
+    })
 }
 
 fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = match (&a.config, &a.preset) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-            toml::from_str::<TrainConfig>(&text).with_context(|| format!("config {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            toml::from_str::<TrainConfig>(&text)
+                .with_context(|| format!("config {}", path.display()))?
         }
-        (None, Some(p)) => TrainConfig::preset(p)
-            .with_context(|| format!("unknown preset '{p}'; the presets are {}", PRESETS.join(", ")))?,
-        (None, None) => bail!("give --config FILE.toml or --preset NAME ({})", PRESETS.join(", ")),
+        (None, Some(p)) => TrainConfig::preset(p).with_context(|| {
+            format!(
+                "unknown preset '{p}'; the presets are {}",
+                PRESETS.join(", ")
+            )
+        })?,
+        (None, None) => bail!(
+            "give --config FILE.toml or --preset NAME ({})",
+            PRESETS.join(", ")
+        ),
     };
     if let Some(s) = a.seed {
         cfg.random_seed = s;
@@ -82,15 +99,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = build_config(&a)?;
     let b = cpu_backend(a.device)?;
     let data = load_train_set(&cfg, a.data_dir.as_deref())?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let ckpt_path = a.out.join("checkpoint.safetensors");
     let model = MnistNet::new(b, cfg.model_scale, cfg.random_seed)?;
     let mut trainer = Trainer::new(model, cfg.clone())?;
     if a.resume {
         let bytes = std::fs::read(&ckpt_path)
             .with_context(|| format!("--resume: cannot read {}", ckpt_path.display()))?;
-        let saved = trainer.restore(&bytes).with_context(|| format!("--resume: {}", ckpt_path.display()))?;
-        let same = TrainConfig { max_num_training_steps: cfg.max_num_training_steps, ..saved.clone() };
+        let saved = trainer
+            .restore(&bytes)
+            .with_context(|| format!("--resume: {}", ckpt_path.display()))?;
+        let same = TrainConfig {
+            max_num_training_steps: cfg.max_num_training_steps,
+            ..saved.clone()
+        };
         if same != cfg {
             bail!(
                 "--resume: the checkpoint was trained with another configuration (only \
@@ -98,11 +121,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 a.out.join("config.toml").display()
             );
         }
-        eprintln!("resuming from step {} of {}", trainer.step(), cfg.max_num_training_steps);
+        eprintln!(
+            "resuming from step {} of {}",
+            trainer.step(),
+            cfg.max_num_training_steps
+        );
     } else {
         let _ = std::fs::remove_file(a.out.join("metrics.jsonl"));
     }
-    fsutil::write_atomic(&a.out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+    fsutil::write_atomic(
+        &a.out.join("config.toml"),
+        toml::to_string(&cfg)?.as_bytes(),
+    )?;
 
     let total = cfg.max_num_training_steps;
     let bar = ProgressBar::new(total);
@@ -123,7 +153,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     "loss {:.3} adv acc {:.1}%{}",
                     m.loss,
                     100.0 * m.adv_accuracy,
-                    m.nat_accuracy.map(|v| format!(" nat {:.1}%", 100.0 * v)).unwrap_or_default()
+                    m.nat_accuracy
+                        .map(|v| format!(" nat {:.1}%", 100.0 * v))
+                        .unwrap_or_default()
                 ));
                 if m.nat_accuracy.is_some() || m.step == total {
                     let line = serde_json::json!({
@@ -148,7 +180,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Ok(())
     });
     bar.finish_and_clear();
-    res.with_context(|| format!("training stopped; the last checkpoint is {}", ckpt_path.display()))?;
+    res.with_context(|| {
+        format!(
+            "training stopped; the last checkpoint is {}",
+            ckpt_path.display()
+        )
+    })?;
     eprintln!(
         "trained {} steps in {:.1} s; model: {} ({} parameters)",
         trainer.step(),
