@@ -1,0 +1,242 @@
+//! The [`Attack`] interface, its [`AttackResult`], and what every attack shares: checking its
+//! inputs, running the model in evaluation mode, reading predictions.
+
+use std::ops::{Deref, DerefMut};
+
+use saddle_models::Classifier;
+use saddle_tensor::{Backend, TensorLike};
+
+use crate::error::{AttackError, Result};
+
+/// An adversarial attack: given a model and a batch `x` in `[0, 1]` with labels `y` (`[n]`,
+/// class indices as `f32`), finds perturbed inputs that the model gets wrong.
+///
+/// The model runs in evaluation mode during the attack and is put back in the mode it was in
+/// afterwards, also when the attack fails with an error (or panics). That is why it is taken by
+/// `&mut`; nothing else about it changes.
+pub trait Attack<B: Backend> {
+    /// A short name for reports, for example `"pgd"` or `"fgsm"`.
+    fn name(&self) -> &'static str;
+
+    /// Attacks the batch `x` with true labels `y`.
+    ///
+    /// # Errors
+    /// [`AttackError`] for invalid parameters, inputs outside `[0, 1]`, labels that do not fit
+    /// the batch or the model, a NaN gradient, or a failing model.
+    fn perturb(
+        &self,
+        model: &mut dyn Classifier<B>,
+        x: &B::Tensor,
+        y: &B::Tensor,
+    ) -> Result<AttackResult<B>>;
+}
+
+/// What an attack found, per example.
+#[derive(Clone, Debug)]
+pub struct AttackResult<B: Backend> {
+    /// The adversarial batch, shaped like the input, inside the threat model and `[0, 1]`.
+    pub x_adv: B::Tensor,
+    /// The objective the attack maximised, at `x_adv`: the loss of the true label for an
+    /// untargeted attack, the **negated** loss of the target class for a targeted one (so that
+    /// higher is always stronger).
+    pub loss: Vec<f32>,
+    /// Whether the attack succeeded: the model's prediction at `x_adv` differs from the label
+    /// (untargeted) or equals the target (targeted).
+    pub success: Vec<bool>,
+    /// The model's predicted class at `x_adv`.
+    pub predictions: Vec<usize>,
+    /// The per-step objective, when asked for (`Pgd::trace(true)`).
+    pub trace: Option<LossTrace>,
+}
+
+impl<B: Backend> AttackResult<B> {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.success.len()
+    }
+
+    /// Whether the batch was empty.
+    pub fn is_empty(&self) -> bool {
+        self.success.is_empty()
+    }
+
+    /// Fraction of examples on which the attack succeeded (0 for an empty batch).
+    pub fn success_rate(&self) -> f64 {
+        if self.success.is_empty() {
+            return 0.0;
+        }
+        self.success.iter().filter(|&&s| s).count() as f64 / self.success.len() as f64
+    }
+
+    /// Number of examples whose prediction at `x_adv` equals `labels[i]`: the robust accuracy
+    /// numerator against the true labels.
+    pub fn correct(&self, labels: &[usize]) -> usize {
+        self.predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, y)| p == y)
+            .count()
+    }
+}
+
+/// Objective values along the attack, for the paper's loss-landscape figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossTrace {
+    /// `losses[r][t][i]`: the objective (as [`AttackResult::loss`]) of example `i` at iterate
+    /// `t` of restart `r`; `t = 0` is the starting point (random or clean) and the last entry
+    /// is the final iterate. A restart that stopped early (every example succeeded, with early
+    /// stopping on) has fewer entries.
+    pub losses: Vec<Vec<Vec<f32>>>,
+}
+
+/// Puts a model in evaluation mode for its lifetime and restores the previous mode on drop
+/// (also on an early return with `?` or a panic).
+pub(crate) struct EvalMode<'a, B: Backend> {
+    model: &'a mut dyn Classifier<B>,
+    was_training: bool,
+}
+
+impl<'a, B: Backend> EvalMode<'a, B> {
+    pub(crate) fn new(model: &'a mut dyn Classifier<B>) -> Self {
+        let was_training = model.is_training();
+        model.set_training(false);
+        EvalMode {
+            model,
+            was_training,
+        }
+    }
+}
+
+impl<'a, B: Backend> Deref for EvalMode<'a, B> {
+    type Target = dyn Classifier<B> + 'a;
+    fn deref(&self) -> &Self::Target {
+        &*self.model
+    }
+}
+
+impl<B: Backend> DerefMut for EvalMode<'_, B> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.model
+    }
+}
+
+impl<B: Backend> Drop for EvalMode<'_, B> {
+    fn drop(&mut self) {
+        self.model.set_training(self.was_training);
+    }
+}
+
+/// Argmax of each row of a row-major `[n, k]` matrix (first maximum on ties, as PyTorch).
+pub(crate) fn argmax_rows(logits: &[f32], k: usize) -> Vec<usize> {
+    logits
+        .chunks(k.max(1))
+        .map(|row| first_extreme(row, |a, b| a > b))
+        .collect()
+}
+
+/// Argmin of each row (first minimum on ties).
+pub(crate) fn argmin_rows(logits: &[f32], k: usize) -> Vec<usize> {
+    logits
+        .chunks(k.max(1))
+        .map(|row| first_extreme(row, |a, b| a < b))
+        .collect()
+}
+
+fn first_extreme(row: &[f32], better: impl Fn(f32, f32) -> bool) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate().skip(1) {
+        if better(v, row[best]) || row[best].is_nan() && !v.is_nan() {
+            best = j;
+        }
+    }
+    best
+}
+
+/// The model's predicted class for each image of `x`, in whatever mode the model is in.
+///
+/// # Errors
+/// A model error (shapes).
+pub fn predict<B: Backend>(model: &dyn Classifier<B>, x: &B::Tensor) -> Result<Vec<usize>> {
+    let b = model.backend();
+    let logits = model.logits(x)?;
+    Ok(argmax_rows(&b.to_vec(&logits)?, model.num_classes()))
+}
+
+/// Checks a batch for `attack`: `x` is a batch of the model's inputs with every pixel finite and
+/// in `[0, 1]`, and `y` (`what` = `"labels"` or `"targets"`) is `[n]` of class indices. Returns
+/// the batch size and the class indices.
+pub(crate) fn check_batch<B: Backend>(
+    attack: &'static str,
+    model: &dyn Classifier<B>,
+    x: &B::Tensor,
+    y: &B::Tensor,
+    what: &'static str,
+) -> Result<(usize, Vec<usize>)> {
+    let n = x.dims().first().copied().unwrap_or(0);
+    if x.dims().is_empty() || y.dims() != [n] {
+        return Err(AttackError::BatchMismatch {
+            attack,
+            what,
+            x_dims: x.dims().to_vec(),
+            y_dims: y.dims().to_vec(),
+            n,
+        });
+    }
+    model.check_input(x)?;
+    let b = model.backend();
+    let xs = b.to_vec(x)?;
+    let per = xs.len() / n.max(1);
+    if let Some(k) = xs.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        return Err(AttackError::InputOutOfRange {
+            attack,
+            index: k,
+            example: k / per.max(1),
+            value: xs[k],
+        });
+    }
+    let labels = class_indices(
+        attack,
+        &b.to_vec(y)?,
+        model.num_classes(),
+        &what[..what.len() - 1],
+    )?;
+    Ok((n, labels))
+}
+
+/// `values` as class indices in `0..classes`.
+pub(crate) fn class_indices(
+    attack: &'static str,
+    values: &[f32],
+    classes: usize,
+    what: &'static str,
+) -> Result<Vec<usize>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes {
+                Ok(v as usize)
+            } else {
+                Err(AttackError::InvalidLabel {
+                    attack,
+                    what,
+                    index: i,
+                    value: v,
+                    classes,
+                })
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_and_argmin_take_the_first_extreme() {
+        assert_eq!(argmax_rows(&[1.0, 3.0, 3.0, 0.0, 0.0, -1.0], 3), vec![1, 0]);
+        assert_eq!(argmin_rows(&[1.0, 3.0, 1.0, 0.0, 0.0, -1.0], 3), vec![0, 2]);
+        assert_eq!(argmax_rows(&[f32::NAN, 2.0, 1.0], 3), vec![1]);
+    }
+}

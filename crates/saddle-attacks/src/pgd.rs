@@ -1,0 +1,597 @@
+//! Projected gradient descent (on the negative loss) over any threat model, and FGSM as its
+//! one-step special case.
+
+use saddle_models::{loss_and_input_grad, Classifier, Loss};
+use saddle_tensor::{rng::Rng, Backend, TensorLike};
+
+use crate::attack::{
+    argmax_rows, argmin_rows, check_batch, Attack, AttackResult, EvalMode, LossTrace,
+};
+use crate::error::{check_alpha, check_eps, AttackError, Result};
+use crate::threat::{Linf, ThreatModel, L2};
+
+/// The CW margin loss with κ = 50, the "CW+" attack of the paper's tables (from MadryLab's
+/// `mnist_challenge`): `−relu(z_y − max_{j≠y} z_j + 50)`. The margin loss is that of Carlini &
+/// Wagner, *Towards Evaluating the Robustness of Neural Networks*, IEEE S&P 2017
+/// (arXiv:1608.04644), used here inside PGD as in Madry et al.
+pub const CW_PLUS: Loss = Loss::Cw { kappa: 50.0 };
+
+/// Which class an attack aims for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Targeting {
+    /// Any wrong class: ascend the loss of the true label.
+    #[default]
+    Untargeted,
+    /// The class the model finds least likely on the clean input (Kurakin et al. 2017's
+    /// "iterative least-likely class"): descend the loss of that class.
+    LeastLikely,
+}
+
+/// Projected gradient descent, Madry, Makelov, Schmidt, Tsipras & Vladu, *Towards Deep Learning
+/// Models Resistant to Adversarial Attacks*, ICLR 2018 (arXiv:1706.06083), generic over the
+/// [`ThreatModel`]:
+///
+/// ```text
+/// x ← random_init(x0)  (or x0)
+/// repeat steps:  x ← project_{x0}( step(x, ∇ₓ Σ_batch L(x, y), α) )
+/// ```
+///
+/// The loss is summed over the batch, as in the paper's code, so each example's step depends on
+/// its own gradient only. With several **restarts** the result keeps, per example, the worst
+/// case: a restart that makes the example misclassified wins, otherwise the one with the highest
+/// loss. Restart `r` draws its random start from a generator derived from the seed and `r` only,
+/// so the first `k` restarts of a run with `k + 1` restarts are those of a run with `k`.
+///
+/// **Paper defaults** (all in `[0, 1]` pixel units, L∞):
+/// - MNIST ([`Pgd::mnist`]): ε = 0.3, 40 steps of α = 0.01, random start (evaluation also uses
+///   100 steps with 20 restarts, and the CW+ loss [`CW_PLUS`]);
+/// - CIFAR-10: ε = 8/255, α = 2/255, random start, 7 steps for training
+///   ([`Pgd::cifar_train`]) and 20 for evaluation ([`Pgd::cifar_eval`]).
+///
+/// Options (builder methods): random start, restarts, early stop per example (an example stops
+/// moving once the attack succeeds on it, and the loop ends when all have), targeted mode
+/// ([`Targeting::LeastLikely`] or given targets with [`Pgd::perturb_targeted`]: descends the
+/// loss of the target), the loss ([`Loss::CrossEntropy`] or [`Loss::Cw`]), the per-step loss
+/// trace, and the seed.
+#[derive(Clone, Debug)]
+pub struct Pgd<T: ThreatModel = Linf> {
+    threat: T,
+    alpha: f32,
+    steps: usize,
+    random_start: bool,
+    restarts: usize,
+    early_stop: bool,
+    loss: Loss,
+    targeting: Targeting,
+    trace: bool,
+    seed: u64,
+    name: &'static str,
+}
+
+impl<T: ThreatModel> Pgd<T> {
+    /// PGD over `threat` with `steps` steps of size `alpha`; random start on, one restart, no
+    /// early stop, untargeted, cross-entropy, seed 0.
+    ///
+    /// # Errors
+    /// [`AttackError::InvalidStepSize`] unless `alpha` is finite and positive;
+    /// [`AttackError::ZeroCount`] for zero steps.
+    pub fn new(threat: T, alpha: f32, steps: usize) -> Result<Self> {
+        let pgd = Pgd {
+            threat,
+            alpha,
+            steps,
+            random_start: true,
+            restarts: 1,
+            early_stop: false,
+            loss: Loss::CrossEntropy,
+            targeting: Targeting::Untargeted,
+            trace: false,
+            seed: 0,
+            name: "pgd",
+        };
+        pgd.validate()?;
+        Ok(pgd)
+    }
+
+    /// Starts from a uniform random point of the ball (`true`, the default) or from `x0`.
+    pub fn random_start(mut self, on: bool) -> Self {
+        self.random_start = on;
+        self
+    }
+
+    /// Runs `restarts` times (at least 1, checked when attacking) and keeps the worst case per
+    /// example.
+    pub fn restarts(mut self, restarts: usize) -> Self {
+        self.restarts = restarts;
+        self
+    }
+
+    /// Stops moving an example once the attack succeeds on it (off by default).
+    pub fn early_stop(mut self, on: bool) -> Self {
+        self.early_stop = on;
+        self
+    }
+
+    /// The loss to ascend (cross-entropy by default; [`CW_PLUS`] for the paper's CW+).
+    pub fn loss(mut self, loss: Loss) -> Self {
+        self.loss = loss;
+        self
+    }
+
+    /// Untargeted (default) or towards the least-likely class.
+    pub fn targeting(mut self, targeting: Targeting) -> Self {
+        self.targeting = targeting;
+        self
+    }
+
+    /// Records the objective of every example at every iterate ([`AttackResult::trace`]).
+    pub fn trace(mut self, on: bool) -> Self {
+        self.trace = on;
+        self
+    }
+
+    /// The seed of the random starts (0 by default).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The threat model.
+    pub fn threat(&self) -> &T {
+        &self.threat
+    }
+
+    /// The step size α.
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    /// The number of steps.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_eps(self.name, self.threat.eps())?;
+        check_alpha(self.name, self.alpha)?;
+        self.validate_common()?;
+        if self.steps == 0 {
+            return Err(AttackError::ZeroCount {
+                attack: self.name,
+                what: "steps",
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_common(&self) -> Result<()> {
+        if self.restarts == 0 {
+            return Err(AttackError::ZeroCount {
+                attack: self.name,
+                what: "restarts",
+            });
+        }
+        if let Loss::Cw { kappa } = self.loss {
+            if !kappa.is_finite() {
+                return Err(AttackError::InvalidKappa {
+                    attack: self.name,
+                    kappa,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A targeted attack towards the given classes `targets` (`[n]`, class indices as `f32`):
+    /// descends the loss of the target. Success means the model predicts the target; the
+    /// reported loss is the negated loss of the target. The [`Targeting`] option is ignored.
+    ///
+    /// # Errors
+    /// As [`Attack::perturb`], with `targets` checked like labels.
+    pub fn perturb_targeted<B: Backend>(
+        &self,
+        model: &mut dyn Classifier<B>,
+        x: &B::Tensor,
+        targets: &B::Tensor,
+    ) -> Result<AttackResult<B>> {
+        self.validate()?;
+        self.run(model, x, targets, Goal::Towards)
+    }
+
+    /// The attack loop, parameters already checked (α may be 0 for FGSM with ε = 0).
+    fn run<B: Backend>(
+        &self,
+        model: &mut dyn Classifier<B>,
+        x0: &B::Tensor,
+        y: &B::Tensor,
+        goal: Goal,
+    ) -> Result<AttackResult<B>> {
+        let what = if goal == Goal::Towards {
+            "targets"
+        } else {
+            "labels"
+        };
+        let (n, labels) = check_batch(self.name, model, x0, y, what)?;
+        let b = model.backend().clone();
+        if n == 0 {
+            let trace = self.trace.then(|| LossTrace { losses: Vec::new() });
+            let (loss, success, predictions) = (Vec::new(), Vec::new(), Vec::new());
+            return Ok(AttackResult {
+                x_adv: x0.clone(),
+                loss,
+                success,
+                predictions,
+                trace,
+            });
+        }
+        let model = EvalMode::new(model);
+        let m: &dyn Classifier<B> = &*model;
+        let k = m.num_classes();
+
+        // The labels whose loss the attack ascends (untargeted) or descends (targeted).
+        let (aim, aim_t) = match (goal, self.targeting) {
+            (Goal::Towards, _) => (labels, y.clone()),
+            (Goal::Labels, Targeting::Untargeted) => (labels, y.clone()),
+            (Goal::Labels, Targeting::LeastLikely) => {
+                let ll = argmin_rows(&b.to_vec(&m.logits(x0)?)?, k);
+                let t = b.from_vec(&[n], ll.iter().map(|&c| c as f32).collect())?;
+                (ll, t)
+            }
+        };
+        let targeted = goal == Goal::Towards || self.targeting == Targeting::LeastLikely;
+        let sign = if targeted { -1.0f32 } else { 1.0 };
+        let succeeded = |pred: usize, i: usize| (pred == aim[i]) == targeted;
+
+        let mut base = Rng::new(self.seed);
+        let mut best: Option<Candidate<B>> = None;
+        let mut traces = Vec::new();
+        for r in 0..self.restarts {
+            let mut rng = base.fork(r as u64);
+            let mut x = if self.random_start && self.threat.eps() > 0.0 {
+                self.threat.random_init(&b, x0, &mut rng)?
+            } else {
+                x0.clone()
+            };
+            let mut frozen = vec![false; n];
+            let mut trace = Vec::new();
+            let mut stopped = false;
+            for step in 0..self.steps {
+                let (per, g, logits) = loss_and_input_grad(m, &x, &aim_t, self.loss)?;
+                if self.trace {
+                    trace.push(b.to_vec(&per)?.into_iter().map(|v| sign * v).collect());
+                }
+                if self.early_stop {
+                    let pred = argmax_rows(&b.to_vec(&logits)?, k);
+                    for i in 0..n {
+                        frozen[i] |= succeeded(pred[i], i);
+                    }
+                    if frozen.iter().all(|&f| f) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                let g = if targeted {
+                    b.affine(&g, -1.0, 0.0)?
+                } else {
+                    g
+                };
+                check_gradient(&b, &g, self.name, r, step)?;
+                let next = self.threat.step_and_project(&b, &x, x0, &g, self.alpha)?;
+                x = if frozen.iter().any(|&f| f) {
+                    select(&b, &frozen, &x, &next)?
+                } else {
+                    next
+                };
+            }
+            let logits = m.logits(&x)?;
+            let per = match self.loss {
+                Loss::CrossEntropy => b.cross_entropy(&logits, &aim_t)?,
+                Loss::Cw { kappa } => b.cw_loss(&logits, &aim_t, kappa)?,
+            };
+            let loss: Vec<f32> = b.to_vec(&per)?.into_iter().map(|v| sign * v).collect();
+            let predictions = argmax_rows(&b.to_vec(&logits)?, k);
+            let success: Vec<bool> = (0..n).map(|i| succeeded(predictions[i], i)).collect();
+            if self.trace {
+                if !stopped {
+                    trace.push(loss.clone());
+                }
+                traces.push(trace);
+            }
+            let cand = Candidate {
+                x,
+                loss,
+                success,
+                predictions,
+            };
+            best = Some(match best {
+                None => cand,
+                Some(cur) => merge(&b, cur, cand)?,
+            });
+            if self.early_stop && best.as_ref().is_some_and(|c| c.success.iter().all(|&s| s)) {
+                break;
+            }
+        }
+        let best = best.expect("at least one restart ran");
+        Ok(AttackResult {
+            x_adv: best.x,
+            loss: best.loss,
+            success: best.success,
+            predictions: best.predictions,
+            trace: self.trace.then_some(LossTrace { losses: traces }),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Goal {
+    /// `y` holds the true labels; the [`Targeting`] option decides.
+    Labels,
+    /// `y` holds the targets.
+    Towards,
+}
+
+struct Candidate<B: Backend> {
+    x: B::Tensor,
+    loss: Vec<f32>,
+    success: Vec<bool>,
+    predictions: Vec<usize>,
+}
+
+/// Per example, the stronger of `cur` and `cand`: success first, then the higher objective;
+/// ties keep `cur` (the earlier restart).
+fn merge<B: Backend>(b: &B, cur: Candidate<B>, cand: Candidate<B>) -> Result<Candidate<B>> {
+    let take: Vec<bool> = (0..cur.loss.len())
+        .map(|i| {
+            (cand.success[i] && !cur.success[i])
+                || (cand.success[i] == cur.success[i] && cand.loss[i] > cur.loss[i])
+        })
+        .collect();
+    if !take.iter().any(|&t| t) {
+        return Ok(cur);
+    }
+    let pick = |i: usize| take[i];
+    Ok(Candidate {
+        x: select(b, &take, &cand.x, &cur.x)?,
+        loss: (0..take.len())
+            .map(|i| if pick(i) { cand.loss[i] } else { cur.loss[i] })
+            .collect(),
+        success: (0..take.len())
+            .map(|i| {
+                if pick(i) {
+                    cand.success[i]
+                } else {
+                    cur.success[i]
+                }
+            })
+            .collect(),
+        predictions: (0..take.len())
+            .map(|i| {
+                if pick(i) {
+                    cand.predictions[i]
+                } else {
+                    cur.predictions[i]
+                }
+            })
+            .collect(),
+    })
+}
+
+/// Per example `i`, `a[i]` where `keep_a[i]`, else `b[i]`; exact for finite values
+/// (`v·1 = v`, `v·0 = ±0`, `v + ±0 = v`).
+fn select<B: Backend>(be: &B, keep_a: &[bool], a: &B::Tensor, b: &B::Tensor) -> Result<B::Tensor> {
+    let mut shape = vec![1usize; a.dims().len()];
+    shape[0] = keep_a.len();
+    let ma = be.from_vec(
+        &shape,
+        keep_a.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect(),
+    )?;
+    let mb = be.affine(&ma, -1.0, 1.0)?;
+    Ok(be.add(&be.mul(a, &ma)?, &be.mul(b, &mb)?)?)
+}
+
+/// Fails with [`AttackError::NanGradient`] if `g` has a NaN entry. One reduction on the device;
+/// the gradient is read back only when the sum is not finite.
+fn check_gradient<B: Backend>(
+    b: &B,
+    g: &B::Tensor,
+    attack: &'static str,
+    restart: usize,
+    step: usize,
+) -> Result<()> {
+    let flat = b.reshape(g, &[g.numel()])?;
+    let total = b.to_vec(&b.sum_axes(&flat, &[0], false)?)?;
+    if total.first().is_none_or(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let host = b.to_vec(g)?;
+    match host.iter().position(|v| v.is_nan()) {
+        None => Ok(()), // infinite entries or an overflowing sum: sign() handles them
+        Some(index) => {
+            let per = host.len() / g.dims().first().copied().unwrap_or(1).max(1);
+            Err(AttackError::NanGradient {
+                attack,
+                restart,
+                step,
+                index,
+                example: index / per.max(1),
+            })
+        }
+    }
+}
+
+impl Pgd<Linf> {
+    /// L∞ PGD with radius `eps`, step `alpha`, `steps` steps (random start on).
+    ///
+    /// # Errors
+    /// As [`Linf::new`] and [`Pgd::new`].
+    pub fn linf(eps: f32, alpha: f32, steps: usize) -> Result<Self> {
+        Pgd::new(Linf::new(eps)?, alpha, steps)
+    }
+
+    /// The paper's MNIST attack: ε = 0.3, 40 steps of 0.01, random start.
+    pub fn mnist() -> Self {
+        Pgd::linf(0.3, 0.01, 40).expect("the paper's parameters are valid")
+    }
+
+    /// The paper's CIFAR-10 training attack: ε = 8/255, 7 steps of 2/255, random start.
+    pub fn cifar_train() -> Self {
+        Pgd::linf(8.0 / 255.0, 2.0 / 255.0, 7).expect("the paper's parameters are valid")
+    }
+
+    /// The paper's CIFAR-10 evaluation attack: ε = 8/255, 20 steps of 2/255, random start.
+    pub fn cifar_eval() -> Self {
+        Pgd::linf(8.0 / 255.0, 2.0 / 255.0, 20).expect("the paper's parameters are valid")
+    }
+}
+
+impl Pgd<L2> {
+    /// L2 PGD with radius `eps`, step `alpha`, `steps` steps (random start on).
+    ///
+    /// # Errors
+    /// As [`L2::new`] and [`Pgd::new`].
+    pub fn l2(eps: f32, alpha: f32, steps: usize) -> Result<Self> {
+        Pgd::new(L2::new(eps)?, alpha, steps)
+    }
+}
+
+impl<B: Backend, T: ThreatModel> Attack<B> for Pgd<T> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn perturb(
+        &self,
+        model: &mut dyn Classifier<B>,
+        x: &B::Tensor,
+        y: &B::Tensor,
+    ) -> Result<AttackResult<B>> {
+        self.validate()?;
+        self.run(model, x, y, Goal::Labels)
+    }
+}
+
+/// The fast gradient sign method, Goodfellow, Shlens & Szegedy, *Explaining and Harnessing
+/// Adversarial Examples*, ICLR 2015 (arXiv:1412.6572): one step of size ε from `x0`, no random
+/// start, `x_adv = clip_[0,1](x0 + ε·sign(∇ₓ Σ_batch L(x0, y)))`. It equals one step of
+/// [`Pgd`] with α = ε from `x0`, exactly.
+///
+/// **Paper defaults**: MNIST ε = 0.3 ([`Fgsm::mnist`]); CIFAR-10 ε = 8/255 ([`Fgsm::cifar`]).
+/// Madry et al. use it to evaluate (MNIST: 95.6% accuracy of the robust model under FGSM) and
+/// as the weaker training attack of the capacity study.
+#[derive(Clone, Debug)]
+pub struct Fgsm {
+    pgd: Pgd<Linf>,
+}
+
+impl Fgsm {
+    /// FGSM with radius `eps` (cross-entropy, untargeted).
+    ///
+    /// # Errors
+    /// [`AttackError::InvalidEpsilon`] if `eps` is negative, NaN or infinite.
+    pub fn new(eps: f32) -> Result<Self> {
+        check_eps("fgsm", eps)?;
+        let pgd = Pgd {
+            threat: Linf::new(eps)?,
+            alpha: eps,
+            steps: 1,
+            random_start: false,
+            restarts: 1,
+            early_stop: false,
+            loss: Loss::CrossEntropy,
+            targeting: Targeting::Untargeted,
+            trace: false,
+            seed: 0,
+            name: "fgsm",
+        };
+        Ok(Fgsm { pgd })
+    }
+
+    /// The paper's MNIST FGSM: ε = 0.3.
+    pub fn mnist() -> Self {
+        Fgsm::new(0.3).expect("the paper's parameters are valid")
+    }
+
+    /// The paper's CIFAR-10 FGSM: ε = 8/255.
+    pub fn cifar() -> Self {
+        Fgsm::new(8.0 / 255.0).expect("the paper's parameters are valid")
+    }
+
+    /// The loss to ascend (cross-entropy by default).
+    pub fn loss(mut self, loss: Loss) -> Self {
+        self.pgd.loss = loss;
+        self
+    }
+
+    /// Untargeted (default) or towards the least-likely class ("step l.l." of Kurakin et al.).
+    pub fn targeting(mut self, targeting: Targeting) -> Self {
+        self.pgd.targeting = targeting;
+        self
+    }
+
+    /// The radius ε.
+    pub fn eps(&self) -> f32 {
+        self.pgd.threat.eps()
+    }
+
+    /// A targeted FGSM step towards `targets` (see [`Pgd::perturb_targeted`]).
+    ///
+    /// # Errors
+    /// As [`Attack::perturb`].
+    pub fn perturb_targeted<B: Backend>(
+        &self,
+        model: &mut dyn Classifier<B>,
+        x: &B::Tensor,
+        targets: &B::Tensor,
+    ) -> Result<AttackResult<B>> {
+        self.pgd.validate_common()?;
+        self.pgd.run(model, x, targets, Goal::Towards)
+    }
+}
+
+impl<B: Backend> Attack<B> for Fgsm {
+    fn name(&self) -> &'static str {
+        "fgsm"
+    }
+
+    fn perturb(
+        &self,
+        model: &mut dyn Classifier<B>,
+        x: &B::Tensor,
+        y: &B::Tensor,
+    ) -> Result<AttackResult<B>> {
+        self.pgd.validate_common()?;
+        self.pgd.run(model, x, y, Goal::Labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saddle_tensor::cpu::Cpu;
+
+    fn cand(b: &Cpu, fill: f32, loss: [f32; 4], success: [bool; 4]) -> Candidate<Cpu> {
+        Candidate {
+            x: b.full(&[4, 1, 1, 2], fill).unwrap(),
+            loss: loss.to_vec(),
+            success: success.to_vec(),
+            predictions: vec![fill as usize; 4],
+        }
+    }
+
+    #[test]
+    fn a_misclassified_restart_wins_else_the_higher_loss_ties_keep_the_first() {
+        let b = Cpu::new();
+        let cur = cand(&b, 0.25, [1.0, 1.0, 5.0, 2.0], [true, false, false, false]);
+        let new = cand(&b, 0.75, [5.0, 2.0, 0.1, 2.0], [false, false, true, false]);
+        let m = merge(&b, cur, new).unwrap();
+        // 0: cur succeeded, new has a higher loss but did not: keep cur.
+        // 1: neither succeeded, new has the higher loss: take new.
+        // 2: new succeeded with a lower loss: take new.
+        // 3: a tie: keep cur (the earlier restart).
+        assert_eq!(m.loss, vec![1.0, 2.0, 0.1, 2.0]);
+        assert_eq!(m.success, vec![true, false, true, false]);
+        assert_eq!(m.predictions, vec![0, 0, 0, 0]);
+        let x = b.to_vec(&m.x).unwrap();
+        assert_eq!(x, vec![0.25, 0.25, 0.75, 0.75, 0.75, 0.75, 0.25, 0.25]);
+    }
+}
