@@ -344,6 +344,9 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// One L2 PGD step: `x + α·g/‖g‖₂` per example (no move where `‖g‖ = 0`), then
     /// [`Backend::project_l2`].
+    ///
+    /// The default computes the norms on the host in f64, so that gradients as large as 1e30 or
+    /// as small as 1e-30 (whose f32 squares overflow or underflow) still take a full step.
     fn pgd_step_l2(
         &self,
         x: &Self::Tensor,
@@ -352,39 +355,44 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         alpha: f32,
         eps: f32,
     ) -> Result<Self::Tensor> {
-        let dims = g.dims().to_vec();
-        let n = *dims
-            .first()
-            .ok_or_else(|| TensorError::shape("pgd_step_l2", "scalar input"))?;
-        let norms = self.to_vec(&self.l2_norms(g)?)?;
+        let norms = host_l2_norms("pgd_step_l2", g.dims(), &self.to_vec(g)?)?;
         let scale: Vec<f32> = norms
             .iter()
-            .map(|&v| if v > 0.0 { alpha / v } else { 0.0 })
+            .map(|&v| {
+                if v > 0.0 {
+                    (alpha as f64 / v) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
-        let mut bshape = vec![1usize; dims.len()];
-        bshape[0] = n;
-        let scale = self.from_vec(&bshape, scale)?;
-        let moved = self.add(x, &self.mul(g, &scale)?)?;
+        let moved = self.add(
+            x,
+            &self.mul(g, &self.from_vec(&batch_shape(g.dims()), scale)?)?,
+        )?;
         self.project_l2(&moved, x0, eps)
     }
 
     /// Projection onto the L2 ball of radius `eps` around `x0` (per example: δ rescaled to norm
-    /// `eps` when longer), then onto `[0, 1]`.
+    /// `eps` when longer), then onto `[0, 1]`. Norms as in [`Backend::pgd_step_l2`].
     fn project_l2(&self, x: &Self::Tensor, x0: &Self::Tensor, eps: f32) -> Result<Self::Tensor> {
-        let dims = x.dims().to_vec();
-        let n = *dims
-            .first()
-            .ok_or_else(|| TensorError::shape("project_l2", "scalar input"))?;
         let delta = self.sub(x, x0)?;
-        let norms = self.to_vec(&self.l2_norms(&delta)?)?;
+        let norms = host_l2_norms("project_l2", delta.dims(), &self.to_vec(&delta)?)?;
+        // Shrink by a hair more than eps/‖δ‖ so that rounding cannot leave ‖δ‖ above eps.
         let scale: Vec<f32> = norms
             .iter()
-            .map(|&v| if v > eps { eps / v } else { 1.0 })
+            .map(|&v| {
+                if v > eps as f64 {
+                    (eps as f64 / v * (1.0 - 1e-6)) as f32
+                } else {
+                    1.0
+                }
+            })
             .collect();
-        let mut bshape = vec![1usize; dims.len()];
-        bshape[0] = n;
-        let scale = self.from_vec(&bshape, scale)?;
-        let y = self.add(x0, &self.mul(&delta, &scale)?)?;
+        let y = self.add(
+            x0,
+            &self.mul(&delta, &self.from_vec(&batch_shape(delta.dims()), scale)?)?,
+        )?;
         self.clamp(&y, 0.0, 1.0)
     }
 
@@ -448,4 +456,36 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         *param = self.sub(param, &self.affine(momentum_buf, h.lr, 0.0)?)?;
         Ok(())
     }
+}
+
+/// `[n, 1, 1, ...]` for a batch of shape `dims`.
+fn batch_shape(dims: &[usize]) -> Vec<usize> {
+    let mut b = vec![1usize; dims.len()];
+    if let Some(first) = dims.first() {
+        b[0] = *first;
+    }
+    b
+}
+
+/// Per-example L2 norms in f64 of a row-major batch, scaled by the largest magnitude first so
+/// that neither huge nor tiny values overflow or underflow.
+fn host_l2_norms(op: &'static str, dims: &[usize], v: &[f32]) -> Result<Vec<f64>> {
+    let n = *dims
+        .first()
+        .ok_or_else(|| TensorError::shape(op, "a scalar has no batch axis"))?;
+    let per = v.len().checked_div(n).unwrap_or(0);
+    Ok((0..n)
+        .map(|i| {
+            let row = &v[i * per..(i + 1) * per];
+            let m = row.iter().fold(0.0f64, |a, &x| a.max((x as f64).abs()));
+            if m == 0.0 || !m.is_finite() {
+                return m;
+            }
+            m * row
+                .iter()
+                .map(|&x| (x as f64 / m).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect())
 }
