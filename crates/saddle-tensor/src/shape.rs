@@ -216,6 +216,62 @@ pub fn check_logits_labels(
     Ok((logits[0], logits[1]))
 }
 
+/// Per-channel layout `(n, c, spatial size)` of a batch-norm input `[n, c]` or `[n, c, h, w]`
+/// with scale `gamma` and shift `beta` of shape `[c]`.
+///
+/// # Errors
+/// [`TensorError::Shape`] naming `op` for any other layout, mismatched parameters, or a batch
+/// with no element per channel.
+pub fn bn_layout(
+    op: &'static str,
+    x: &[usize],
+    gamma: &[usize],
+    beta: &[usize],
+) -> Result<(usize, usize, usize)> {
+    if x.len() != 2 && x.len() != 4 {
+        return Err(TensorError::shape(
+            op,
+            format!("input {x:?} must be [n, c] or [n, c, h, w]"),
+        ));
+    }
+    let c = x[1];
+    if gamma != [c] || beta != [c] {
+        return Err(TensorError::shape(
+            op,
+            format!("gamma {gamma:?} and beta {beta:?} must be [{c}] for input {x:?}"),
+        ));
+    }
+    let s = if x.len() == 4 { x[2] * x[3] } else { 1 };
+    if x[0] * s == 0 {
+        return Err(TensorError::shape(
+            op,
+            format!("input {x:?} has no elements per channel"),
+        ));
+    }
+    Ok((x[0], c, s))
+}
+
+/// Class indices from labels stored as `f32`, each checked to be an integer in `0..classes`.
+///
+/// # Errors
+/// [`TensorError::InvalidArgument`] naming `op` and the first bad label and its position.
+pub fn label_indices(op: &'static str, labels: &[f32], classes: usize) -> Result<Vec<usize>> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes {
+                Ok(v as usize)
+            } else {
+                Err(TensorError::invalid(
+                    op,
+                    format!("label {v} at position {i} is not a class index in 0..{classes}"),
+                ))
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
