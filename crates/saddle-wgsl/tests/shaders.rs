@@ -1,0 +1,114 @@
+//! Every file in the workspace's `shaders/` folder parses and validates with naga (the WGSL
+//! front end wgpu itself uses), with no GPU: a machine without an adapter still catches a
+//! broken shader. Each file holds exactly one compute kernel, `main`, and is the source of
+//! exactly one kernel of the crate (no orphans, no kernel without its file).
+
+use std::path::PathBuf;
+
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+fn shader_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shaders")
+}
+
+fn shader_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(shader_dir())
+        .expect("the shaders/ folder exists")
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let src = std::fs::read_to_string(&p).expect("readable shader");
+            (name, src)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Parses and validates one WGSL source; the error names the file and shows naga's report.
+fn validate(name: &str, src: &str) -> Result<naga::Module, String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| {
+        format!(
+            "{name}: parse error\n{}",
+            e.emit_to_string_with_path(src, name)
+        )
+    })?;
+    Validator::new(ValidationFlags::all(), Capabilities::default())
+        .validate(&module)
+        .map_err(|e| {
+            format!(
+                "{name}: validation error\n{}",
+                e.emit_to_string_with_path(src, name)
+            )
+        })?;
+    Ok(module)
+}
+
+#[test]
+fn every_shader_parses_and_validates_with_naga() {
+    let files = shader_files();
+    assert!(
+        files.len() >= 20,
+        "expected the kernels in {:?}, found {}",
+        shader_dir(),
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for (name, src) in &files {
+        match validate(name, src) {
+            Ok(module) => {
+                let eps: Vec<_> = module
+                    .entry_points
+                    .iter()
+                    .map(|e| (e.name.clone(), e.stage))
+                    .collect();
+                if eps.len() != 1 || eps[0].0 != "main" || eps[0].1 != naga::ShaderStage::Compute {
+                    failures.push(format!(
+                        "{name}: expected one compute entry point `main`, found {eps:?}"
+                    ));
+                }
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} shader(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_broken_shader_is_caught() {
+    // The check can fail: a type error (f32 stored into a u32 array) is rejected.
+    let bad = "@group(0) @binding(0) var<storage, read_write> o: array<u32>;\n\
+               @compute @workgroup_size(1) fn main() { o[0] = 1.5; }";
+    assert!(validate("bad.wgsl", bad).is_err());
+    let unparsable = "@compute fn main( {";
+    assert!(validate("unparsable.wgsl", unparsable).is_err());
+}
+
+#[test]
+fn every_kernel_has_its_file_and_every_file_its_kernel() {
+    let files: Vec<String> = shader_files().into_iter().map(|(n, _)| n).collect();
+    let mut kernels: Vec<String> = saddle_wgsl::Kernel::ALL
+        .iter()
+        .map(|k| k.file_name().to_string())
+        .collect();
+    kernels.sort();
+    assert_eq!(
+        files, kernels,
+        "shaders/ and saddle_wgsl::Kernel::ALL must list the same kernels"
+    );
+    for k in saddle_wgsl::Kernel::ALL {
+        let on_disk = std::fs::read_to_string(shader_dir().join(k.file_name())).unwrap();
+        assert_eq!(
+            k.source(),
+            on_disk,
+            "{} is embedded from its file",
+            k.file_name()
+        );
+    }
+}
