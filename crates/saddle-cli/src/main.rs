@@ -29,6 +29,8 @@ pub enum Device {
     Gpu,
     /// The GPU if a real (not CPU-emulated) one is present, else the CPU.
     Auto,
+    /// Any wgpu adapter, software ones (Mesa's lavapipe) included: for testing the GPU path.
+    Any,
 }
 
 #[derive(Subcommand, Debug)]

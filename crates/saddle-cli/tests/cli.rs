@@ -310,3 +310,47 @@ fn missing_datasets_say_how_to_get_them() {
         "cargo xtask download",
     );
 }
+
+#[test]
+fn predict_on_the_wgpu_backend_matches_the_cpu() {
+    if std::env::var("SADDLE_SKIP_GPU_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED (SADDLE_SKIP_GPU_TESTS=1): needs a wgpu adapter");
+        return;
+    }
+    let d = dir("gpu");
+    let (m, x, _) = fixture(&d);
+    let read = |p: &Path| -> Vec<f32> {
+        let b = std::fs::read(p).unwrap();
+        b[b.len() - 40 * 4..]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (cpu_out, gpu_out) = (d.join("cpu.npy"), d.join("gpu.npy"));
+    let (code, _, err) = saddle(&[
+        "predict",
+        "--model",
+        s(&m),
+        "--inputs",
+        s(&x),
+        "--out",
+        s(&cpu_out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = saddle(&[
+        "predict",
+        "--device",
+        "any",
+        "--model",
+        s(&m),
+        "--inputs",
+        s(&x),
+        "--out",
+        s(&gpu_out),
+    ]);
+    assert_eq!(code, 0, "no wgpu adapter? install mesa-vulkan-drivers libvulkan1, or set SADDLE_SKIP_GPU_TESTS=1: {err}");
+    // Logits of a 4-image batch: the op suite's GPU tolerance (1e-4 relative, 1e-5 absolute).
+    for (c, g) in read(&cpu_out).iter().zip(read(&gpu_out)) {
+        assert!((c - g).abs() <= 1e-5 + 1e-4 * c.abs(), "cpu {c} vs gpu {g}");
+    }
+}

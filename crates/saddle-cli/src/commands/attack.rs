@@ -8,7 +8,7 @@ use saddle_attacks::{Attack, Fgsm, Loss, Pgd};
 use saddle_models::Classifier;
 use saddle_tensor::{Backend, TensorLike};
 
-use super::{cpu_backend, load_images, load_labels, load_model, set_threads};
+use super::{load_images, load_labels, load_model, set_threads};
 use crate::{fsutil, npy, Device};
 
 /// Which attack.
@@ -91,8 +91,12 @@ pub fn run(a: AttackArgs) -> Result<()> {
             a.eps
         );
     }
+    crate::with_backend!(a.device, |b| attack_on(&b, &a))
+}
+
+fn attack_on<B: Backend>(b: &B, a: &AttackArgs) -> Result<()> {
     let alpha = a.alpha.unwrap_or(a.eps / 30.0);
-    let b = cpu_backend(a.device)?;
+    let b = b.clone();
     let mut model = load_model(&b, &a.model)?;
     let x = load_images(&b, &model, &a.inputs)?;
     let n = x.dims()[0];
@@ -101,7 +105,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
         LossKind::Xent => Loss::CrossEntropy,
         LossKind::Cw => Loss::Cw { kappa: 50.0 },
     };
-    let attack: Box<dyn Attack<_>> = match a.attack {
+    let attack: Box<dyn Attack<B>> = match a.attack {
         AttackKind::Fgsm => Box::new(Fgsm::new(a.eps)?.loss(loss)),
         AttackKind::Pgd => Box::new(
             Pgd::linf(a.eps, alpha, a.steps)?

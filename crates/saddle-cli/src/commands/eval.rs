@@ -10,7 +10,7 @@ use saddle_data::Split;
 use saddle_models::Classifier;
 use saddle_tensor::Backend;
 
-use super::{cpu_backend, load_model, set_threads};
+use super::{load_model, set_threads};
 use crate::{fsutil, Device};
 
 /// Arguments of `saddle eval`.
@@ -163,13 +163,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    crate::with_backend!(a.device, |b| eval_on(b, &a, alpha))
+}
+
+fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
     let names: Vec<&str> = a
         .attacks
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    let attacks: Vec<NamedAttack<_>> = names
+    let attacks: Vec<NamedAttack<B>> = names
         .iter()
         .map(|n| {
             if a.eps == 0.0 {
@@ -179,7 +183,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
         })
         .collect::<Result<_>>()?;
-    let b = cpu_backend(a.device)?;
     let mut model = load_model(&b, &a.model)?;
     let mut data = load_test_set(&a.data, a.data_dir.as_deref())?;
     if let Some(n) = a.limit {

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::{cpu::Cpu, Backend, TensorLike};
+use saddle_wgsl::{DeviceChoice, Wgpu};
 
 use crate::{fsutil, npy, Device, PredictArgs};
 
@@ -26,15 +27,40 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// The CPU backend, or an error saying why the requested device is unavailable.
-pub fn cpu_backend(device: Device) -> Result<Cpu> {
-    match device {
-        Device::Cpu | Device::Auto => Ok(Cpu::new()),
-        Device::Gpu => bail!(
-            "--device gpu: this build of saddle has no GPU backend yet (the wgpu backend is \
-             being added); use --device cpu"
-        ),
-    }
+/// The backend chosen by `--device`.
+pub enum AnyBackend {
+    /// The CPU backend.
+    Cpu(Cpu),
+    /// The wgpu backend.
+    Gpu(Wgpu),
+}
+
+/// Resolves `--device`: `cpu`; `gpu` (a real GPU through wgpu, or an error saying what is
+/// missing); `auto` (a real GPU when there is one, else the CPU).
+pub fn backend(device: Device) -> Result<AnyBackend> {
+    Ok(match device {
+        Device::Cpu => AnyBackend::Cpu(Cpu::new()),
+        Device::Gpu => AnyBackend::Gpu(Wgpu::new(DeviceChoice::Gpu).context("--device gpu")?),
+        Device::Any => AnyBackend::Gpu(Wgpu::new(DeviceChoice::Any).context("--device any")?),
+        Device::Auto => match Wgpu::auto().context("--device auto")? {
+            Some(w) => AnyBackend::Gpu(w),
+            None => AnyBackend::Cpu(Cpu::new()),
+        },
+    })
+}
+
+/// Runs `$body` with `$b` bound to the backend `--device` selects (monomorphised per backend).
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, |$b:ident| $body:expr) => {
+        match $crate::commands::backend($device)? {
+            $crate::commands::AnyBackend::Cpu($b) => $body,
+            $crate::commands::AnyBackend::Gpu($b) => {
+                eprintln!("device: {}", saddle_tensor::Backend::name(&$b));
+                $body
+            }
+        }
+    };
 }
 
 /// Loads an MNIST network from a safetensors file.
@@ -97,9 +123,12 @@ pub fn load_labels<B: Backend>(b: &B, path: &Path, n: usize, classes: usize) -> 
 /// `saddle predict`.
 pub fn predict(a: PredictArgs) -> Result<()> {
     set_threads(a.threads)?;
-    let b = cpu_backend(a.device)?;
-    let model = load_model(&b, &a.model)?;
-    let x = load_images(&b, &model, &a.inputs)?;
+    crate::with_backend!(a.device, |b| predict_on(&b, &a))
+}
+
+fn predict_on<B: Backend>(b: &B, a: &PredictArgs) -> Result<()> {
+    let model = load_model(b, &a.model)?;
+    let x = load_images(b, &model, &a.inputs)?;
     let n = x.dims()[0];
     let mut out = Vec::with_capacity(n * model.num_classes());
     let bs = 500;

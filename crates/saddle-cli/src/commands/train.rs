@@ -9,7 +9,7 @@ use saddle_data::{Dataset, Split};
 use saddle_models::{Classifier, MnistNet};
 use saddle_train::{config::PRESETS, Event, TrainConfig, Trainer};
 
-use super::{cpu_backend, set_threads};
+use super::set_threads;
 use crate::{fsutil, Device};
 
 /// Arguments of `saddle train`.
@@ -97,7 +97,10 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     set_threads(a.threads)?;
     let cfg = build_config(&a)?;
-    let b = cpu_backend(a.device)?;
+    crate::with_backend!(a.device, |b| train_on(b, &a, cfg.clone()))
+}
+
+fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) -> Result<()> {
     let data = load_train_set(&cfg, a.data_dir.as_deref())?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
