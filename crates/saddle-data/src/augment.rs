@@ -31,8 +31,8 @@ impl Augment {
         }
         let mut scratch = vec![0f32; d];
         for img in batch.chunks_exact_mut(d.max(1)).take(n) {
-            let dy = rng.below(2 * self.pad + 1);
-            let dx = rng.below(2 * self.pad + 1);
+            let dy = rng.index(2 * self.pad + 1);
+            let dx = rng.index(2 * self.pad + 1);
             let flip = self.flip && rng.next_bool();
             crop_flip(img, [c, h, w], self.pad, dy, dx, flip, &mut scratch)?;
             img.copy_from_slice(&scratch);

@@ -151,7 +151,7 @@ impl Dataset {
         let mut rng = Rng::seed_from_u64(seed);
         // Partial Fisher–Yates: the first n entries become a uniform sample.
         for i in 0..n {
-            let j = i + rng.below(self.len() - i);
+            let j = i + rng.index(self.len() - i);
             idx.swap(i, j);
         }
         idx.truncate(n);

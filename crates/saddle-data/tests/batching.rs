@@ -52,7 +52,8 @@ fn batcher_stream_is_pinned() {
     let got: Vec<Vec<usize>> = (0..3).map(|_| b.next_batch().to_vec()).collect();
     assert_eq!(got, PINNED);
 }
-const PINNED: [&[usize]; 3] = [&[9, 7, 5, 0], &[3, 1, 4, 6], &[8, 2]];
+// Re-pinned when the data pipeline moved to saddle-tensor's shared generator (xoshiro256++).
+const PINNED: [&[usize]; 3] = [&[3, 0, 9, 4], &[5, 8, 6, 1], &[7, 2]];
 
 fn image(c: usize, h: usize, w: usize) -> Vec<f32> {
     (0..c * h * w).map(|i| i as f32 + 1.0).collect()

@@ -30,6 +30,19 @@ impl Rng {
         Rng { s }
     }
 
+    /// The same as [`Rng::new`].
+    pub fn seed_from_u64(seed: u64) -> Self {
+        Rng::new(seed)
+    }
+
+    /// An independent generator for sub-stream `stream` of `seed` (for example one per epoch
+    /// or per training step), fixed by the pair alone.
+    pub fn from_seed_stream(seed: u64, stream: u64) -> Self {
+        let mut a = seed;
+        let mut b = stream ^ 0xD1B5_4A32_D192_ED03;
+        Rng::new(splitmix64(&mut a) ^ splitmix64(&mut b).rotate_left(17))
+    }
+
     /// The full state, for checkpoints.
     pub fn state(&self) -> [u64; 4] {
         self.s
@@ -95,6 +108,20 @@ impl Rng {
                 return v % n;
             }
         }
+    }
+
+    /// Uniform index in `0..bound` (0 when `bound` ≤ 1).
+    pub fn index(&mut self, bound: usize) -> usize {
+        if bound <= 1 {
+            0
+        } else {
+            self.below(bound as u64) as usize
+        }
+    }
+
+    /// A fair coin.
+    pub fn next_bool(&mut self) -> bool {
+        self.next_u64() >> 63 == 1
     }
 
     /// Shuffles `v` in place (Fisher–Yates).
