@@ -1,14 +1,351 @@
-//! `cargo xtask bench`: placeholder until the task is implemented.
+//! `cargo xtask bench [--peer]`: saddle's CPU benchmarks as one table.
+//!
+//! Runs `cargo bench -p saddle-models --bench mnist_speed` (the paper's MNIST network: PGD step
+//! at batch 50 and 256, one PGD-40 + Adam training iteration at batch 50, inference) and the
+//! per-op bench of saddle-tensor, and prints images×steps/s, examples/s, GFLOP/s and the share
+//! of the machine's sgemm rate. With `--peer` it also runs `benches/peer/pytorch_mnist.py` (same
+//! network, same batches, `torch.set_num_threads(2)`), creating a virtual environment with
+//! torch if there is none, and prints saddle / PyTorch per row.
+//!
+//! The two sides are interleaved row by row and round by round (saddle, PyTorch, PyTorch,
+//! saddle, ...), and each side's figure is the median over the rounds, so that a ratio holds on
+//! a shared, noisy machine. Environment: `SADDLE_BENCH_ROUNDS` (3), `SADDLE_BENCH_SECS` (2, per
+//! row and run), `SADDLE_THREADS` (2), `SADDLE_PEER_VENV` (the virtual environment, by default
+//! `target/peer-venv`), `SADDLE_SGEMM_GFLOPS` (146, the sgemm rate PyTorch measured here).
 
-/// Arguments of `cargo xtask bench` (none yet; anything given is accepted and ignored).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Arguments for the future implementation.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    /// Also run the PyTorch reference script and print saddle / PyTorch per row.
+    #[arg(long)]
+    pub peer: bool,
 }
 
-/// Fails with a clear "not yet implemented" message.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    crate::not_yet_implemented("bench")
+impl From<Args> for bool {
+    fn from(a: Args) -> bool {
+        a.peer
+    }
+}
+
+/// The rows compared with PyTorch: name, what it counts, the target ratio (if any).
+/// The last row runs both sides on one thread: on a machine shared with other work, where a
+/// process may get less than its two cores, it shows the per-core speed that the 2-thread rows
+/// may hide.
+const ROWS: [(&str, &str, Option<f64>); 6] = [
+    (
+        "pgd_step_b50",
+        "PGD step, batch 50 (images×steps/s)",
+        Some(1.25),
+    ),
+    (
+        "pgd_step_b256",
+        "PGD step, batch 256 (images×steps/s)",
+        Some(1.25),
+    ),
+    (
+        "train_iter_b50",
+        "PGD-40 + Adam iteration, batch 50 (examples/s)",
+        Some(1.25),
+    ),
+    (
+        "inference_b256",
+        "inference, batch 256 (images/s)",
+        Some(1.0),
+    ),
+    ("inference_b50", "inference, batch 50 (images/s)", None),
+    (
+        "pgd_step_b50@1",
+        "PGD step, batch 50, 1 thread each (images×steps/s)",
+        None,
+    ),
+];
+
+/// Runs the benchmarks (`peer`: with PyTorch side by side). Accepts a `bool` or [`Args`].
+pub fn run(peer: impl Into<bool>) -> Result<()> {
+    let peer = peer.into();
+    let root = workspace_root()?;
+    let rounds: usize = env_num("SADDLE_BENCH_ROUNDS", 3.0) as usize;
+    let secs = env_num("SADDLE_BENCH_SECS", 2.0);
+    let sgemm = env_num("SADDLE_SGEMM_GFLOPS", 146.0);
+    let threads = std::env::var("SADDLE_THREADS").unwrap_or_else(|_| "2".into());
+
+    eprintln!("building the benchmarks ...");
+    let speed = bench_executable(&root, "saddle-models", "mnist_speed")?;
+    let ops = bench_executable(&root, "saddle-tensor", "ops")?;
+    let python = if peer {
+        Some(peer_python(&root)?)
+    } else {
+        None
+    };
+    let script = root.join("benches/peer/pytorch_mnist.py");
+
+    // `row@t` runs `row` on `t` threads.
+    let envs = |row: &str| {
+        let (r, t) = match row.split_once('@') {
+            Some((r, t)) => (r, t.to_string()),
+            None => (row, threads.clone()),
+        };
+        vec![
+            ("SADDLE_BENCH_ROWS".to_string(), r.to_string()),
+            ("SADDLE_BENCH_SECS".to_string(), secs.to_string()),
+            ("SADDLE_THREADS".to_string(), t),
+        ]
+    };
+    let mut ours: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
+    let mut theirs: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
+    let load0 = loadavg();
+    for round in 0..rounds {
+        for (i, (name, _, _)) in ROWS.iter().enumerate() {
+            eprintln!("round {}/{rounds}: {name}", round + 1);
+            // Alternate which side goes first, so neither always runs on a warmer machine.
+            let saddle_first = (round + i) % 2 == 0;
+            for side in 0..2 {
+                let is_saddle = (side == 0) == saddle_first;
+                if is_saddle {
+                    let out = run_cmd(Command::new(&speed).envs(envs(name)), "saddle bench")?;
+                    ours.entry(name)
+                        .or_default()
+                        .extend(parse_rows(&out, base(name)));
+                } else if let Some(py) = &python {
+                    let mut c = Command::new(py);
+                    c.arg(&script).envs(envs(name));
+                    let out = run_cmd(&mut c, "PyTorch reference")?;
+                    theirs
+                        .entry(name)
+                        .or_default()
+                        .extend(parse_rows(&out, base(name)));
+                }
+            }
+        }
+    }
+    eprintln!("allocation counts and per-op rates ...");
+    let allocs = run_cmd(
+        Command::new(&speed).envs(envs("allocations")),
+        "saddle allocation count",
+    )?;
+    let ops_out = run_cmd(
+        Command::new(&ops).env("SADDLE_THREADS", &threads),
+        "saddle per-op bench",
+    )?;
+    let load1 = loadavg();
+
+    println!(
+        "\nsaddle CPU benchmarks, {threads} threads, median of {rounds} interleaved rounds \
+         (load average {load0} before, {load1} after)\n"
+    );
+    let peer_col = if peer {
+        " PyTorch | saddle/PyTorch | target |"
+    } else {
+        ""
+    };
+    println!("| row | saddle | GFLOP/s | share of sgemm ({sgemm:.0}) |{peer_col}");
+    println!(
+        "|---|---|---|---|{}",
+        if peer { "---|---|---|" } else { "" }
+    );
+    for (name, what, target) in ROWS {
+        let Some(s) = median_row(ours.get(name)) else {
+            continue;
+        };
+        let gf = s.gflops.map(|g| format!("{g:.1}")).unwrap_or_default();
+        let share = s
+            .gflops
+            .map(|g| format!("{:.0}%", 100.0 * g / sgemm))
+            .unwrap_or_default();
+        let mut line = format!("| {what} | {:.1} | {gf} | {share} |", s.rate);
+        if peer {
+            match median_row(theirs.get(name)) {
+                Some(t) => {
+                    let ratio = s.rate / t.rate;
+                    let tg = match target {
+                        Some(x) => {
+                            format!("≥ {x:.2}× {}", if ratio >= x { "met" } else { "NOT met" })
+                        }
+                        None => "–".into(),
+                    };
+                    line += &format!(" {:.1} | {ratio:.2}× | {tg} |", t.rate);
+                }
+                None => line += " – | – | – |",
+            }
+        }
+        println!("{line}");
+    }
+    for l in allocs.lines().filter(|l| l.starts_with("allocs")) {
+        println!(
+            "\nheap allocations after warm-up (counting allocator): {}",
+            &l[7..]
+        );
+    }
+    println!(
+        "\nper-op (batch 50; wall GFLOP/s, share of sgemm {sgemm:.0}; CPU-time GFLOP/s per core):"
+    );
+    for l in ops_out.lines().filter(|l| l.contains("GFLOP/s")) {
+        let wall = l
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .find(|w| w[1] == "GFLOP/s")
+            .and_then(|w| w[0].parse::<f64>().ok());
+        match wall {
+            Some(g) => println!("  {l}  [{:.0}% of sgemm]", 100.0 * g / sgemm),
+            None => println!("  {l}"),
+        }
+    }
+    Ok(())
+}
+
+/// The bench row behind a table row (`pgd_step_b50@1` → `pgd_step_b50`).
+fn base(name: &str) -> &str {
+    name.split_once('@').map_or(name, |(r, _)| r)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    rate: f64,
+    gflops: Option<f64>,
+}
+
+/// `row=NAME rate=R unit=U ms=M [gflops=G]` lines for `name`.
+fn parse_rows(out: &str, name: &str) -> Vec<Row> {
+    out.lines()
+        .filter_map(|l| {
+            let kv: BTreeMap<&str, &str> = l
+                .split_whitespace()
+                .filter_map(|t| t.split_once('='))
+                .collect();
+            if kv.get("row") != Some(&name) {
+                return None;
+            }
+            Some(Row {
+                rate: kv.get("rate")?.parse().ok()?,
+                gflops: kv.get("gflops").and_then(|g| g.parse().ok()),
+            })
+        })
+        .collect()
+}
+
+/// The row of median rate.
+fn median_row(v: Option<&Vec<Row>>) -> Option<Row> {
+    let mut v = v?.clone();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    Some(v[v.len() / 2])
+}
+
+fn env_num(k: &str, default: f64) -> f64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(here
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Builds a bench target in release mode and returns its executable.
+fn bench_executable(root: &Path, package: &str, bench: &str) -> Result<PathBuf> {
+    let out = Command::new(cargo())
+        .current_dir(root)
+        .args([
+            "bench",
+            "-p",
+            package,
+            "--bench",
+            bench,
+            "--no-run",
+            "--message-format=json",
+        ])
+        .output()
+        .context("running cargo bench --no-run")?;
+    if !out.status.success() {
+        bail!(
+            "building bench {bench} of {package} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" && v["target"]["name"] == bench {
+            if let Some(exe) = v["executable"].as_str() {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    bail!("cargo did not report an executable for bench {bench} of {package}")
+}
+
+/// The Python of the peer's virtual environment, created with torch if missing.
+fn peer_python(root: &Path) -> Result<PathBuf> {
+    let venv = std::env::var_os("SADDLE_PEER_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/peer-venv"));
+    let py = venv.join("bin/python");
+    let has_torch = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import torch, numpy"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if py.exists() && has_torch(&py) {
+        return Ok(py);
+    }
+    if !py.exists() {
+        eprintln!("creating the virtual environment {} ...", venv.display());
+        run_cmd(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )?;
+    }
+    eprintln!(
+        "installing torch and numpy into {} (about 3 GB) ...",
+        venv.display()
+    );
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "torch", "numpy"])
+        .status()
+        .context("running pip")?;
+    if !status.success() || !has_torch(&py) {
+        bail!("pip install torch numpy into {} failed", venv.display());
+    }
+    Ok(py)
+}
+
+/// Runs a command, returning its standard output; fails with its standard error.
+fn run_cmd(c: &mut Command, what: &str) -> Result<String> {
+    let out = c.output().with_context(|| format!("running the {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "the {what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -2,7 +2,9 @@
 //!
 //! * `cargo xtask download <mnist|fashion-mnist|cifar10|all> [--dir DIR]`: fetch and verify
 //!   the data sets (see `datasets/README.md`).
-//! * `proptest`, `repro`, `bench`: placeholders for tasks still to come.
+//! * `cargo xtask proptest [--cases N]`: the attack invariants' property tests, 10,000 cases each.
+//! * `cargo xtask repro mnist [--quick]`: train, evaluate, and report beside the paper's Table 1.
+//! * `cargo xtask bench [--peer]`: saddle's speed, and with `--peer` PyTorch's beside it.
 //!
 //! Each subcommand lives in its own module; add a new one by adding a module, a variant of
 //! [`Command`] and a line in `main`.
@@ -32,11 +34,11 @@ struct Cli {
 enum Command {
     /// Download and verify data sets into datasets/ (or --dir).
     Download(download::Args),
-    /// Long property-test runs (not yet implemented).
+    /// Property tests of the attack invariants with many cases.
     Proptest(proptest::Args),
-    /// Reproduce the paper's results (not yet implemented).
+    /// Reproduce the paper's MNIST results and write a report.
     Repro(repro::Args),
-    /// Benchmarks (not yet implemented).
+    /// Benchmarks; with --peer, PyTorch side by side.
     Bench(bench::Args),
 }
 
@@ -55,12 +57,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error of a subcommand that does not exist yet.
-fn not_yet_implemented(name: &str) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`cargo xtask {name}` is not yet implemented; it is reserved for a later issue \
-         (see xtask/src/{name}.rs)"
-    )
 }

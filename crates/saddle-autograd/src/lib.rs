@@ -25,6 +25,7 @@
 //! parents needs a gradient; in a no-grad graph ([`Graph::no_grad`]) no rule is ever kept.
 
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 
 use saddle_tensor::{Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike};
 
@@ -43,17 +44,259 @@ type Tensor<B> = <B as Backend>::Tensor;
 /// A backward rule: given the gradient of the node's output, the gradients of its parents.
 type BackwardFn<B> = Box<dyn Fn(&B, &Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>>>;
 
+/// A small shape stored inline (the backward rules keep shapes without allocating).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    n: u8,
+    d: [usize; 8],
+}
+
+impl Shape {
+    fn of(s: &[usize]) -> Option<Self> {
+        (s.len() <= 8).then(|| {
+            let mut d = [0; 8];
+            d[..s.len()].copy_from_slice(s);
+            Shape {
+                n: s.len() as u8,
+                d,
+            }
+        })
+    }
+    fn get(&self) -> &[usize] {
+        &self.d[..self.n as usize]
+    }
+}
+
+/// How a node passes its output gradient to its parents. The rules of the operations a
+/// classifier's forward pass and loss use are plain data (no allocation per node); the others
+/// are boxed closures.
+enum Rule<B: Backend> {
+    Closure(BackwardFn<B>),
+    /// Broadcasting `a + b`: parents' gradients summed to their shapes.
+    Add {
+        a: Option<(Var, Shape)>,
+        b: Option<(Var, Shape)>,
+    },
+    /// `op(a)·op(b)`.
+    Matmul {
+        a: Option<Var>,
+        b: Option<Var>,
+        va: Tensor<B>,
+        vb: Tensor<B>,
+        ta: bool,
+        tb: bool,
+    },
+    Relu {
+        x: Var,
+        vx: Tensor<B>,
+    },
+    Reshape {
+        x: Var,
+        old: Shape,
+    },
+    Affine {
+        x: Var,
+        s: f32,
+    },
+    /// Sum over axes: the gradient (reshaped to the kept-dims shape) broadcast back.
+    SumAxes {
+        x: Var,
+        old: Shape,
+        kept: Shape,
+    },
+    CrossEntropy {
+        z: Var,
+        vz: Tensor<B>,
+        labels: Tensor<B>,
+    },
+    CwLoss {
+        z: Var,
+        vz: Tensor<B>,
+        labels: Tensor<B>,
+        kappa: f32,
+    },
+    /// `max_pool2d(relu(conv2d(x, w, bias)))` (`size` = 0: no pool), with the ReLU output `z`.
+    ConvRelu {
+        x: Option<Var>,
+        w: Option<Var>,
+        bias: Option<Var>,
+        vx: Tensor<B>,
+        vw: Tensor<B>,
+        z: Tensor<B>,
+        p: Conv2dParams,
+        size: usize,
+    },
+}
+
+/// Up to three parent gradients, without allocating.
+struct Out<B: Backend> {
+    items: [Option<(Var, Tensor<B>)>; 3],
+    boxed: Vec<(Var, Tensor<B>)>,
+}
+
+impl<B: Backend> Out<B> {
+    fn new() -> Self {
+        Out {
+            items: [None, None, None],
+            boxed: Vec::new(),
+        }
+    }
+    fn push(&mut self, v: Var, t: Tensor<B>) {
+        match self.items.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => *slot = Some((v, t)),
+            None => self.boxed.push((v, t)),
+        }
+    }
+    fn drain(&mut self) -> impl Iterator<Item = (Var, Tensor<B>)> + '_ {
+        self.items
+            .iter_mut()
+            .filter_map(|s| s.take())
+            .chain(self.boxed.drain(..))
+    }
+}
+
+impl<B: Backend> Rule<B> {
+    fn run(&self, be: &B, gy: &Tensor<B>, out: &mut Out<B>) -> Result<()> {
+        match self {
+            Rule::Closure(f) => {
+                for (v, t) in f(be, gy)? {
+                    out.push(v, t);
+                }
+            }
+            Rule::Add { a, b } => {
+                for (v, s) in [a, b].into_iter().flatten() {
+                    out.push(*v, be.sum_to_shape(gy, s.get())?);
+                }
+            }
+            Rule::Matmul {
+                a,
+                b,
+                va,
+                vb,
+                ta,
+                tb,
+            } => {
+                let (ta, tb) = (*ta, *tb);
+                if let Some(a) = a {
+                    let ga = if ta {
+                        be.matmul(vb, gy, tb, true)?
+                    } else {
+                        be.matmul(gy, vb, false, !tb)?
+                    };
+                    out.push(*a, ga);
+                }
+                if let Some(b) = b {
+                    let gb = if tb {
+                        be.matmul(gy, va, true, ta)?
+                    } else {
+                        be.matmul(va, gy, !ta, false)?
+                    };
+                    out.push(*b, gb);
+                }
+            }
+            Rule::Relu { x, vx } => out.push(*x, be.relu_backward(vx, gy)?),
+            Rule::Reshape { x, old } => out.push(*x, be.reshape(gy, old.get())?),
+            Rule::Affine { x, s } => out.push(*x, be.affine(gy, *s, 0.0)?),
+            Rule::SumAxes { x, old, kept } => {
+                let g = be.reshape(gy, kept.get())?;
+                let ones = be.full(old.get(), 1.0)?;
+                out.push(*x, be.mul(&ones, &g)?);
+            }
+            Rule::CrossEntropy { z, vz, labels } => {
+                out.push(*z, be.cross_entropy_backward(vz, labels, gy)?)
+            }
+            Rule::CwLoss {
+                z,
+                vz,
+                labels,
+                kappa,
+            } => out.push(*z, be.cw_loss_backward(vz, labels, *kappa, gy)?),
+            Rule::ConvRelu {
+                x,
+                w,
+                bias,
+                vx,
+                vw,
+                z,
+                p,
+                size,
+            } => {
+                let gz = if *size == 0 {
+                    be.relu_backward(z, gy)?
+                } else {
+                    be.relu_max_pool2d_backward(z, gy, *size)?
+                };
+                if let Some(x) = x {
+                    out.push(*x, be.conv2d_backward_input(&gz, vw, vx.dims(), *p)?);
+                }
+                if let Some(w) = w {
+                    out.push(*w, be.conv2d_backward_weight(vx, &gz, vw.dims(), *p)?);
+                }
+                if let Some(b) = bias {
+                    out.push(*b, be.sum_axes(&gz, &[0, 2, 3], false)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Node<B: Backend> {
     value: Tensor<B>,
     requires_grad: bool,
-    backward: Option<BackwardFn<B>>,
+    backward: Option<Rule<B>>,
+}
+
+thread_local! {
+    /// Emptied node and gradient vectors of dropped graphs, by type, for the next graph on this
+    /// thread: a loop that builds one graph per step stops allocating after its first step.
+    static SPARE: RefCell<Vec<Box<dyn std::any::Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A vector from the spare list (or a new one).
+// Boxed vectors: a `Box<Vec<T>>` becomes the spare list's `Box<dyn Any>` without allocating.
+#[allow(clippy::box_collection)]
+fn spare_vec<T: 'static>() -> Box<Vec<T>> {
+    SPARE
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            let i = s.iter().position(|b| b.is::<Vec<T>>())?;
+            s.swap_remove(i).downcast::<Vec<T>>().ok()
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Returns an emptied vector to the spare list (at most 16 are kept per thread).
+// Boxed vectors: a `Box<Vec<T>>` becomes the spare list's `Box<dyn Any>` without allocating.
+#[allow(clippy::box_collection)]
+fn give_vec<T: 'static>(mut v: Box<Vec<T>>) {
+    v.clear();
+    let _ = SPARE.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < 16 {
+                s.push(v);
+            }
+        }
+    });
 }
 
 /// A tape of operations over backend `B`.
+// Boxed vectors: a `Box<Vec<T>>` becomes the spare list's `Box<dyn Any>` without allocating.
+#[allow(clippy::box_collection)]
 pub struct Graph<B: Backend> {
     backend: B,
-    nodes: RefCell<Vec<Node<B>>>,
+    nodes: RefCell<ManuallyDrop<Box<Vec<Node<B>>>>>,
     grad_enabled: bool,
+}
+
+impl<B: Backend> Drop for Graph<B> {
+    fn drop(&mut self) {
+        // SAFETY: the field is not used after this.
+        let nodes = unsafe { ManuallyDrop::take(self.nodes.get_mut()) };
+        give_vec(nodes);
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for Graph<B> {
@@ -68,8 +311,17 @@ impl<B: Backend> std::fmt::Debug for Graph<B> {
 
 /// Gradients of a backward pass, for the leaves of the graph.
 #[derive(Debug)]
+// Boxed vectors: a `Box<Vec<T>>` becomes the spare list's `Box<dyn Any>` without allocating.
+#[allow(clippy::box_collection)]
 pub struct Grads<B: Backend> {
-    grads: Vec<Option<Tensor<B>>>,
+    grads: ManuallyDrop<Box<Vec<Option<Tensor<B>>>>>,
+}
+
+impl<B: Backend> Drop for Grads<B> {
+    fn drop(&mut self) {
+        // SAFETY: the field is not used after this.
+        give_vec(unsafe { ManuallyDrop::take(&mut self.grads) });
+    }
 }
 
 impl<B: Backend> Grads<B> {
@@ -89,7 +341,7 @@ impl<B: Backend> Graph<B> {
     pub fn new(backend: B) -> Self {
         Graph {
             backend,
-            nodes: RefCell::new(Vec::new()),
+            nodes: RefCell::new(ManuallyDrop::new(spare_vec())),
             grad_enabled: true,
         }
     }
@@ -98,7 +350,7 @@ impl<B: Backend> Graph<B> {
     pub fn no_grad(backend: B) -> Self {
         Graph {
             backend,
-            nodes: RefCell::new(Vec::new()),
+            nodes: RefCell::new(ManuallyDrop::new(spare_vec())),
             grad_enabled: false,
         }
     }
@@ -123,7 +375,7 @@ impl<B: Backend> Graph<B> {
         self.len() == 0
     }
 
-    fn push(&self, value: Tensor<B>, requires_grad: bool, backward: Option<BackwardFn<B>>) -> Var {
+    fn push(&self, value: Tensor<B>, requires_grad: bool, backward: Option<Rule<B>>) -> Var {
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node {
             value,
@@ -157,6 +409,11 @@ impl<B: Backend> Graph<B> {
         self.nodes.borrow()[v.0].requires_grad
     }
 
+    /// Whether a node with these parents records a backward rule.
+    fn tracks(&self, parents: &[Var]) -> bool {
+        self.grad_enabled && parents.iter().any(|&p| self.requires_grad(p))
+    }
+
     /// Records `value`; its backward rule `bw` is kept only if some parent needs a gradient.
     fn record(
         &self,
@@ -164,12 +421,30 @@ impl<B: Backend> Graph<B> {
         parents: &[Var],
         bw: impl Fn(&B, &Tensor<B>) -> Result<Vec<(Var, Tensor<B>)>> + 'static,
     ) -> Var {
-        let rg = self.grad_enabled && parents.iter().any(|&p| self.requires_grad(p));
-        if rg {
-            self.push(value, true, Some(Box::new(bw)))
+        if self.tracks(parents) {
+            self.push(value, true, Some(Rule::Closure(Box::new(bw))))
         } else {
             self.push(value, false, None)
         }
+    }
+
+    /// Records `value` with a data rule, built only if some parent needs a gradient.
+    fn record_rule(
+        &self,
+        value: Tensor<B>,
+        parents: &[Var],
+        rule: impl FnOnce() -> Rule<B>,
+    ) -> Var {
+        if self.tracks(parents) {
+            self.push(value, true, Some(rule()))
+        } else {
+            self.push(value, false, None)
+        }
+    }
+
+    /// `Some(v)` if `v` needs a gradient.
+    fn wants(&self, v: Var) -> Option<Var> {
+        self.requires_grad(v).then_some(v)
     }
 
     /// Runs the backward pass from the scalar `loss` (a tensor of one element).
@@ -177,14 +452,17 @@ impl<B: Backend> Graph<B> {
     /// # Errors
     /// If the graph records no gradients, or `loss` has more than one element.
     pub fn backward(&self, loss: Var) -> Result<Grads<B>> {
-        let dims = self.dims(loss);
-        if dims.iter().product::<usize>() != 1 {
-            return Err(TensorError::shape(
-                "backward",
-                format!("the loss must have one element, not shape {dims:?}"),
-            ));
-        }
-        let seed = self.backend.full(&dims, 1.0)?;
+        let seed = {
+            let nodes = self.nodes.borrow();
+            let dims = nodes[loss.0].value.dims();
+            if dims.iter().product::<usize>() != 1 {
+                return Err(TensorError::shape(
+                    "backward",
+                    format!("the loss must have one element, not shape {dims:?}"),
+                ));
+            }
+            self.backend.full(dims, 1.0)?
+        };
         self.backward_with(loss, seed)
     }
 
@@ -207,15 +485,19 @@ impl<B: Backend> Graph<B> {
                 ),
             ));
         }
-        let mut grads: Vec<Option<Tensor<B>>> = (0..nodes.len()).map(|_| None).collect();
+        let mut grads: Box<Vec<Option<Tensor<B>>>> = spare_vec();
+        grads.resize_with(nodes.len(), || None);
         grads[v.0] = Some(seed);
+        let mut out = Out::new();
         for i in (0..=v.0).rev() {
             let node = &nodes[i];
             let Some(bw) = node.backward.as_ref() else {
                 continue;
             };
             let Some(gy) = grads[i].take() else { continue };
-            for (p, gp) in bw(&self.backend, &gy)? {
+            bw.run(&self.backend, &gy, &mut out)?;
+            drop(gy);
+            for (p, gp) in out.drain() {
                 if !nodes[p.0].requires_grad {
                     continue;
                 }
@@ -231,7 +513,9 @@ impl<B: Backend> Graph<B> {
                 *g = None;
             }
         }
-        Ok(Grads { grads })
+        Ok(Grads {
+            grads: ManuallyDrop::new(grads),
+        })
     }
 
     // ---- element-wise ----------------------------------------------------------------------
@@ -240,6 +524,12 @@ impl<B: Backend> Graph<B> {
     pub fn add(&self, a: Var, b: Var) -> Result<Var> {
         let (va, vb) = (self.value(a), self.value(b));
         let y = self.backend.add(&va, &vb)?;
+        if let (Some(sa), Some(sb)) = (Shape::of(va.dims()), Shape::of(vb.dims())) {
+            return Ok(self.record_rule(y, &[a, b], || Rule::Add {
+                a: self.wants(a).map(|a| (a, sa)),
+                b: self.wants(b).map(|b| (b, sb)),
+            }));
+        }
         let (sa, sb) = (va.dims().to_vec(), vb.dims().to_vec());
         let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
         Ok(self.record(y, &[a, b], move |be, gy| {
@@ -333,7 +623,7 @@ impl<B: Backend> Graph<B> {
     /// `s · x + t`.
     pub fn affine(&self, x: Var, s: f32, t: f32) -> Result<Var> {
         let y = self.backend.affine(&self.value(x), s, t)?;
-        Ok(self.record(y, &[x], move |be, gy| Ok(vec![(x, be.affine(gy, s, 0.0)?)])))
+        Ok(self.record_rule(y, &[x], || Rule::Affine { x, s }))
     }
 
     /// `sqrt(x)`; d/dx = gy / (2·sqrt(x)).
@@ -349,9 +639,7 @@ impl<B: Backend> Graph<B> {
     pub fn relu(&self, x: Var) -> Result<Var> {
         let vx = self.value(x);
         let y = self.backend.relu(&vx)?;
-        Ok(self.record(y, &[x], move |be, gy| {
-            Ok(vec![(x, be.relu_backward(&vx, gy)?)])
-        }))
+        Ok(self.record_rule(y, &[x], || Rule::Relu { x, vx }))
     }
 
     /// Leaky ReLU with `slope` for negative inputs.
@@ -368,25 +656,48 @@ impl<B: Backend> Graph<B> {
     /// The same values under another shape.
     pub fn reshape(&self, x: Var, shape: &[usize]) -> Result<Var> {
         let vx = self.value(x);
-        let old = vx.dims().to_vec();
         let y = self.backend.reshape(&vx, shape)?;
+        if let Some(old) = Shape::of(vx.dims()) {
+            return Ok(self.record_rule(y, &[x], || Rule::Reshape { x, old }));
+        }
+        let old = vx.dims().to_vec();
         Ok(self.record(y, &[x], move |be, gy| Ok(vec![(x, be.reshape(gy, &old)?)])))
     }
 
     /// Flattens all axes but the first: `[n, ...] → [n, prod(...)]` (PyTorch's `flatten(1)`).
     pub fn flatten(&self, x: Var) -> Result<Var> {
-        let d = self.dims(x);
-        let n = *d
-            .first()
-            .ok_or_else(|| TensorError::shape("flatten", "scalar input"))?;
-        self.reshape(x, &[n, d[1..].iter().product()])
+        let (n, rest) = {
+            let nodes = self.nodes.borrow();
+            let d = nodes[x.0].value.dims();
+            let n = *d
+                .first()
+                .ok_or_else(|| TensorError::shape("flatten", "scalar input"))?;
+            (n, d[1..].iter().product())
+        };
+        self.reshape(x, &[n, rest])
     }
 
     /// Sum over `axes`; the gradient is broadcast back.
     pub fn sum_axes(&self, x: Var, axes: &[usize], keep_dims: bool) -> Result<Var> {
         let vx = self.value(x);
-        let old = vx.dims().to_vec();
         let y = self.backend.sum_axes(&vx, axes, true)?;
+        if let (Some(old), Some(kept)) = (Shape::of(vx.dims()), Shape::of(y.dims())) {
+            let y = if keep_dims {
+                y
+            } else {
+                let mut s = [0usize; 8];
+                let mut n = 0;
+                for (i, &d) in old.get().iter().enumerate() {
+                    if !axes.contains(&i) {
+                        s[n] = d;
+                        n += 1;
+                    }
+                }
+                self.backend.reshape(&y, &s[..n])?
+            };
+            return Ok(self.record_rule(y, &[x], || Rule::SumAxes { x, old, kept }));
+        }
+        let old = vx.dims().to_vec();
         let kept = y.dims().to_vec();
         let y = if keep_dims {
             y
@@ -408,13 +719,23 @@ impl<B: Backend> Graph<B> {
 
     /// Sum of all elements, shape `[]`.
     pub fn sum_all(&self, x: Var) -> Result<Var> {
-        let axes: Vec<usize> = (0..self.dims(x).len()).collect();
+        let rank = self.nodes.borrow()[x.0].value.dims().len();
+        if rank <= 8 {
+            let axes = [0, 1, 2, 3, 4, 5, 6, 7];
+            return self.sum_axes(x, &axes[..rank], false);
+        }
+        let axes: Vec<usize> = (0..rank).collect();
         self.sum_axes(x, &axes, false)
     }
 
     /// Mean of all elements, shape `[]`.
     pub fn mean_all(&self, x: Var) -> Result<Var> {
-        let n = self.dims(x).iter().product::<usize>().max(1);
+        let n = self.nodes.borrow()[x.0]
+            .value
+            .dims()
+            .iter()
+            .product::<usize>()
+            .max(1);
         let s = self.sum_all(x)?;
         self.affine(s, 1.0 / n as f32, 0.0)
     }
@@ -426,26 +747,13 @@ impl<B: Backend> Graph<B> {
     pub fn matmul(&self, a: Var, b: Var, ta: bool, tb: bool) -> Result<Var> {
         let (va, vb) = (self.value(a), self.value(b));
         let y = self.backend.matmul(&va, &vb, ta, tb)?;
-        let (ra, rb) = (self.requires_grad(a), self.requires_grad(b));
-        Ok(self.record(y, &[a, b], move |be, gy| {
-            let mut out = Vec::new();
-            if ra {
-                let ga = if ta {
-                    be.matmul(&vb, gy, tb, true)?
-                } else {
-                    be.matmul(gy, &vb, false, !tb)?
-                };
-                out.push((a, ga));
-            }
-            if rb {
-                let gb = if tb {
-                    be.matmul(gy, &va, true, ta)?
-                } else {
-                    be.matmul(&va, gy, !ta, false)?
-                };
-                out.push((b, gb));
-            }
-            Ok(out)
+        Ok(self.record_rule(y, &[a, b], || Rule::Matmul {
+            a: self.wants(a),
+            b: self.wants(b),
+            va,
+            vb,
+            ta,
+            tb,
         }))
     }
 
@@ -482,6 +790,65 @@ impl<B: Backend> Graph<B> {
         }))
     }
 
+    /// `relu(conv2d(x, w, bias))` as one node (the backend fuses the ReLU into the convolution's
+    /// output). The ReLU's gradient needs only the output: `z > 0` exactly where `relu(z) > 0`.
+    pub fn conv2d_relu(&self, x: Var, w: Var, bias: Option<Var>, p: Conv2dParams) -> Result<Var> {
+        self.conv_relu(x, w, bias, p, 0)
+    }
+
+    /// `max_pool2d(relu(conv2d(x, w, bias)), size)` as one node: the convolution with its ReLU
+    /// fused, then the pool; backward routes each window's gradient to its maximum only where
+    /// that maximum is positive, in one pass.
+    pub fn conv2d_relu_max_pool2d(
+        &self,
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+        p: Conv2dParams,
+        size: usize,
+    ) -> Result<Var> {
+        if size == 0 {
+            return Err(TensorError::invalid(
+                "max_pool2d",
+                "window size must be at least 1",
+            ));
+        }
+        self.conv_relu(x, w, bias, p, size)
+    }
+
+    fn conv_relu(
+        &self,
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+        p: Conv2dParams,
+        size: usize,
+    ) -> Result<Var> {
+        let (vx, vw) = (self.value(x), self.value(w));
+        let vb = bias.map(|b| self.value(b));
+        let z = self.backend.conv2d_relu(&vx, &vw, vb.as_ref(), p)?;
+        let y = if size == 0 {
+            z.clone()
+        } else {
+            self.backend.max_pool2d(&z, size)?
+        };
+        let parents = [x, w, bias.unwrap_or(x)];
+        Ok(
+            self.record_rule(y, &parents[..2 + bias.is_some() as usize], || {
+                Rule::ConvRelu {
+                    x: self.wants(x),
+                    w: self.wants(w),
+                    bias: bias.and_then(|b| self.wants(b)),
+                    vx,
+                    vw,
+                    z,
+                    p,
+                    size,
+                }
+            }),
+        )
+    }
+
     /// Max-pool with window and stride `size`.
     pub fn max_pool2d(&self, x: Var, size: usize) -> Result<Var> {
         let vx = self.value(x);
@@ -498,9 +865,10 @@ impl<B: Backend> Graph<B> {
     pub fn cross_entropy(&self, logits: Var, labels: &Tensor<B>) -> Result<Var> {
         let vz = self.value(logits);
         let y = self.backend.cross_entropy(&vz, labels)?;
-        let labels = labels.clone();
-        Ok(self.record(y, &[logits], move |be, gy| {
-            Ok(vec![(logits, be.cross_entropy_backward(&vz, &labels, gy)?)])
+        Ok(self.record_rule(y, &[logits], || Rule::CrossEntropy {
+            z: logits,
+            vz,
+            labels: labels.clone(),
         }))
     }
 
@@ -508,12 +876,11 @@ impl<B: Backend> Graph<B> {
     pub fn cw_loss(&self, logits: Var, labels: &Tensor<B>, kappa: f32) -> Result<Var> {
         let vz = self.value(logits);
         let y = self.backend.cw_loss(&vz, labels, kappa)?;
-        let labels = labels.clone();
-        Ok(self.record(y, &[logits], move |be, gy| {
-            Ok(vec![(
-                logits,
-                be.cw_loss_backward(&vz, &labels, kappa, gy)?,
-            )])
+        Ok(self.record_rule(y, &[logits], || Rule::CwLoss {
+            z: logits,
+            vz,
+            labels: labels.clone(),
+            kappa,
         }))
     }
 

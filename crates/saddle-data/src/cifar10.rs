@@ -76,7 +76,7 @@ pub fn parse_batch(bytes: &[u8], path: &Path) -> Result<Batch> {
             path: path.to_path_buf(),
         });
     }
-    if bytes.len() % RECORD_LEN != 0 {
+    if !bytes.len().is_multiple_of(RECORD_LEN) {
         return Err(DataError::BadLength {
             path: path.to_path_buf(),
             len: bytes.len() as u64,

@@ -67,7 +67,8 @@ impl Loss {
 pub struct Forward {
     /// The logits `[n, classes]`.
     pub logits: Var,
-    /// One variable per parameter, in [`Classifier::params`] order.
+    /// One variable per parameter, in [`Classifier::params`] order, when the forward pass was
+    /// recorded with `param_grads`; empty otherwise.
     pub params: Vec<Var>,
 }
 

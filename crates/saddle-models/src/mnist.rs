@@ -172,25 +172,30 @@ impl<B: Backend> Classifier<B> for MnistNet<B> {
 
     fn forward(&self, g: &Graph<B>, x: Var, param_grads: bool) -> Result<Forward> {
         self.check_input(&g.value(x))?;
-        let p: Vec<Var> = self
-            .params
-            .tensors()
-            .iter()
-            .map(|t| {
-                if param_grads {
-                    g.leaf(t.clone())
-                } else {
-                    g.input(t.clone())
-                }
-            })
-            .collect();
-        let h = g.relu(g.conv2d(x, p[0], Some(p[1]), PAD2)?)?;
-        let h = g.max_pool2d(h, 2)?;
-        let h = g.relu(g.conv2d(h, p[2], Some(p[3]), PAD2)?)?;
-        let h = g.max_pool2d(h, 2)?;
+        // A fixed array, not a Vec: an attack's steady-state step allocates nothing here.
+        let t = self.params.tensors();
+        if t.len() != 8 {
+            return Err(ModelError::Config(format!(
+                "expected 8 parameter tensors, found {}",
+                t.len()
+            )));
+        }
+        let p: [Var; 8] = std::array::from_fn(|i| {
+            if param_grads {
+                g.leaf(t[i].clone())
+            } else {
+                g.input(t[i].clone())
+            }
+        });
+        // conv → ReLU → max-pool as one node each: the backend fuses bias and ReLU into the
+        // convolution, and the backward pass routes the pool's and the ReLU's gradient at once.
+        let h = g.conv2d_relu_max_pool2d(x, p[0], Some(p[1]), PAD2, 2)?;
+        let h = g.conv2d_relu_max_pool2d(h, p[2], Some(p[3]), PAD2, 2)?;
         let h = g.flatten(h)?;
         let h = g.relu(g.linear(h, p[4], Some(p[5]))?)?;
         let logits = g.linear(h, p[6], Some(p[7]))?;
-        Ok(Forward { logits, params: p })
+        // Parameter variables are only of use when they receive gradients.
+        let params = if param_grads { p.to_vec() } else { Vec::new() };
+        Ok(Forward { logits, params })
     }
 }

@@ -164,30 +164,7 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// Sums `x` down to `shape`, undoing a broadcast (the gradient of a broadcasting op).
     fn sum_to_shape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
-        let dims = x.dims().to_vec();
-        if dims == shape {
-            return Ok(x.clone());
-        }
-        if shape.len() > dims.len() {
-            return Err(TensorError::shape(
-                "sum_to_shape",
-                format!("cannot sum {dims:?} to {shape:?}"),
-            ));
-        }
-        let lead = dims.len() - shape.len();
-        let mut axes: Vec<usize> = (0..lead).collect();
-        for (i, &s) in shape.iter().enumerate() {
-            if s == 1 && dims[lead + i] != 1 {
-                axes.push(lead + i);
-            } else if s != dims[lead + i] {
-                return Err(TensorError::shape(
-                    "sum_to_shape",
-                    format!("cannot sum {dims:?} to {shape:?}"),
-                ));
-            }
-        }
-        let s = self.sum_axes(x, &axes, true)?;
-        self.reshape(&s, shape)
+        sum_to_shape_default(self, x, shape)
     }
 
     // ---- linear algebra ------------------------------------------------------------------
@@ -240,6 +217,32 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         gy: &Self::Tensor,
         size: usize,
     ) -> Result<Self::Tensor>;
+
+    /// `relu(conv2d(x, w, bias))` in one pass (a backend fuses the ReLU into the convolution's
+    /// output; the default composes the two ops).
+    fn conv2d_relu(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Self::Tensor> {
+        let y = self.conv2d(x, w, bias, p)?;
+        self.relu(&y)
+    }
+
+    /// Gradient of `max_pool2d(relu(z))` with respect to `z`, given `y = relu(z)`: each
+    /// window's gradient goes to its first maximum of `y` if that maximum is positive (ReLU's
+    /// gradient is 0 where `z ≤ 0`, that is where `y = 0`).
+    fn relu_max_pool2d_backward(
+        &self,
+        y: &Self::Tensor,
+        gy: &Self::Tensor,
+        size: usize,
+    ) -> Result<Self::Tensor> {
+        let g = self.max_pool2d_backward(y, gy, size)?;
+        self.relu_backward(y, &g)
+    }
 
     // ---- losses --------------------------------------------------------------------------
 
@@ -488,4 +491,37 @@ fn host_l2_norms(op: &'static str, dims: &[usize], v: &[f32]) -> Result<Vec<f64>
                 .sqrt()
         })
         .collect())
+}
+
+/// The composite [`Backend::sum_to_shape`]: which axes a broadcast added or stretched, summed
+/// with [`Backend::sum_axes`]. Backends that override the method fall back to this.
+pub fn sum_to_shape_default<B: Backend>(
+    b: &B,
+    x: &B::Tensor,
+    shape: &[usize],
+) -> Result<B::Tensor> {
+    let dims = x.dims().to_vec();
+    if dims == shape {
+        return Ok(x.clone());
+    }
+    if shape.len() > dims.len() {
+        return Err(TensorError::shape(
+            "sum_to_shape",
+            format!("cannot sum {dims:?} to {shape:?}"),
+        ));
+    }
+    let lead = dims.len() - shape.len();
+    let mut axes: Vec<usize> = (0..lead).collect();
+    for (i, &s) in shape.iter().enumerate() {
+        if s == 1 && dims[lead + i] != 1 {
+            axes.push(lead + i);
+        } else if s != dims[lead + i] {
+            return Err(TensorError::shape(
+                "sum_to_shape",
+                format!("cannot sum {dims:?} to {shape:?}"),
+            ));
+        }
+    }
+    let s = b.sum_axes(x, &axes, true)?;
+    b.reshape(&s, shape)
 }

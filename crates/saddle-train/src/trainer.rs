@@ -237,11 +237,11 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             let (xs, ys) = data.batch(&idx)?;
             let x = self.backend.from_vec(&data.batch_shape(idx.len()), xs)?;
             let y = self.backend.from_vec(&[idx.len()], ys)?;
-            let measure = (self.step + 1) % every_out == 0 || self.step == 0;
+            let measure = (self.step + 1).is_multiple_of(every_out) || self.step == 0;
             let m = self.train_step(&x, &y, measure)?;
             on_event(Event::Step(&m))?;
             let last = self.step == self.config.max_num_training_steps;
-            if last || (every_ckpt > 0 && self.step % every_ckpt == 0) {
+            if last || (every_ckpt > 0 && self.step.is_multiple_of(every_ckpt)) {
                 let model = if last {
                     Some(self.model.to_safetensors()?)
                 } else {

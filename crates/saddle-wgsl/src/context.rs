@@ -189,7 +189,7 @@ impl Params {
     /// Appends `table` as `array<vec4<u32>, 8>` (32 words, zero-padded); the header before it
     /// must be a multiple of four words.
     pub(crate) fn table(mut self, table: &[u32]) -> Self {
-        debug_assert!(self.0.len() % 4 == 0 && table.len() <= 32);
+        debug_assert!(self.0.len().is_multiple_of(4) && table.len() <= 32);
         self.0.extend_from_slice(table);
         self.0.resize(self.0.len() + 32 - table.len(), 0);
         self
@@ -595,7 +595,7 @@ mod tests {
         ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
-            assert!(c % 256 == 0);
+            assert!(c.is_multiple_of(256));
             assert!(
                 c <= 4096 || (c as f64) <= bytes as f64 * 1.25 + 256.0,
                 "{bytes} -> {c}"

@@ -1,0 +1,749 @@
+//! The CPU backend's compute kernels: one register-blocked micro-kernel (AVX-512 where the CPU
+//! has it, portable Rust elsewhere), the matrix product built on it, and direct convolution that
+//! feeds the micro-kernel straight from the (padded) image, without an im2col matrix.
+//!
+//! **The micro-kernel** computes a tile of `MR` rows × `16·NV` columns of `C = A·B`:
+//! `tile[r][j] = Σ_p A[r][p] · B[p][j]`. Columns of `B` are loaded as vectors from a panel with
+//! row stride `ldb`; elements of `A` are broadcast from anywhere: row `r` of the tile reads
+//! `rows[r] + off(p)`, where `off` is affine (`p·cs`, a matrix) or a table (the offsets of a
+//! convolution's window in a padded image). So neither operand of a convolution needs an im2col
+//! copy: the input image is the `A` operand as it lies, the weights are packed once per call.
+//!
+//! **Determinism**: each output element is a sum over `p` in increasing order, in blocks of
+//! [`KC`] accumulated into the output in order. Which thread computes a tile never changes the
+//! result; the thread count only changes who does the work.
+
+use rayon::prelude::*;
+
+use super::pool::Scratch;
+
+/// Rows of a tile.
+pub const MR: usize = 7;
+/// Widest tile: `16·NV_MAX` columns.
+pub const NV_MAX: usize = 4;
+/// Elements of the reduction processed per pass before accumulating into the output.
+pub const KC: usize = 512;
+const TILE: usize = MR * 16 * NV_MAX;
+
+/// How row `r`'s element `p` of `A` is found: at `rows[r] + off(p)`.
+#[derive(Clone, Copy)]
+pub enum Offs<'a> {
+    /// `off(p) = p · cs`.
+    Affine(usize),
+    /// `off(p) = table[p]`.
+    Table(&'a [u32]),
+}
+
+/// Raw pointer that may cross threads: every use writes disjoint elements or only reads.
+#[derive(Clone, Copy)]
+pub struct P<T>(pub *mut T);
+// SAFETY: the kernels below hand each output element to exactly one task and only read shared
+// inputs; the pointer is a plain address.
+unsafe impl<T> Send for P<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for P<T> {}
+
+impl<T> P<T> {
+    /// The address (a method, so that closures capture the whole `P`, which is `Sync`).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+pub fn use_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            std::env::var_os("SADDLE_CPU_PORTABLE").is_none()
+                && std::arch::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Reinterprets `f32` scratch as `u32` offsets (both plain 4-byte values).
+pub fn as_u32(s: &mut [f32]) -> &mut [u32] {
+    // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is valid for
+    // both; the borrow is carried over.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u32, s.len()) }
+}
+
+/// One tile: `out[r·64 + j] = Σ_{p<k} A[r][p]·b[p·ldb + j]` for `r < MR`, `j < 16·nv`.
+///
+/// # Safety
+/// Every `rows[r] + off(p)` for `p < k` and every `b[p·ldb + j]` must be readable.
+#[inline]
+pub unsafe fn tile(
+    nv: usize,
+    k: usize,
+    rows: &[*const f32; MR],
+    offs: Offs<'_>,
+    b: *const f32,
+    ldb: usize,
+    out: &mut [f32; TILE],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked above); the caller vouches for the memory.
+        unsafe {
+            // Seven rows of four vectors would need 28 accumulators plus the four vectors of B
+            // and a broadcast: one register more than AVX-512 has, and the spills cost ~20%.
+            // Four vectors are done as two passes of two.
+            let halves: &[(usize, usize)] = match nv {
+                1 => &[(1, 0)],
+                2 => &[(2, 0)],
+                3 => &[(3, 0)],
+                _ => &[(2, 0), (2, 32)],
+            };
+            for &(v, c0) in halves {
+                let bb = b.wrapping_add(c0);
+                match (v, offs) {
+                    (1, Offs::Affine(cs)) => {
+                        avx512::tile::<1, _>(k, rows, |p| p * cs, bb, ldb, out, c0)
+                    }
+                    (2, Offs::Affine(cs)) => {
+                        avx512::tile::<2, _>(k, rows, |p| p * cs, bb, ldb, out, c0)
+                    }
+                    (_, Offs::Affine(cs)) => {
+                        avx512::tile::<3, _>(k, rows, |p| p * cs, bb, ldb, out, c0)
+                    }
+                    (1, Offs::Table(t)) => avx512::tile::<1, _>(
+                        k,
+                        rows,
+                        |p| *t.get_unchecked(p) as usize,
+                        bb,
+                        ldb,
+                        out,
+                        c0,
+                    ),
+                    (2, Offs::Table(t)) => avx512::tile::<2, _>(
+                        k,
+                        rows,
+                        |p| *t.get_unchecked(p) as usize,
+                        bb,
+                        ldb,
+                        out,
+                        c0,
+                    ),
+                    (_, Offs::Table(t)) => avx512::tile::<3, _>(
+                        k,
+                        rows,
+                        |p| *t.get_unchecked(p) as usize,
+                        bb,
+                        ldb,
+                        out,
+                        c0,
+                    ),
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe {
+        match offs {
+            Offs::Affine(cs) => portable_tile(nv, k, rows, |p| p * cs, b, ldb, out),
+            Offs::Table(t) => portable_tile(nv, k, rows, |p| t[p] as usize, b, ldb, out),
+        }
+    }
+}
+
+/// The portable micro-kernel (plain Rust; the compiler vectorises the inner loop).
+///
+/// # Safety
+/// As [`tile`].
+unsafe fn portable_tile(
+    nv: usize,
+    k: usize,
+    rows: &[*const f32; MR],
+    off: impl Fn(usize) -> usize,
+    b: *const f32,
+    ldb: usize,
+    out: &mut [f32; TILE],
+) {
+    let w = 16 * nv;
+    let mut acc = [[0.0f32; 16 * NV_MAX]; MR];
+    for p in 0..k {
+        let o = off(p);
+        // SAFETY: the caller vouches for these reads.
+        let brow = unsafe { std::slice::from_raw_parts(b.add(p * ldb), w) };
+        for r in 0..MR {
+            // SAFETY: as above.
+            let a = unsafe { *rows[r].add(o) };
+            for (c, &bv) in acc[r][..w].iter_mut().zip(brow) {
+                *c += a * bv;
+            }
+        }
+    }
+    for r in 0..MR {
+        out[r * 64..r * 64 + w].copy_from_slice(&acc[r][..w]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, TILE};
+    use std::arch::x86_64::*;
+
+    /// The AVX-512 micro-kernel: `MR × NV` accumulators of 16 lanes, one broadcast of `A` per
+    /// row and `NV` loads of `B` per step of the reduction.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; memory as [`super::tile`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const NV: usize, F: Fn(usize) -> usize>(
+        k: usize,
+        rows: &[*const f32; MR],
+        off: F,
+        b: *const f32,
+        ldb: usize,
+        out: &mut [f32; TILE],
+        col0: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let [r0, r1, r2, r3, r4, r5, r6] = *rows;
+        let mut bp = b;
+        for p in 0..k {
+            let o = off(p);
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                // SAFETY: the caller vouches for `b[p·ldb .. p·ldb + 16·NV]`.
+                *x = unsafe { _mm512_loadu_ps(bp.add(16 * v)) };
+            }
+            // SAFETY: the caller vouches for `rows[r] + off(p)`.
+            let a = unsafe {
+                [
+                    *r0.add(o),
+                    *r1.add(o),
+                    *r2.add(o),
+                    *r3.add(o),
+                    *r4.add(o),
+                    *r5.add(o),
+                    *r6.add(o),
+                ]
+            };
+            for r in 0..MR {
+                let av = _mm512_set1_ps(a[r]);
+                for v in 0..NV {
+                    acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+                }
+            }
+            bp = bp.wrapping_add(ldb);
+        }
+        for r in 0..MR {
+            for v in 0..NV {
+                // SAFETY: `out` holds MR rows of 64.
+                unsafe {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(r * 64 + col0 + 16 * v), acc[r][v])
+                };
+            }
+        }
+    }
+}
+
+/// Where a tile's results go: `c[i·rs + j·cs]` for tile-local row `i < mr`, column `j < nr`,
+/// offset by the tile's origin; `bias[j]` is added on the first pass, ReLU applied on the last.
+#[derive(Clone, Copy)]
+pub struct Out {
+    /// Output base (the element of row 0, column 0 of the whole product).
+    pub c: P<f32>,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+    /// Add to what is there instead of overwriting it.
+    pub accumulate: bool,
+    /// Per-column bias added once.
+    pub bias: Option<P<f32>>,
+    /// Apply max(·, 0) to the final value.
+    pub relu: bool,
+}
+
+/// Writes one tile's partial sums at rows `i0..i0+mr`, columns `j0..j0+nr`.
+///
+/// # Safety
+/// The addressed output elements must be writable and touched by no other thread.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub unsafe fn store(
+    o: &Out,
+    t: &[f32; TILE],
+    i0: usize,
+    mr: usize,
+    j0: usize,
+    nr: usize,
+    first: bool,
+    last: bool,
+) {
+    let add = !first || o.accumulate;
+    let relu = last && o.relu;
+    let bias = |j: usize| match (first, o.bias) {
+        // SAFETY: the bias holds one value per column.
+        (true, Some(b)) => unsafe { *b.0.add(j0 + j) },
+        _ => 0.0,
+    };
+    let put = |d: *mut f32, v: f32| {
+        // SAFETY: the caller vouches for the output block.
+        unsafe {
+            let mut x = if add { *d + v } else { v };
+            if relu && (x <= 0.0 || x.is_nan()) {
+                x = 0.0;
+            }
+            *d = x;
+        }
+    };
+    if o.rs == 1 && !add {
+        // Column-major output written once (a convolution's [channel][pixel] block): each
+        // column's rows are contiguous; bias and ReLU in the same pass, no read of the output.
+        for j in 0..nr {
+            let bj = bias(j);
+            // SAFETY: the caller vouches for the output block: `mr` elements from `base`.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(o.c.0.add((j0 + j) * o.cs + i0), mr) };
+            for (i, d) in dst.iter_mut().enumerate() {
+                let x = t[i * 64 + j] + bj;
+                *d = if relu && (x <= 0.0 || x.is_nan()) {
+                    0.0
+                } else {
+                    x
+                };
+            }
+        }
+    } else if o.cs == 1 {
+        // Row-major output: rows outer, so each row's columns are written contiguously.
+        for i in 0..mr {
+            // SAFETY: the caller vouches for the output block.
+            let base = unsafe { o.c.0.add(j0 + (i0 + i) * o.rs) };
+            let row = &t[i * 64..i * 64 + nr];
+            if !add && !relu && o.bias.is_none() {
+                // SAFETY: as above; `nr` contiguous elements.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base, nr) };
+                continue;
+            }
+            for (j, &v) in row.iter().enumerate() {
+                put(base.wrapping_add(j), v + bias(j));
+            }
+        }
+    } else {
+        for j in 0..nr {
+            let bj = bias(j);
+            let base = o.c.0.wrapping_add((j0 + j) * o.cs + i0 * o.rs);
+            for i in 0..mr {
+                put(base.wrapping_add(i * o.rs), t[i * 64 + j] + bj);
+            }
+        }
+    }
+}
+
+/// Hints the cache to load the `w` floats at `p` (no effect off x86-64).
+#[inline(always)]
+fn prefetch_row(p: *const f32, w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for l in (0..w).step_by(16) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, w);
+}
+
+/// How `B` (the vector operand, `k × n`) is laid out.
+#[derive(Clone, Copy)]
+pub enum BSrc {
+    /// `B[p][j] = ptr[p·ld + j]`.
+    Rows(P<f32>, usize),
+    /// `B[p][j] = ptr[j·ld + p]` (a transposed matrix: packed before use).
+    Cols(P<f32>, usize),
+}
+
+/// A column panel of the product: columns `j0 .. j0 + nr`, computed with `nv` vectors; `packed`
+/// gives its offset in the packing buffer if it is packed.
+#[derive(Clone, Copy)]
+struct Panel {
+    j0: usize,
+    nr: usize,
+    nv: usize,
+    packed: Option<usize>,
+}
+
+fn panels(n: usize, k: usize, b: BSrc, plan: &mut [Panel; 64]) -> (usize, usize) {
+    let mut np = 0;
+    let mut pack_len = 0;
+    let mut j0 = 0;
+    while j0 < n {
+        let nr = (n - j0).min(16 * NV_MAX);
+        let nv = nr.div_ceil(16);
+        let pack = matches!(b, BSrc::Cols(..)) || !nr.is_multiple_of(16);
+        plan[np] = Panel {
+            j0,
+            nr,
+            nv,
+            packed: pack.then_some(pack_len),
+        };
+        if pack {
+            pack_len += k * 16 * nv;
+        }
+        np += 1;
+        j0 += nr;
+    }
+    (np, pack_len)
+}
+
+/// Packs panel `pl` of `B` (all `k` rows) into `dst` with row stride `16·nv`, zero-padded.
+fn pack_panel(b: BSrc, pl: Panel, k: usize, dst: &mut [f32]) {
+    let w = 16 * pl.nv;
+    match b {
+        BSrc::Rows(ptr, ld) => {
+            for p in 0..k {
+                let d = &mut dst[p * w..(p + 1) * w];
+                // SAFETY: row p of B holds columns j0..j0+nr.
+                let s = unsafe { std::slice::from_raw_parts(ptr.0.add(p * ld + pl.j0), pl.nr) };
+                d[..pl.nr].copy_from_slice(s);
+                d[pl.nr..].fill(0.0);
+            }
+        }
+        BSrc::Cols(ptr, ld) => {
+            for p0 in (0..k).step_by(64) {
+                let p1 = (p0 + 64).min(k);
+                for j in 0..w {
+                    if j < pl.nr {
+                        // SAFETY: column j0+j of B is a row of the stored matrix with k entries.
+                        let s = unsafe {
+                            std::slice::from_raw_parts(ptr.0.add((pl.j0 + j) * ld + p0), p1 - p0)
+                        };
+                        for (q, &v) in s.iter().enumerate() {
+                            dst[(p0 + q) * w + j] = v;
+                        }
+                    } else {
+                        for p in p0..p1 {
+                            dst[p * w + j] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The vector operand's panel `pl` as (pointer, row stride).
+fn panel_ptr(b: BSrc, pl: Panel, packed: &[f32]) -> (*const f32, usize) {
+    match (pl.packed, b) {
+        (Some(o), _) => (packed[o..].as_ptr(), 16 * pl.nv),
+        // SAFETY: not dereferenced here.
+        (None, BSrc::Rows(ptr, ld)) => (ptr.0.wrapping_add(pl.j0) as *const f32, ld),
+        (None, BSrc::Cols(..)) => unreachable!("transposed panels are always packed"),
+    }
+}
+
+/// `C (m×n) = A (m×k) · B (k×n)` (plus what `out` asks for). Row `i` of `A` starts at
+/// `a + arows(i)` and its element `p` is at `+ offs(p)`.
+///
+/// # Safety
+/// All addressed elements of `A`, `B` and `C` must be valid; `C` must not overlap `A` or `B`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    arows: Offs<'_>,
+    offs: Offs<'_>,
+    b: BSrc,
+    out: Out,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // Nothing to sum: the product is zero.
+        let z = [0.0f32; TILE];
+        for i0 in (0..m).step_by(MR) {
+            for j0 in (0..n).step_by(64) {
+                // SAFETY: forwarded.
+                unsafe { store(&out, &z, i0, MR.min(m - i0), j0, 64.min(n - j0), true, true) };
+            }
+        }
+        return;
+    }
+    // Panels of at most 64 columns; n ≤ 64·64 is all the product needs here, larger n is split.
+    if n > 64 * 64 {
+        let half = (n / 2).div_ceil(64) * 64;
+        let (b1, b2) = match b {
+            BSrc::Rows(p, ld) => (b, BSrc::Rows(P(p.0.wrapping_add(half)), ld)),
+            BSrc::Cols(p, ld) => (b, BSrc::Cols(P(p.0.wrapping_add(half * ld)), ld)),
+        };
+        let mut o2 = out;
+        o2.c = P(out.c.0.wrapping_add(half * out.cs));
+        o2.bias = out.bias.map(|bb| P(bb.0.wrapping_add(half)));
+        // SAFETY: the two halves write disjoint columns.
+        unsafe {
+            gemm(m, half, k, a, arows, offs, b1, out, parallel);
+            gemm(m, n - half, k, a, arows, offs, b2, o2, parallel);
+        }
+        return;
+    }
+    let mut plan = [Panel {
+        j0: 0,
+        nr: 0,
+        nv: 0,
+        packed: None,
+    }; 64];
+    let (np, pack_len) = panels(n, k, b, &mut plan);
+    let plan = &plan[..np];
+    let mut packed_s = (pack_len > 0).then(|| Scratch::new(pack_len));
+    if let Some(packed) = packed_s.as_mut() {
+        let dst = P(packed.as_mut_ptr());
+        let work = |pl: &Panel| {
+            if let Some(o) = pl.packed {
+                // SAFETY: each panel owns its own range of the packing buffer.
+                let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(o), k * 16 * pl.nv) };
+                pack_panel(b, *pl, k, d);
+            }
+        };
+        if parallel && pack_len > 1 << 15 {
+            plan.par_iter().for_each(work);
+        } else {
+            plan.iter().for_each(work);
+        }
+    }
+    let packed: &[f32] = packed_s.as_deref().unwrap_or(&[]);
+    // Rows of A a multiple of 4 KiB apart all fall into the same L1 cache sets: copy them to
+    // rows 64 bytes further apart (once per call; A is the small operand here).
+    let a_copy = match (arows, offs) {
+        (Offs::Affine(rs), Offs::Affine(1)) if rs % 1024 == 0 && rs >= k && m * k <= 1 << 20 => {
+            let ld = rs + 16;
+            let mut buf = Scratch::new(m * ld);
+            for i in 0..m {
+                // SAFETY: row i of A has k readable elements.
+                let src = unsafe { std::slice::from_raw_parts(a.add(i * rs), k) };
+                buf[i * ld..i * ld + k].copy_from_slice(src);
+            }
+            Some((buf, ld))
+        }
+        _ => None,
+    };
+    let (a, arows) = match &a_copy {
+        Some((buf, ld)) => (buf.as_ptr(), Offs::Affine(*ld)),
+        None => (a, arows),
+    };
+    let mt = m.div_ceil(MR);
+    // Tasks: panels × chunks of row tiles, aiming at 16 or more tasks.
+    let chunks = if parallel {
+        16usize.div_ceil(np).min(mt)
+    } else {
+        1
+    };
+    let per = mt.div_ceil(chunks);
+    let a = P(a as *mut f32);
+    let task = |t: usize| {
+        let (a, b, out) = (a, b, out);
+        let a = a.0 as *const f32;
+        let pl = plan[t % np];
+        let c = t / np;
+        let (tile0, tile1) = (c * per, ((c + 1) * per).min(mt));
+        let (bp, ldb) = panel_ptr(b, pl, packed);
+        let w = 16 * pl.nv;
+        // A strided panel read by several tiles is copied to a contiguous block first (one
+        // pass over B instead of one per tile, and no stride across pages in the kernel).
+        let mut local = (ldb != w && tile1 - tile0 >= 2).then(|| Scratch::new(KC.min(k) * w));
+        let mut acc = [0.0f32; TILE];
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let (bblk, ldb_blk) = match local.as_mut() {
+                Some(buf) => {
+                    for p in 0..kc {
+                        // The rows are far apart: ask for a later row's lines ahead of time.
+                        prefetch_row(bp.wrapping_add((k0 + p + 16).min(k - 1) * ldb), w);
+                        // SAFETY: a full unpacked panel has `w` valid columns in every row.
+                        let src = unsafe { std::slice::from_raw_parts(bp.add((k0 + p) * ldb), w) };
+                        buf[p * w..(p + 1) * w].copy_from_slice(src);
+                    }
+                    (buf.as_ptr(), w)
+                }
+                None => (bp.wrapping_add(k0 * ldb), ldb),
+            };
+            let offs_k = match offs {
+                Offs::Affine(cs) => (Offs::Affine(cs), k0 * cs),
+                Offs::Table(tb) => (Offs::Table(&tb[k0..]), 0),
+            };
+            for ti in tile0..tile1 {
+                let i0 = ti * MR;
+                let mr = MR.min(m - i0);
+                let mut rows = [a; MR];
+                for (r, row) in rows.iter_mut().enumerate() {
+                    let i = i0 + r.min(mr - 1);
+                    let ro = match arows {
+                        Offs::Affine(rs) => i * rs,
+                        Offs::Table(t) => t[i] as usize,
+                    };
+                    *row = a.wrapping_add(ro + offs_k.1);
+                }
+                // SAFETY: rows and panel are in bounds by the caller's contract.
+                unsafe {
+                    tile(pl.nv, kc, &rows, offs_k.0, bblk, ldb_blk, &mut acc);
+                    store(&out, &acc, i0, mr, pl.j0, pl.nr, k0 == 0, k0 + kc == k);
+                }
+            }
+            k0 += kc;
+        }
+    };
+    let ntasks = np * chunks;
+    if parallel && ntasks > 1 {
+        (0..ntasks).into_par_iter().for_each(task);
+    } else {
+        (0..ntasks).for_each(task);
+    }
+}
+
+/// `C = op(A)·op(B)` for row-major matrices (`C` is `m × n`, overwritten), split across threads.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    parallel: bool,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    let cp = P(c.as_mut_ptr());
+    let ap = a.as_ptr();
+    let bp = P(b.as_ptr() as *mut f32);
+    // op(A)[i][p] = a[i·ars + p·acs]; op(B)[p][j] = b[p·brs + j·bcs].
+    let (ars, acs) = if ta { (1, m) } else { (k, 1) };
+    let (brs, bcs) = if tb { (1, k) } else { (n, 1) };
+    // The kernel vectorises along the columns of what it computes and broadcasts the other
+    // operand from anywhere. Compute C directly when op(B) has contiguous rows; compute Cᵀ =
+    // op(B)ᵀ·op(A)ᵀ when op(A) has contiguous columns; otherwise pack the smaller one.
+    let direct = if bcs == 1 {
+        true
+    } else if ars == 1 {
+        false
+    } else {
+        n * k <= m * k
+    };
+    // SAFETY: every index below is within the asserted lengths.
+    unsafe {
+        if direct {
+            let bs = if bcs == 1 {
+                BSrc::Rows(bp, brs)
+            } else {
+                BSrc::Cols(bp, bcs)
+            };
+            let out = Out {
+                c: cp,
+                rs: n,
+                cs: 1,
+                accumulate: false,
+                bias: None,
+                relu: false,
+            };
+            gemm(
+                m,
+                n,
+                k,
+                ap,
+                Offs::Affine(ars),
+                Offs::Affine(acs),
+                bs,
+                out,
+                parallel,
+            );
+        } else {
+            // Cᵀ[j][i] = Σ_p op(B)[p][j]·op(A)[i][p]: A' = op(B)ᵀ (rows j at b + j·bcs, element
+            // p at + p·brs); B' = op(A)ᵀ with B'[p][i] = a[p·acs + i·ars].
+            let bs = if ars == 1 {
+                BSrc::Rows(P(ap as *mut f32), acs)
+            } else {
+                BSrc::Cols(P(ap as *mut f32), ars)
+            };
+            let out = Out {
+                c: cp,
+                rs: 1,
+                cs: n,
+                accumulate: false,
+                bias: None,
+                relu: false,
+            };
+            gemm(
+                n,
+                m,
+                k,
+                bp.0,
+                Offs::Affine(bcs),
+                Offs::Affine(brs),
+                bs,
+                out,
+                parallel,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Results do not depend on the number of threads: the same products and convolutions
+    //! computed in a 1-thread and a 3-thread pool agree bit for bit.
+    use crate::cpu::Cpu;
+    use crate::rng::Rng;
+    use crate::{Backend, Conv2dParams};
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let b = Cpu::new();
+        let mut r = Rng::new(3);
+        let mut rnd = |s: &[usize]| {
+            let n: usize = s.iter().product();
+            b.from_vec(s, (0..n).map(|_| r.uniform(-1.0, 1.0)).collect())
+                .unwrap()
+        };
+        let x = rnd(&[5, 16, 12, 12]);
+        let w = rnd(&[40, 16, 5, 5]);
+        let gy = rnd(&[5, 40, 12, 12]);
+        let a = rnd(&[50, 700]);
+        let m = rnd(&[300, 700]);
+        let g = rnd(&[50, 300]);
+        let p = Conv2dParams::new(1, 2);
+        let run = || {
+            vec![
+                b.conv2d_relu(&x, &w, None, p).unwrap(),
+                b.conv2d_backward_input(&gy, &w, &[5, 16, 12, 12], p)
+                    .unwrap(),
+                b.conv2d_backward_weight(&x, &gy, &[40, 16, 5, 5], p)
+                    .unwrap(),
+                b.matmul(&a, &m, false, true).unwrap(),
+                b.matmul(&g, &a, true, false).unwrap(),
+                b.matmul(&g, &m, false, false).unwrap(),
+                b.sum_axes(&x, &[0, 2, 3], false).unwrap(),
+            ]
+        };
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1).install(run);
+        let three = pool(3).install(run);
+        for (i, (u, v)) in one.iter().zip(&three).enumerate() {
+            assert!(
+                u.as_slice()
+                    .iter()
+                    .zip(v.as_slice())
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "result {i} differs between 1 and 3 threads"
+            );
+        }
+    }
+}

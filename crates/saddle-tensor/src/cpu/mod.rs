@@ -1,0 +1,1365 @@
+//! The CPU backend: `f32` tensors in host memory, computed by the kernels of this module
+//! (a register-blocked AVX-512 micro-kernel with a portable fallback, direct convolution without
+//! im2col) and split across threads with rayon.
+//!
+//! Tensors share their buffer (`Arc`), so cloning one is cheap; in-place updates copy only when
+//! the buffer is shared. Buffers are recycled through a bounded pool ([`pool`]): a loop that
+//! repeats the same shapes (a PGD attack, a training run) allocates nothing after its first
+//! iteration. Work is split into fixed-size chunks whose partial results are combined in a fixed
+//! order, so results do not depend on the number of threads.
+//!
+//! The AVX-512 kernels are chosen at run time when the CPU has AVX-512F; set the environment
+//! variable `SADDLE_CPU_PORTABLE` to use the portable kernels instead (for testing them).
+
+mod conv;
+mod kernel;
+pub mod pool;
+
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use ndarray::{ArrayViewD, IxDyn, Zip};
+use rayon::prelude::*;
+
+use crate::backend::{Backend, BatchNormGrads, BatchNormStats, TensorLike};
+use crate::error::{Result, TensorError};
+use crate::shape::{
+    broadcast_shape, check_logits_labels, checked_numel, pool_out_shape, same_shape, Conv2dParams,
+    ConvGeometry,
+};
+use crate::{AdamParams, SgdParams};
+
+const INLINE_DIMS: usize = 6;
+
+/// A shape stored inline up to rank 6 (so that making a tensor allocates nothing for it).
+#[derive(Clone, PartialEq, Eq)]
+enum Dims {
+    Inline(u8, [usize; INLINE_DIMS]),
+    Heap(Box<[usize]>),
+}
+
+impl Dims {
+    fn new(s: &[usize]) -> Self {
+        if s.len() <= INLINE_DIMS {
+            let mut d = [0; INLINE_DIMS];
+            d[..s.len()].copy_from_slice(s);
+            Dims::Inline(s.len() as u8, d)
+        } else {
+            Dims::Heap(s.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            Dims::Inline(n, d) => &d[..*n as usize],
+            Dims::Heap(d) => d,
+        }
+    }
+}
+
+/// A CPU tensor: a shape and a shared, row-major `f32` buffer (returned to the buffer pool when
+/// its last handle is dropped).
+pub struct CpuTensor {
+    shape: Dims,
+    data: ManuallyDrop<Arc<Vec<f32>>>,
+}
+
+impl Clone for CpuTensor {
+    fn clone(&self) -> Self {
+        CpuTensor {
+            shape: self.shape.clone(),
+            data: ManuallyDrop::new(Arc::clone(&self.data)),
+        }
+    }
+}
+
+impl Drop for CpuTensor {
+    fn drop(&mut self) {
+        // SAFETY: `data` is never used again after this.
+        let a = unsafe { ManuallyDrop::take(&mut self.data) };
+        pool::give(a);
+    }
+}
+
+impl PartialEq for CpuTensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data.as_slice() == other.data.as_slice()
+    }
+}
+
+impl std::fmt::Debug for CpuTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let head: Vec<f32> = self.data.iter().take(8).copied().collect();
+        write!(
+            f,
+            "CpuTensor{:?} {:?}{}",
+            self.dims(),
+            head,
+            if self.data.len() > 8 { "…" } else { "" }
+        )
+    }
+}
+
+impl TensorLike for CpuTensor {
+    fn dims(&self) -> &[usize] {
+        self.shape.as_slice()
+    }
+}
+
+impl CpuTensor {
+    /// Builds a tensor, checking that `data` has as many elements as `shape`.
+    pub fn new(shape: &[usize], data: Vec<f32>) -> Result<Self> {
+        let n = checked_numel("from_vec", shape)?;
+        if n != data.len() {
+            return Err(TensorError::shape(
+                "from_vec",
+                format!(
+                    "shape {shape:?} needs {n} elements but {} were given",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Self::wrap(shape, Arc::new(data)))
+    }
+
+    fn wrap(shape: &[usize], data: Arc<Vec<f32>>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        CpuTensor {
+            shape: Dims::new(shape),
+            data: ManuallyDrop::new(data),
+        }
+    }
+
+    fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self::wrap(&shape, Arc::new(data))
+    }
+
+    /// A tensor of `shape` whose elements `fill` writes (all of them) into a pooled buffer.
+    fn build(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> Self {
+        let n = shape.iter().product();
+        let mut a = pool::take(n);
+        fill(Arc::get_mut(&mut a).expect("pooled buffers are unique"));
+        Self::wrap(shape, a)
+    }
+
+    /// A tensor of `shape` with zeros, then `fill` adds into it.
+    fn build_zeroed(shape: &[usize], fill: impl FnOnce(&mut [f32])) -> Self {
+        let n = shape.iter().product();
+        let mut a = pool::take_zeroed(n);
+        fill(Arc::get_mut(&mut a).expect("pooled buffers are unique"));
+        Self::wrap(shape, a)
+    }
+
+    /// The elements in row-major order.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable access to the elements (copies the buffer first if it is shared).
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        if Arc::get_mut(&mut self.data).is_none() {
+            let mut fresh = pool::take(self.data.len());
+            Arc::get_mut(&mut fresh)
+                .expect("pooled buffers are unique")
+                .copy_from_slice(&self.data);
+            let old = std::mem::replace(&mut *self.data, fresh);
+            pool::give(old);
+        }
+        Arc::get_mut(&mut self.data)
+            .expect("unique after copy")
+            .as_mut_slice()
+    }
+
+    /// An ndarray view of the tensor.
+    pub fn view(&self) -> ArrayViewD<'_, f32> {
+        ArrayViewD::from_shape(IxDyn(self.dims()), &self.data).expect("shape matches data")
+    }
+}
+
+/// The CPU backend. Cheap to copy; threads come from rayon's global pool (set its size with
+/// `rayon::ThreadPoolBuilder::new().num_threads(n).build_global()`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Cpu {
+    /// The CPU backend.
+    pub fn new() -> Self {
+        Cpu
+    }
+}
+
+/// Element-wise work is split into chunks of this many elements (fixed, so results never
+/// depend on the thread count; element-wise results do not anyway).
+const CHUNK: usize = 1 << 14;
+/// Below this many elements element-wise work stays on the calling thread.
+const PAR_MIN: usize = 1 << 16;
+
+/// Runs `f(chunk_index, chunk)` over fixed chunks of `out`, in parallel when it is large.
+fn chunked(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        out.chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Checks that every label is a class index in `0..classes`.
+fn check_labels(op: &'static str, labels: &CpuTensor, classes: usize) -> Result<()> {
+    for (i, &v) in labels.as_slice().iter().enumerate() {
+        if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes) {
+            return Err(TensorError::invalid(
+                op,
+                format!("label {v} at position {i} is not a class index in 0..{classes}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Per-channel reduction layout of `[n, c, ...]`: (n, c, spatial size).
+fn bn_layout(
+    op: &'static str,
+    x: &[usize],
+    gamma: &[usize],
+    beta: &[usize],
+) -> Result<(usize, usize, usize)> {
+    if x.len() != 2 && x.len() != 4 {
+        return Err(TensorError::shape(
+            op,
+            format!("input {x:?} must be [n, c] or [n, c, h, w]"),
+        ));
+    }
+    let c = x[1];
+    if gamma != [c] || beta != [c] {
+        return Err(TensorError::shape(
+            op,
+            format!("gamma {gamma:?} and beta {beta:?} must be [{c}] for input {x:?}"),
+        ));
+    }
+    let s = if x.len() == 4 { x[2] * x[3] } else { 1 };
+    if x[0] * s == 0 {
+        return Err(TensorError::shape(
+            op,
+            format!("input {x:?} has no elements per channel"),
+        ));
+    }
+    Ok((x[0], c, s))
+}
+
+/// If `small` broadcasts against `big` by repeating along leading axes only (its shape, leading
+/// ones dropped, is a suffix of `big`'s), the period of the repetition.
+fn suffix_period(big: &[usize], small: &[usize]) -> Option<usize> {
+    if small.len() > big.len() {
+        return None;
+    }
+    let lead = small.iter().take_while(|&&d| d == 1).count();
+    let core = &small[lead..];
+    (big[big.len() - core.len()..] == *core).then(|| core.iter().product())
+}
+
+impl Cpu {
+    fn binary(
+        &self,
+        op: &'static str,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        f: impl Fn(f32, f32) -> f32 + Sync + Send,
+    ) -> Result<CpuTensor> {
+        let (ad, bd) = (a.dims(), b.dims());
+        if ad == bd {
+            let (x, y) = (a.as_slice(), b.as_slice());
+            return Ok(CpuTensor::build(ad, |o| {
+                chunked(o, |i, c| {
+                    let (xs, ys) = (&x[i * CHUNK..], &y[i * CHUNK..]);
+                    for ((d, &u), &v) in c.iter_mut().zip(xs).zip(ys) {
+                        *d = f(u, v);
+                    }
+                })
+            }));
+        }
+        if let Some(per) = suffix_period(ad, bd).filter(|&p| p > 0) {
+            let (x, y) = (a.as_slice(), b.as_slice());
+            return Ok(CpuTensor::build(ad, |o| {
+                chunked(o, |i, c| {
+                    let start = i * CHUNK;
+                    for (t, (d, &u)) in c.iter_mut().zip(&x[start..]).enumerate() {
+                        *d = f(u, y[(start + t) % per]);
+                    }
+                })
+            }));
+        }
+        if let Some(per) = suffix_period(bd, ad).filter(|&p| p > 0) {
+            let (x, y) = (a.as_slice(), b.as_slice());
+            return Ok(CpuTensor::build(bd, |o| {
+                chunked(o, |i, c| {
+                    let start = i * CHUNK;
+                    for (t, (d, &v)) in c.iter_mut().zip(&y[start..]).enumerate() {
+                        *d = f(x[(start + t) % per], v);
+                    }
+                })
+            }));
+        }
+        let out = broadcast_shape(op, ad, bd)?;
+        checked_numel(op, &out)?;
+        let av = a.view();
+        let bv = b.view();
+        let ab = av
+            .broadcast(IxDyn(&out))
+            .ok_or_else(|| TensorError::shape(op, "broadcast"))?;
+        let bb = bv
+            .broadcast(IxDyn(&out))
+            .ok_or_else(|| TensorError::shape(op, "broadcast"))?;
+        let r = Zip::from(&ab).and(&bb).map_collect(|&x, &y| f(x, y));
+        let data = r.as_standard_layout().iter().copied().collect();
+        Ok(CpuTensor::from_parts(out, data))
+    }
+
+    fn unary(&self, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync + Send) -> CpuTensor {
+        let xs = x.as_slice();
+        CpuTensor::build(x.dims(), |o| {
+            chunked(o, |i, c| {
+                for (d, &v) in c.iter_mut().zip(&xs[i * CHUNK..]) {
+                    *d = f(v);
+                }
+            })
+        })
+    }
+
+    fn zip_same(
+        &self,
+        op: &'static str,
+        x: &CpuTensor,
+        gy: &CpuTensor,
+        f: impl Fn(f32, f32) -> f32 + Sync + Send,
+    ) -> Result<CpuTensor> {
+        same_shape(op, x.dims(), gy.dims())?;
+        let (a, b) = (x.as_slice(), gy.as_slice());
+        Ok(CpuTensor::build(x.dims(), |o| {
+            chunked(o, |i, c| {
+                for ((d, &u), &v) in c.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
+                    *d = f(u, v);
+                }
+            })
+        }))
+    }
+
+    /// Sum over the axes of `x` given as `[outer, mid, inner]` with `mid` reduced, or the
+    /// general case through ndarray. Fast paths: all axes, leading axes, all axes but one.
+    fn sum_fast(&self, x: &CpuTensor, sorted: &[usize], out_shape: &[usize]) -> Option<CpuTensor> {
+        let d = x.dims();
+        let xs = x.as_slice();
+        let nd = d.len();
+        if sorted.is_empty() {
+            return Some(CpuTensor::build(out_shape, |o| o.copy_from_slice(xs)));
+        }
+        if sorted.len() == nd {
+            // Sum of everything in fixed chunks, combined in order.
+            let mut parts = [0.0f64; 64];
+            let per = xs.len().div_ceil(64).max(1);
+            for (i, c) in xs.chunks(per).enumerate() {
+                parts[i] = lane_sum(c);
+            }
+            let s: f64 = parts.iter().sum();
+            return Some(CpuTensor::build(out_shape, |o| o[0] = s as f32));
+        }
+        // Leading axes 0..p reduced: column sums of a [rows, cols] matrix.
+        if sorted.iter().enumerate().all(|(i, &a)| i == a) {
+            let cols: usize = d[sorted.len()..].iter().product();
+            return Some(CpuTensor::build(out_shape, |o| {
+                o.fill(0.0);
+                for row in xs.chunks(cols.max(1)) {
+                    for (a, &b) in o.iter_mut().zip(row) {
+                        *a += b;
+                    }
+                }
+            }));
+        }
+        // All axes but one (`keep`): per-channel sums of [outer, c, inner].
+        if sorted.len() + 1 == nd {
+            let keep = (0..nd).find(|a| !sorted.contains(a))?;
+            let outer: usize = d[..keep].iter().product();
+            let c = d[keep];
+            let inner: usize = d[keep + 1..].iter().product();
+            return Some(CpuTensor::build(out_shape, |o| {
+                for (ch, dst) in o.iter_mut().enumerate() {
+                    let mut acc = 0.0f64;
+                    for i in 0..outer {
+                        acc += lane_sum(&xs[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
+                    }
+                    *dst = acc as f32;
+                }
+            }));
+        }
+        None
+    }
+}
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn from_vec(&self, shape: &[usize], data: Vec<f32>) -> Result<CpuTensor> {
+        CpuTensor::new(shape, data)
+    }
+
+    fn to_vec(&self, x: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(x.data.as_ref().clone())
+    }
+
+    fn full(&self, shape: &[usize], value: f32) -> Result<CpuTensor> {
+        checked_numel("full", shape)?;
+        Ok(CpuTensor::build(shape, |o| o.fill(value)))
+    }
+
+    fn reshape(&self, x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
+        if checked_numel("reshape", shape)? != x.data.len() {
+            return Err(TensorError::shape(
+                "reshape",
+                format!("cannot reshape {:?} to {shape:?}", x.dims()),
+            ));
+        }
+        Ok(CpuTensor::wrap(shape, Arc::clone(&x.data)))
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.binary("add", a, b, |x, y| x + y)
+    }
+    fn sub(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.binary("sub", a, b, |x, y| x - y)
+    }
+    fn mul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.binary("mul", a, b, |x, y| x * y)
+    }
+    fn div(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.binary("div", a, b, |x, y| x / y)
+    }
+    fn minimum(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.binary("minimum", a, b, f32::min)
+    }
+    fn maximum(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.binary("maximum", a, b, f32::max)
+    }
+
+    fn affine(&self, x: &CpuTensor, s: f32, t: f32) -> Result<CpuTensor> {
+        Ok(self.unary(x, |v| s * v + t))
+    }
+    fn sqrt(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        Ok(self.unary(x, f32::sqrt))
+    }
+    fn sign(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        Ok(self.unary(x, |v| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v * 0.0 // 0 stays 0 (keeping its sign bit), NaN stays NaN
+            }
+        }))
+    }
+    fn clamp(&self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(TensorError::invalid(
+                "clamp",
+                format!("bounds [{lo}, {hi}] are not a range"),
+            ));
+        }
+        Ok(self.unary(x, |v| v.max(lo).min(hi)))
+    }
+    fn relu(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        Ok(self.unary(x, |v| if v > 0.0 { v } else { 0.0 }))
+    }
+    fn relu_backward(&self, x: &CpuTensor, gy: &CpuTensor) -> Result<CpuTensor> {
+        self.zip_same("relu_backward", x, gy, |v, g| if v > 0.0 { g } else { 0.0 })
+    }
+    fn leaky_relu(&self, x: &CpuTensor, slope: f32) -> Result<CpuTensor> {
+        Ok(self.unary(x, |v| if v > 0.0 { v } else { slope * v }))
+    }
+    fn leaky_relu_backward(&self, x: &CpuTensor, gy: &CpuTensor, slope: f32) -> Result<CpuTensor> {
+        self.zip_same("leaky_relu_backward", x, gy, |v, g| {
+            if v > 0.0 {
+                g
+            } else {
+                slope * g
+            }
+        })
+    }
+
+    fn sum_axes(&self, x: &CpuTensor, axes: &[usize], keep_dims: bool) -> Result<CpuTensor> {
+        let dims = x.dims();
+        let nd = dims.len();
+        let mut sorted_buf = [0usize; INLINE_DIMS];
+        let mut sorted_vec = Vec::new();
+        let sorted: &mut [usize] = if axes.len() <= INLINE_DIMS {
+            sorted_buf[..axes.len()].copy_from_slice(axes);
+            &mut sorted_buf[..axes.len()]
+        } else {
+            sorted_vec.extend_from_slice(axes);
+            &mut sorted_vec
+        };
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            if w[0] == w[1] {
+                return Err(TensorError::invalid(
+                    "sum_axes",
+                    format!("axis {} given twice", w[0]),
+                ));
+            }
+        }
+        if let Some(&a) = sorted.last() {
+            if a >= nd {
+                return Err(TensorError::invalid(
+                    "sum_axes",
+                    format!("axis {a} out of range for shape {dims:?}"),
+                ));
+            }
+        }
+        let mut out_buf = [0usize; INLINE_DIMS];
+        let mut on = 0;
+        if nd <= INLINE_DIMS {
+            for (i, &d) in dims.iter().enumerate() {
+                if sorted.contains(&i) {
+                    if keep_dims {
+                        out_buf[on] = 1;
+                        on += 1;
+                    }
+                } else {
+                    out_buf[on] = d;
+                    on += 1;
+                }
+            }
+            if x.numel() > 0 {
+                if let Some(t) = self.sum_fast(x, sorted, &out_buf[..on]) {
+                    return Ok(t);
+                }
+            }
+        }
+        // General case: reduce one axis at a time, highest first, with ndarray.
+        let mut cur = x.view().to_owned();
+        for &a in sorted.iter().rev() {
+            cur = cur.sum_axis(ndarray::Axis(a));
+            if keep_dims {
+                cur = cur.insert_axis(ndarray::Axis(a));
+            }
+        }
+        let shape = cur.shape().to_vec();
+        let data = cur.as_standard_layout().iter().copied().collect();
+        Ok(CpuTensor::from_parts(shape, data))
+    }
+
+    fn sum_to_shape(&self, x: &CpuTensor, shape: &[usize]) -> Result<CpuTensor> {
+        let dims = x.dims();
+        if dims == shape {
+            return Ok(x.clone());
+        }
+        // The bias of a linear layer: [.., n] summed down to [n] (or [1, n]).
+        if let Some(per) = suffix_period(dims, shape).filter(|&p| p > 0) {
+            if shape.len() <= dims.len() && x.numel().is_multiple_of(per) {
+                let xs = x.as_slice();
+                return Ok(CpuTensor::build(shape, |o| {
+                    o.fill(0.0);
+                    for row in xs.chunks(per) {
+                        for (a, &b) in o.iter_mut().zip(row) {
+                            *a += b;
+                        }
+                    }
+                }));
+            }
+        }
+        crate::backend::sum_to_shape_default(self, x, shape)
+    }
+
+    fn matmul(&self, a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor> {
+        let (ad, bd) = (a.dims(), b.dims());
+        if ad.len() != 2 || bd.len() != 2 {
+            return Err(TensorError::shape(
+                "matmul",
+                format!("operands {ad:?} and {bd:?} must be 2-D"),
+            ));
+        }
+        let (m, k) = if ta { (ad[1], ad[0]) } else { (ad[0], ad[1]) };
+        let (k2, n) = if tb { (bd[1], bd[0]) } else { (bd[0], bd[1]) };
+        if k != k2 {
+            return Err(TensorError::shape(
+                "matmul",
+                format!(
+                    "inner sizes differ: {ad:?}{} · {bd:?}{}",
+                    if ta { "ᵀ" } else { "" },
+                    if tb { "ᵀ" } else { "" }
+                ),
+            ));
+        }
+        checked_numel("matmul", &[m, n])?;
+        Ok(CpuTensor::build(&[m, n], |c| {
+            kernel::matmul(m, k, n, a.as_slice(), ta, b.as_slice(), tb, c, true)
+        }))
+    }
+
+    fn conv2d(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        p: Conv2dParams,
+    ) -> Result<CpuTensor> {
+        self.conv2d_fused(x, w, bias, p, false)
+    }
+
+    fn conv2d_relu(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        p: Conv2dParams,
+    ) -> Result<CpuTensor> {
+        self.conv2d_fused(x, w, bias, p, true)
+    }
+
+    fn conv2d_backward_input(
+        &self,
+        gy: &CpuTensor,
+        w: &CpuTensor,
+        input_shape: &[usize],
+        p: Conv2dParams,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new("conv2d_backward_input", input_shape, w.dims(), p)?;
+        same_shape("conv2d_backward_input", gy.dims(), &g.out_shape())?;
+        let (ckk, ohw) = (g.c * g.kh * g.kw, g.oh * g.ow);
+        let in_sz = g.c * g.h * g.w;
+        let out_sz = g.k * ohw;
+        if g.n * in_sz == 0 {
+            return Ok(CpuTensor::build_zeroed(input_shape, |_| {}));
+        }
+        if out_sz == 0 {
+            return Ok(CpuTensor::build_zeroed(input_shape, |_| {}));
+        }
+        if let Some(d) = conv::backward_input_geometry(&g) {
+            // A direct stride-1 convolution of the padded gradient with the flipped weights.
+            let mut wt = pool::Scratch::new(conv::packed_len(g.c, g.k * g.kh * g.kw));
+            conv::pack_backward_input(&g, w.as_slice(), &mut wt);
+            return Ok(CpuTensor::build(input_shape, |gx| {
+                conv::direct(&d, gy.as_slice(), &wt, None, false, gx)
+            }));
+        }
+        let wd = w.as_slice();
+        let gyd = gy.as_slice();
+        Ok(CpuTensor::build(input_shape, |gx| {
+            gx.par_chunks_mut(in_sz).enumerate().for_each(|(i, gxi)| {
+                // cols = Wᵀ [ckk, k] · gy_i [k, ohw], then scattered back.
+                let mut cols = pool::Scratch::new(ckk * ohw);
+                kernel::matmul(
+                    ckk,
+                    g.k,
+                    ohw,
+                    wd,
+                    true,
+                    &gyd[i * out_sz..(i + 1) * out_sz],
+                    false,
+                    &mut cols,
+                    false,
+                );
+                conv::col2im(&cols, &g, gxi);
+            })
+        }))
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        x: &CpuTensor,
+        gy: &CpuTensor,
+        weight_shape: &[usize],
+        p: Conv2dParams,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new("conv2d_backward_weight", x.dims(), weight_shape, p)?;
+        same_shape("conv2d_backward_weight", gy.dims(), &g.out_shape())?;
+        let d = conv::forward_geometry(&g);
+        if !conv::fits(&d, g.n) {
+            return Err(TensorError::invalid(
+                "conv2d_backward_weight",
+                format!("input {:?} is too large for 32-bit offsets", x.dims()),
+            ));
+        }
+        Ok(CpuTensor::build(weight_shape, |gw| {
+            if g.n * g.oh * g.ow == 0 {
+                gw.fill(0.0);
+            } else {
+                conv::backward_weight(&d, x.as_slice(), gy.as_slice(), gw)
+            }
+        }))
+    }
+
+    fn max_pool2d(&self, x: &CpuTensor, size: usize) -> Result<CpuTensor> {
+        let os = pool_out_shape("max_pool2d", x.dims(), size)?;
+        let (h, w) = (x.dims()[2], x.dims()[3]);
+        let (oh, ow) = (os[2], os[3]);
+        let xs = x.as_slice();
+        Ok(CpuTensor::build(&os, |out| {
+            if out.is_empty() {
+                return;
+            }
+            let planes = (CHUNK / (oh * ow).max(1)).max(1);
+            let work = |(blk, ob): (usize, &mut [f32])| {
+                for (pi, o) in ob.chunks_mut(oh * ow).enumerate() {
+                    let plane = blk * planes + pi;
+                    let src = &xs[plane * h * w..(plane + 1) * h * w];
+                    if size == 2 {
+                        for oi in 0..oh {
+                            let r0 = &src[2 * oi * w..2 * oi * w + 2 * ow];
+                            let r1 = &src[(2 * oi + 1) * w..(2 * oi + 1) * w + 2 * ow];
+                            for (oj, d) in o[oi * ow..(oi + 1) * ow].iter_mut().enumerate() {
+                                *d = max_first(&[
+                                    r0[2 * oj],
+                                    r0[2 * oj + 1],
+                                    r1[2 * oj],
+                                    r1[2 * oj + 1],
+                                ]);
+                            }
+                        }
+                        continue;
+                    }
+                    for oi in 0..oh {
+                        for oj in 0..ow {
+                            let mut m = f32::NEG_INFINITY;
+                            let mut first = true;
+                            for di in 0..size {
+                                let row = &src[(oi * size + di) * w + oj * size..][..size];
+                                for &v in row {
+                                    if first || v > m || v.is_nan() {
+                                        m = v;
+                                        first = false;
+                                    }
+                                }
+                            }
+                            o[oi * ow + oj] = m;
+                        }
+                    }
+                }
+            };
+            if out.len() >= PAR_MIN / 4 {
+                out.par_chunks_mut(planes * oh * ow)
+                    .enumerate()
+                    .for_each(work);
+            } else {
+                out.chunks_mut(planes * oh * ow).enumerate().for_each(work);
+            }
+        }))
+    }
+
+    fn max_pool2d_backward(&self, x: &CpuTensor, gy: &CpuTensor, size: usize) -> Result<CpuTensor> {
+        self.pool_backward("max_pool2d_backward", x, gy, size, false)
+    }
+
+    fn relu_max_pool2d_backward(
+        &self,
+        y: &CpuTensor,
+        gy: &CpuTensor,
+        size: usize,
+    ) -> Result<CpuTensor> {
+        self.pool_backward("relu_max_pool2d_backward", y, gy, size, true)
+    }
+
+    fn cross_entropy(&self, logits: &CpuTensor, labels: &CpuTensor) -> Result<CpuTensor> {
+        let (n, k) = check_logits_labels("cross_entropy", logits.dims(), labels.dims())?;
+        check_labels("cross_entropy", labels, k)?;
+        let (zs, ys) = (logits.as_slice(), labels.as_slice());
+        Ok(CpuTensor::build(&[n], |out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let z = &zs[i * k..(i + 1) * k];
+                let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // (m − z_y) + ln Σ exp(z − m): exact when the label holds the maximum.
+                *o = (m - z[ys[i] as usize]) + z.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
+            }
+        }))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &CpuTensor,
+        labels: &CpuTensor,
+        gy: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let (n, k) = check_logits_labels("cross_entropy_backward", logits.dims(), labels.dims())?;
+        same_shape("cross_entropy_backward", gy.dims(), &[n])?;
+        check_labels("cross_entropy_backward", labels, k)?;
+        let (zs, ys, gs) = (logits.as_slice(), labels.as_slice(), gy.as_slice());
+        Ok(CpuTensor::build(&[n, k], |out| {
+            for i in 0..n {
+                let z = &zs[i * k..(i + 1) * k];
+                let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let s: f32 = z.iter().map(|&v| (v - m).exp()).sum();
+                let o = &mut out[i * k..(i + 1) * k];
+                for j in 0..k {
+                    o[j] = (z[j] - m).exp() / s * gs[i];
+                }
+                o[ys[i] as usize] -= gs[i];
+            }
+        }))
+    }
+
+    fn cw_loss(&self, logits: &CpuTensor, labels: &CpuTensor, kappa: f32) -> Result<CpuTensor> {
+        let (n, k) = check_logits_labels("cw_loss", logits.dims(), labels.dims())?;
+        if k < 2 {
+            return Err(TensorError::shape("cw_loss", "needs at least two classes"));
+        }
+        check_labels("cw_loss", labels, k)?;
+        let (zs, ys) = (logits.as_slice(), labels.as_slice());
+        Ok(CpuTensor::build(&[n], |out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let z = &zs[i * k..(i + 1) * k];
+                let y = ys[i] as usize;
+                let (_, wrong) = max_other(z, y);
+                *o = -(z[y] - wrong + kappa).max(0.0);
+            }
+        }))
+    }
+
+    fn cw_loss_backward(
+        &self,
+        logits: &CpuTensor,
+        labels: &CpuTensor,
+        kappa: f32,
+        gy: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let (n, k) = check_logits_labels("cw_loss_backward", logits.dims(), labels.dims())?;
+        if k < 2 {
+            return Err(TensorError::shape(
+                "cw_loss_backward",
+                "needs at least two classes",
+            ));
+        }
+        same_shape("cw_loss_backward", gy.dims(), &[n])?;
+        check_labels("cw_loss_backward", labels, k)?;
+        let (zs, ys, gs) = (logits.as_slice(), labels.as_slice(), gy.as_slice());
+        Ok(CpuTensor::build_zeroed(&[n, k], |out| {
+            for i in 0..n {
+                let z = &zs[i * k..(i + 1) * k];
+                let y = ys[i] as usize;
+                let (j, wrong) = max_other(z, y);
+                if z[y] - wrong + kappa > 0.0 {
+                    out[i * k + y] = -gs[i];
+                    out[i * k + j] = gs[i];
+                }
+            }
+        }))
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        eps: f32,
+    ) -> Result<(CpuTensor, BatchNormStats<CpuTensor>)> {
+        let (n, c, s) = bn_layout("batch_norm_train", x.dims(), gamma.dims(), beta.dims())?;
+        let cnt = (n * s) as f64;
+        let mut mean = vec![0.0f32; c];
+        let mut var = vec![0.0f32; c];
+        for ch in 0..c {
+            let mut acc = 0.0f64;
+            for i in 0..n {
+                acc += x.data[(i * c + ch) * s..(i * c + ch + 1) * s]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            let mu = acc / cnt;
+            let mut acc2 = 0.0f64;
+            for i in 0..n {
+                acc2 += x.data[(i * c + ch) * s..(i * c + ch + 1) * s]
+                    .iter()
+                    .map(|&v| (v as f64 - mu).powi(2))
+                    .sum::<f64>();
+            }
+            mean[ch] = mu as f32;
+            var[ch] = (acc2 / cnt) as f32;
+        }
+        let mut y = vec![0.0f32; x.data.len()];
+        for i in 0..n {
+            for ch in 0..c {
+                let inv = 1.0 / (var[ch] + eps).sqrt();
+                let (gm, bt, mu) = (gamma.data[ch], beta.data[ch], mean[ch]);
+                let o = (i * c + ch) * s;
+                for t in 0..s {
+                    y[o + t] = (x.data[o + t] - mu) * inv * gm + bt;
+                }
+            }
+        }
+        Ok((
+            CpuTensor::from_parts(x.dims().to_vec(), y),
+            BatchNormStats {
+                mean: CpuTensor::from_parts(vec![c], mean),
+                var: CpuTensor::from_parts(vec![c], var),
+            },
+        ))
+    }
+
+    fn batch_norm_eval(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        mean: &CpuTensor,
+        var: &CpuTensor,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        let (n, c, s) = bn_layout("batch_norm_eval", x.dims(), gamma.dims(), beta.dims())?;
+        if mean.dims() != [c] || var.dims() != [c] {
+            return Err(TensorError::shape(
+                "batch_norm_eval",
+                format!(
+                    "mean {:?} and var {:?} must be [{c}]",
+                    mean.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        let mut y = vec![0.0f32; x.data.len()];
+        for i in 0..n {
+            for ch in 0..c {
+                let inv = 1.0 / (var.data[ch] + eps).sqrt();
+                let o = (i * c + ch) * s;
+                for t in 0..s {
+                    y[o + t] =
+                        (x.data[o + t] - mean.data[ch]) * inv * gamma.data[ch] + beta.data[ch];
+                }
+            }
+        }
+        Ok(CpuTensor::from_parts(x.dims().to_vec(), y))
+    }
+
+    fn batch_norm_train_backward(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        stats: &BatchNormStats<CpuTensor>,
+        gy: &CpuTensor,
+        eps: f32,
+    ) -> Result<BatchNormGrads<CpuTensor>> {
+        let (n, c, s) = bn_layout(
+            "batch_norm_train_backward",
+            x.dims(),
+            gamma.dims(),
+            gamma.dims(),
+        )?;
+        same_shape("batch_norm_train_backward", gy.dims(), x.dims())?;
+        if stats.mean.dims() != [c] || stats.var.dims() != [c] {
+            return Err(TensorError::shape(
+                "batch_norm_train_backward",
+                "statistics must be [c]",
+            ));
+        }
+        let cnt = (n * s) as f32;
+        let mut gx = vec![0.0f32; x.data.len()];
+        let mut gg = vec![0.0f32; c];
+        let mut gb = vec![0.0f32; c];
+        for ch in 0..c {
+            let inv = 1.0 / (stats.var.data[ch] + eps).sqrt();
+            let mu = stats.mean.data[ch];
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                let o = (i * c + ch) * s;
+                for t in 0..s {
+                    let g = gy.data[o + t] as f64;
+                    sg += g;
+                    sgx += g * ((x.data[o + t] - mu) * inv) as f64;
+                }
+            }
+            gb[ch] = sg as f32;
+            gg[ch] = sgx as f32;
+            let k = gamma.data[ch] * inv / cnt;
+            for i in 0..n {
+                let o = (i * c + ch) * s;
+                for t in 0..s {
+                    let xhat = (x.data[o + t] - mu) * inv;
+                    gx[o + t] = k * (cnt * gy.data[o + t] - gb[ch] - xhat * gg[ch]);
+                }
+            }
+        }
+        Ok(BatchNormGrads {
+            x: CpuTensor::from_parts(x.dims().to_vec(), gx),
+            gamma: CpuTensor::from_parts(vec![c], gg),
+            beta: CpuTensor::from_parts(vec![c], gb),
+        })
+    }
+
+    fn pgd_step_linf(
+        &self,
+        x: &CpuTensor,
+        x0: &CpuTensor,
+        g: &CpuTensor,
+        alpha: f32,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        same_shape("pgd_step_linf", x.dims(), x0.dims())?;
+        same_shape("pgd_step_linf", x.dims(), g.dims())?;
+        let (xs, x0s, gs) = (x.as_slice(), x0.as_slice(), g.as_slice());
+        Ok(CpuTensor::build(x.dims(), |o| {
+            chunked(o, |i, c| {
+                let r = i * CHUNK..i * CHUNK + c.len();
+                let (xs, x0s, gs) = (&xs[r.clone()], &x0s[r.clone()], &gs[r]);
+                for (t, d) in c.iter_mut().enumerate() {
+                    let (xv, x0v, gv) = (xs[t], x0s[t], gs[t]);
+                    let s = if gv > 0.0 {
+                        alpha
+                    } else if gv < 0.0 {
+                        -alpha
+                    } else {
+                        0.0
+                    };
+                    *d = (xv + s).max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0);
+                }
+            })
+        }))
+    }
+
+    fn project_linf(&self, x: &CpuTensor, x0: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        same_shape("project_linf", x.dims(), x0.dims())?;
+        let (xs, x0s) = (x.as_slice(), x0.as_slice());
+        Ok(CpuTensor::build(x.dims(), |o| {
+            chunked(o, |i, c| {
+                let r = i * CHUNK..i * CHUNK + c.len();
+                for ((d, &xv), &x0v) in c.iter_mut().zip(&xs[r.clone()]).zip(&x0s[r]) {
+                    *d = xv.max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0);
+                }
+            })
+        }))
+    }
+
+    fn adam_update(
+        &self,
+        param: &mut CpuTensor,
+        grad: &CpuTensor,
+        m: &mut CpuTensor,
+        v: &mut CpuTensor,
+        h: AdamParams,
+    ) -> Result<()> {
+        same_shape("adam_update", param.dims(), grad.dims())?;
+        same_shape("adam_update", param.dims(), m.dims())?;
+        same_shape("adam_update", param.dims(), v.dims())?;
+        let t = h.step.max(1) as i32;
+        let bc1 = 1.0 - h.beta1.powi(t);
+        let bc2 = 1.0 - h.beta2.powi(t);
+        let p = param.as_mut_slice();
+        let ms = m.as_mut_slice();
+        let vs = v.as_mut_slice();
+        p.par_chunks_mut(1 << 14)
+            .zip(ms.par_chunks_mut(1 << 14))
+            .zip(vs.par_chunks_mut(1 << 14))
+            .zip(grad.data.par_chunks(1 << 14))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g[i];
+                    v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g[i] * g[i];
+                    let denom = (v[i] / bc2).sqrt() + h.eps;
+                    p[i] -= h.lr * (m[i] / bc1) / denom;
+                }
+            });
+        Ok(())
+    }
+
+    fn sgd_update(
+        &self,
+        param: &mut CpuTensor,
+        grad: &CpuTensor,
+        momentum_buf: &mut CpuTensor,
+        h: SgdParams,
+    ) -> Result<()> {
+        same_shape("sgd_update", param.dims(), grad.dims())?;
+        same_shape("sgd_update", param.dims(), momentum_buf.dims())?;
+        let p = param.as_mut_slice();
+        let b = momentum_buf.as_mut_slice();
+        for i in 0..p.len() {
+            let g = grad.data[i] + h.weight_decay * p[i];
+            b[i] = h.momentum * b[i] + g;
+            p[i] -= h.lr * b[i];
+        }
+        Ok(())
+    }
+}
+
+impl Cpu {
+    fn conv2d_fused(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        p: Conv2dParams,
+        relu: bool,
+    ) -> Result<CpuTensor> {
+        let op = if relu { "conv2d_relu" } else { "conv2d" };
+        let g = ConvGeometry::new(op, x.dims(), w.dims(), p)?;
+        if let Some(b) = bias {
+            if b.dims() != [g.k] {
+                return Err(TensorError::shape(
+                    op,
+                    format!(
+                        "bias {:?} must be [{}] for weight {:?}",
+                        b.dims(),
+                        g.k,
+                        w.dims()
+                    ),
+                ));
+            }
+        }
+        let os = g.out_shape();
+        checked_numel(op, &os)?;
+        let ckk = g.c * g.kh * g.kw;
+        if os.iter().product::<usize>() == 0 {
+            return Ok(CpuTensor::build(&os, |_| {}));
+        }
+        if ckk == 0 {
+            let bs = bias.map(|b| b.as_slice());
+            let ohw = g.oh * g.ow;
+            return Ok(CpuTensor::build(&os, |o| {
+                for (i, v) in o.iter_mut().enumerate() {
+                    let b = bs.map_or(0.0, |b| b[(i / ohw) % g.k]);
+                    *v = if relu && (b <= 0.0 || b.is_nan()) {
+                        0.0
+                    } else {
+                        b
+                    };
+                }
+            }));
+        }
+        let d = conv::forward_geometry(&g);
+        let mut wt = pool::Scratch::new(conv::packed_len(g.k, ckk));
+        conv::pack_forward(g.k, ckk, w.as_slice(), &mut wt);
+        Ok(CpuTensor::build(&os, |o| {
+            conv::direct(&d, x.as_slice(), &wt, bias.map(|b| b.as_slice()), relu, o)
+        }))
+    }
+
+    /// Max-pool gradient: each window's gradient goes to its first maximum of `x`; with
+    /// `relu_mask`, only where that maximum is positive (the gradient through ReLU then
+    /// max-pool, given the ReLU's output).
+    fn pool_backward(
+        &self,
+        op: &'static str,
+        x: &CpuTensor,
+        gy: &CpuTensor,
+        size: usize,
+        relu_mask: bool,
+    ) -> Result<CpuTensor> {
+        let os = pool_out_shape(op, x.dims(), size)?;
+        same_shape(op, gy.dims(), &os)?;
+        let (h, w) = (x.dims()[2], x.dims()[3]);
+        let (oh, ow) = (os[2], os[3]);
+        let (xs, gs) = (x.as_slice(), gy.as_slice());
+        Ok(CpuTensor::build(x.dims(), |gx| {
+            if gx.is_empty() {
+                return;
+            }
+            let planes = (CHUNK / (h * w).max(1)).max(1);
+            let work = |(blk, gb): (usize, &mut [f32])| {
+                for (pi, gxp) in gb.chunks_mut(h * w).enumerate() {
+                    let plane = blk * planes + pi;
+                    let src = &xs[plane * h * w..(plane + 1) * h * w];
+                    let g = &gs[plane * oh * ow..(plane + 1) * oh * ow];
+                    if size == 2 {
+                        // Every element of a window is written (windows tile the plane), so no
+                        // zero fill; the first maximum (strict `>`) is chosen without branches,
+                        // which random data would mispredict.
+                        for oi in 0..oh {
+                            let (r0, r1) = (2 * oi * w, (2 * oi + 1) * w);
+                            let (top, bot) = gxp[r0..r1 + w].split_at_mut(w);
+                            let (s0, s1) = (&src[r0..r0 + w], &src[r1..r1 + w]);
+                            let gr = &g[oi * ow..(oi + 1) * ow];
+                            let done = pool2_backward_row_simd(s0, s1, gr, top, bot, relu_mask);
+                            for oj in done..ow {
+                                let c = 2 * oj;
+                                let (a, b, cc, d) = (s0[c], s0[c + 1], s1[c], s1[c + 1]);
+                                let (mut m, mut i) = (a, 0u32);
+                                let gt = b > m;
+                                m = if gt { b } else { m };
+                                i = if gt { 1 } else { i };
+                                let gt = cc > m;
+                                m = if gt { cc } else { m };
+                                i = if gt { 2 } else { i };
+                                let gt = d > m;
+                                m = if gt { d } else { m };
+                                i = if gt { 3 } else { i };
+                                let gv = if !relu_mask || m > 0.0 { gr[oj] } else { 0.0 };
+                                top[c] = if i == 0 { gv } else { 0.0 };
+                                top[c + 1] = if i == 1 { gv } else { 0.0 };
+                                bot[c] = if i == 2 { gv } else { 0.0 };
+                                bot[c + 1] = if i == 3 { gv } else { 0.0 };
+                            }
+                            top[2 * ow..].fill(0.0);
+                            bot[2 * ow..].fill(0.0);
+                        }
+                        gxp[2 * oh * w..].fill(0.0);
+                        continue;
+                    }
+                    gxp.fill(0.0);
+                    for oi in 0..oh {
+                        for oj in 0..ow {
+                            let mut best = (oi * size) * w + oj * size;
+                            let mut m = src[best];
+                            for di in 0..size {
+                                for dj in 0..size {
+                                    let idx = (oi * size + di) * w + oj * size + dj;
+                                    if src[idx] > m {
+                                        m = src[idx];
+                                        best = idx;
+                                    }
+                                }
+                            }
+                            if !relu_mask || m > 0.0 {
+                                gxp[best] += g[oi * ow + oj];
+                            }
+                        }
+                    }
+                }
+            };
+            if gx.len() >= PAR_MIN / 4 {
+                gx.par_chunks_mut(planes * h * w).enumerate().for_each(work);
+            } else {
+                gx.chunks_mut(planes * h * w).enumerate().for_each(work);
+            }
+        }))
+    }
+}
+
+/// Max-pool 2×2 gradient for one pair of input rows `s0`, `s1`, 16 windows at a time with
+/// AVX-512 (same choice as the scalar loop: first strict maximum; with `relu_mask` only where
+/// it is positive). Returns how many windows it handled (all, or none without AVX-512).
+fn pool2_backward_row_simd(
+    s0: &[f32],
+    s1: &[f32],
+    g: &[f32],
+    top: &mut [f32],
+    bot: &mut [f32],
+    relu_mask: bool,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if kernel::use_avx512() {
+        let n = g.len();
+        assert!(s0.len() >= 2 * n && s1.len() >= 2 * n && top.len() >= 2 * n && bot.len() >= 2 * n);
+        // SAFETY: AVX-512F is present; all accesses are within the lengths asserted above.
+        unsafe { pool2_avx512(n, s0, s1, g, top, bot, relu_mask) };
+        return n;
+    }
+    let _ = (s0, s1, g, top, bot, relu_mask);
+    0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool2_avx512(
+    n: usize,
+    s0: &[f32],
+    s1: &[f32],
+    g: &[f32],
+    top: &mut [f32],
+    bot: &mut [f32],
+    relu_mask: bool,
+) {
+    use std::arch::x86_64::*;
+    let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    let zero = _mm512_setzero_ps();
+    for j in (0..n).step_by(16) {
+        // Masks for a last group of fewer than 16 windows (2 inputs and outputs per window).
+        let lanes = (n - j).min(16);
+        let kg: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+        let k0: __mmask16 = if lanes >= 8 {
+            !0
+        } else {
+            (1u16 << (2 * lanes)) - 1
+        };
+        let k1: __mmask16 = if lanes == 16 {
+            !0
+        } else if lanes > 8 {
+            (1u16 << (2 * lanes - 16)) - 1
+        } else {
+            0
+        };
+        // SAFETY: masked accesses touch only elements below 2n of the rows and n of `g`
+        // (checked by the caller).
+        unsafe {
+            let (p0, p1) = (s0.as_ptr().add(2 * j), s1.as_ptr().add(2 * j));
+            let x0 = _mm512_maskz_loadu_ps(k0, p0);
+            let x1 = _mm512_maskz_loadu_ps(k1, p0.add(16));
+            let y0 = _mm512_maskz_loadu_ps(k0, p1);
+            let y1 = _mm512_maskz_loadu_ps(k1, p1.add(16));
+            let a = _mm512_permutex2var_ps(x0, even, x1);
+            let b = _mm512_permutex2var_ps(x0, odd, x1);
+            let c = _mm512_permutex2var_ps(y0, even, y1);
+            let d = _mm512_permutex2var_ps(y0, odd, y1);
+            let mut m = a;
+            let kb = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, m);
+            m = _mm512_mask_blend_ps(kb, m, b);
+            let kc = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, m);
+            m = _mm512_mask_blend_ps(kc, m, c);
+            let kd = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(d, m);
+            m = _mm512_mask_blend_ps(kd, m, d);
+            // Winner masks: d if kd; else c if kc; else b if kb; else a.
+            let wd = kd;
+            let wc = kc & !kd;
+            let wb = kb & !kc & !kd;
+            let wa = !(kb | kc | kd);
+            let mut gv = _mm512_maskz_loadu_ps(kg, g.as_ptr().add(j));
+            if relu_mask {
+                let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, zero);
+                gv = _mm512_maskz_mov_ps(pos, gv);
+            }
+            let va = _mm512_maskz_mov_ps(wa, gv);
+            let vb = _mm512_maskz_mov_ps(wb, gv);
+            let vc = _mm512_maskz_mov_ps(wc, gv);
+            let vd = _mm512_maskz_mov_ps(wd, gv);
+            let (t, u) = (top.as_mut_ptr().add(2 * j), bot.as_mut_ptr().add(2 * j));
+            _mm512_mask_storeu_ps(t, k0, _mm512_permutex2var_ps(va, lo, vb));
+            _mm512_mask_storeu_ps(t.add(16), k1, _mm512_permutex2var_ps(va, hi, vb));
+            _mm512_mask_storeu_ps(u, k0, _mm512_permutex2var_ps(vc, lo, vd));
+            _mm512_mask_storeu_ps(u.add(16), k1, _mm512_permutex2var_ps(vc, hi, vd));
+        }
+    }
+}
+
+/// Sum of `x` in 16 interleaved `f32` lanes (so the compiler vectorises it), combined in `f64`
+/// in a fixed order.
+fn lane_sum(x: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let mut s: f64 = lanes.iter().map(|&v| v as f64).sum();
+    for &v in it.remainder() {
+        s += v as f64;
+    }
+    s
+}
+
+/// The maximum of a window, NaN-propagating like the general loop (a NaN wins; ties keep the
+/// first).
+#[inline]
+fn max_first(v: &[f32; 4]) -> f32 {
+    let mut m = v[0];
+    for &x in &v[1..] {
+        if x > m || x.is_nan() {
+            m = x;
+        }
+    }
+    m
+}
+
+/// Index and value of the largest logit other than `y` (first one on ties).
+fn max_other(z: &[f32], y: usize) -> (usize, f32) {
+    let mut best = (usize::MAX, f32::NEG_INFINITY);
+    for (j, &v) in z.iter().enumerate() {
+        if j != y && (best.0 == usize::MAX || v > best.1) {
+            best = (j, v);
+        }
+    }
+    best
+}
