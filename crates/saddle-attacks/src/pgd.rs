@@ -245,6 +245,8 @@ impl<T: ThreatModel> Pgd<T> {
         let mut base = Rng::new(self.seed);
         let mut best: Option<Candidate<B>> = None;
         let mut traces = Vec::new();
+        // Reused by the per-step NaN check, so the steady-state loop allocates nothing.
+        let mut scratch: Vec<f32> = Vec::with_capacity(1);
         for r in 0..self.restarts {
             let mut rng = base.fork(r as u64);
             let mut x = if self.random_start && self.threat.eps() > 0.0 {
@@ -275,7 +277,7 @@ impl<T: ThreatModel> Pgd<T> {
                 } else {
                     g
                 };
-                check_gradient(&b, &g, self.name, r, step)?;
+                check_gradient(&b, &g, &mut scratch, self.name, r, step)?;
                 let next = self.threat.step_and_project(&b, &x, x0, &g, self.alpha)?;
                 x = if frozen.iter().any(|&f| f) {
                     select(&b, &frozen, &x, &next)?
@@ -394,13 +396,14 @@ fn select<B: Backend>(be: &B, keep_a: &[bool], a: &B::Tensor, b: &B::Tensor) -> 
 fn check_gradient<B: Backend>(
     b: &B,
     g: &B::Tensor,
+    scratch: &mut Vec<f32>,
     attack: &'static str,
     restart: usize,
     step: usize,
 ) -> Result<()> {
     let flat = b.reshape(g, &[g.numel()])?;
-    let total = b.to_vec(&b.sum_axes(&flat, &[0], false)?)?;
-    if total.first().is_none_or(|v| v.is_finite()) {
+    b.to_vec_into(&b.sum_axes(&flat, &[0], false)?, scratch)?;
+    if scratch.first().is_none_or(|v| v.is_finite()) {
         return Ok(());
     }
     let host = b.to_vec(g)?;

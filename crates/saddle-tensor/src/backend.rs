@@ -89,6 +89,15 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The tensor's elements in row-major order, copied to the host.
     fn to_vec(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 
+    /// Copies the elements into `out` (cleared first), reusing its capacity: a loop that reads
+    /// a value back every step allocates nothing once `out` is large enough.
+    fn to_vec_into(&self, x: &Self::Tensor, out: &mut Vec<f32>) -> Result<()> {
+        let v = self.to_vec(x)?;
+        out.clear();
+        out.extend_from_slice(&v);
+        Ok(())
+    }
+
     /// A tensor of `shape` filled with `value`.
     fn full(&self, shape: &[usize], value: f32) -> Result<Self::Tensor>;
 

@@ -411,6 +411,12 @@ impl Backend for Cpu {
         Ok(x.data.as_ref().clone())
     }
 
+    fn to_vec_into(&self, x: &CpuTensor, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(x.as_slice());
+        Ok(())
+    }
+
     fn full(&self, shape: &[usize], value: f32) -> Result<CpuTensor> {
         checked_numel("full", shape)?;
         Ok(CpuTensor::build(shape, |o| o.fill(value)))
