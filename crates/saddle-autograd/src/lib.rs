@@ -30,7 +30,7 @@ use std::mem::ManuallyDrop;
 use saddle_tensor::{Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike};
 
 /// A handle to a value recorded in a [`Graph`]. Cheap to copy; only meaningful for its graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Var(usize);
 
 impl Var {

@@ -69,7 +69,70 @@ pub struct Forward {
     pub logits: Var,
     /// One variable per parameter, in [`Classifier::params`] order, when the forward pass was
     /// recorded with `param_grads`; empty otherwise.
-    pub params: Vec<Var>,
+    pub params: ParamVars,
+}
+
+/// The parameter variables of a forward pass: a slice (through `Deref`) kept inline for up to
+/// [`ParamVars::INLINE`] parameters, so that a training step allocates nothing for it.
+#[derive(Clone, Debug)]
+pub struct ParamVars {
+    inline: [Var; ParamVars::INLINE],
+    len: usize,
+    heap: Vec<Var>,
+}
+
+impl ParamVars {
+    /// Parameters held without a heap allocation.
+    pub const INLINE: usize = 16;
+
+    /// The variables of `vars`, in order.
+    pub fn from_slice(vars: &[Var]) -> Self {
+        let mut inline = [Var::default(); ParamVars::INLINE];
+        if vars.len() <= Self::INLINE {
+            inline[..vars.len()].copy_from_slice(vars);
+            ParamVars {
+                inline,
+                len: vars.len(),
+                heap: Vec::new(),
+            }
+        } else {
+            ParamVars {
+                inline,
+                len: vars.len(),
+                heap: vars.to_vec(),
+            }
+        }
+    }
+
+    /// No variables.
+    pub fn empty() -> Self {
+        Self::from_slice(&[])
+    }
+}
+
+impl std::ops::Deref for ParamVars {
+    type Target = [Var];
+    fn deref(&self) -> &[Var] {
+        if self.len <= Self::INLINE {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a ParamVars {
+    type Item = &'a Var;
+    type IntoIter = std::slice::Iter<'a, Var>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<Var>> for ParamVars {
+    fn from(v: Vec<Var>) -> Self {
+        ParamVars::from_slice(&v)
+    }
 }
 
 /// A model mapping images in `[0, 1]` to logits.

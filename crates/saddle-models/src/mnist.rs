@@ -195,7 +195,11 @@ impl<B: Backend> Classifier<B> for MnistNet<B> {
         let h = g.relu(g.linear(h, p[4], Some(p[5]))?)?;
         let logits = g.linear(h, p[6], Some(p[7]))?;
         // Parameter variables are only of use when they receive gradients.
-        let params = if param_grads { p.to_vec() } else { Vec::new() };
+        let params = if param_grads {
+            crate::ParamVars::from_slice(&p)
+        } else {
+            crate::ParamVars::empty()
+        };
         Ok(Forward { logits, params })
     }
 }

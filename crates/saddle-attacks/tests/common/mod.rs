@@ -102,7 +102,10 @@ impl Classifier<Cpu> for Mlp {
         let h = g.flatten(x)?;
         let h = g.relu(g.linear(h, p[0], Some(p[1]))?)?;
         let logits = g.linear(h, p[2], Some(p[3]))?;
-        Ok(Forward { logits, params: p })
+        Ok(Forward {
+            logits,
+            params: p.into(),
+        })
     }
 }
 
