@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use crate::backend::{Backend, BatchNormGrads, BatchNormStats, TensorLike};
 use crate::error::{Result, TensorError};
 use crate::shape::{
-    broadcast_shape, check_logits_labels, checked_numel, pool_out_shape, same_shape, Conv2dParams,
-    ConvGeometry,
+    bn_layout, broadcast_shape, check_logits_labels, checked_numel, pool_out_shape, same_shape,
+    Conv2dParams, ConvGeometry,
 };
 use crate::{AdamParams, SgdParams};
 
@@ -216,36 +216,6 @@ fn check_labels(op: &'static str, labels: &CpuTensor, classes: usize) -> Result<
         }
     }
     Ok(())
-}
-
-/// Per-channel reduction layout of `[n, c, ...]`: (n, c, spatial size).
-fn bn_layout(
-    op: &'static str,
-    x: &[usize],
-    gamma: &[usize],
-    beta: &[usize],
-) -> Result<(usize, usize, usize)> {
-    if x.len() != 2 && x.len() != 4 {
-        return Err(TensorError::shape(
-            op,
-            format!("input {x:?} must be [n, c] or [n, c, h, w]"),
-        ));
-    }
-    let c = x[1];
-    if gamma != [c] || beta != [c] {
-        return Err(TensorError::shape(
-            op,
-            format!("gamma {gamma:?} and beta {beta:?} must be [{c}] for input {x:?}"),
-        ));
-    }
-    let s = if x.len() == 4 { x[2] * x[3] } else { 1 };
-    if x[0] * s == 0 {
-        return Err(TensorError::shape(
-            op,
-            format!("input {x:?} has no elements per channel"),
-        ));
-    }
-    Ok((x[0], c, s))
 }
 
 /// If `small` broadcasts against `big` by repeating along leading axes only (its shape, leading
