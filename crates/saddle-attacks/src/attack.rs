@@ -4,6 +4,7 @@
 use std::ops::{Deref, DerefMut};
 
 use saddle_models::Classifier;
+pub(crate) use saddle_models::{argmax_rows, argmin_rows};
 use saddle_tensor::{Backend, TensorLike};
 
 use crate::error::{AttackError, Result};
@@ -124,32 +125,6 @@ impl<B: Backend> Drop for EvalMode<'_, B> {
     fn drop(&mut self) {
         self.model.set_training(self.was_training);
     }
-}
-
-/// Argmax of each row of a row-major `[n, k]` matrix (first maximum on ties, as PyTorch).
-pub(crate) fn argmax_rows(logits: &[f32], k: usize) -> Vec<usize> {
-    logits
-        .chunks(k.max(1))
-        .map(|row| first_extreme(row, |a, b| a > b))
-        .collect()
-}
-
-/// Argmin of each row (first minimum on ties).
-pub(crate) fn argmin_rows(logits: &[f32], k: usize) -> Vec<usize> {
-    logits
-        .chunks(k.max(1))
-        .map(|row| first_extreme(row, |a, b| a < b))
-        .collect()
-}
-
-fn first_extreme(row: &[f32], better: impl Fn(f32, f32) -> bool) -> usize {
-    let mut best = 0;
-    for (j, &v) in row.iter().enumerate().skip(1) {
-        if better(v, row[best]) || row[best].is_nan() && !v.is_nan() {
-            best = j;
-        }
-    }
-    best
 }
 
 /// The model's predicted class for each image of `x`, in whatever mode the model is in.

@@ -222,3 +222,29 @@ pub fn loss_and_input_grad<B: Backend, M: Classifier<B> + ?Sized>(
     })?;
     Ok((g.value(per), gx, g.value(f.logits)))
 }
+
+/// Argmax of each row of a row-major `[n, k]` matrix (first maximum on ties, as PyTorch).
+pub fn argmax_rows(logits: &[f32], k: usize) -> Vec<usize> {
+    logits
+        .chunks(k.max(1))
+        .map(|row| first_extreme(row, |a, b| a > b))
+        .collect()
+}
+
+/// Argmin of each row (first minimum on ties).
+pub fn argmin_rows(logits: &[f32], k: usize) -> Vec<usize> {
+    logits
+        .chunks(k.max(1))
+        .map(|row| first_extreme(row, |a, b| a < b))
+        .collect()
+}
+
+fn first_extreme(row: &[f32], better: impl Fn(f32, f32) -> bool) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate().skip(1) {
+        if better(v, row[best]) || row[best].is_nan() && !v.is_nan() {
+            best = j;
+        }
+    }
+    best
+}

@@ -251,25 +251,21 @@ pub fn bn_layout(
     Ok((x[0], c, s))
 }
 
-/// Class indices from labels stored as `f32`, each checked to be an integer in `0..classes`.
+/// Checks that labels stored as `f32` are integers in `0..classes` (allocation-free: the loss
+/// ops call it on every step).
 ///
 /// # Errors
 /// [`TensorError::InvalidArgument`] naming `op` and the first bad label and its position.
-pub fn label_indices(op: &'static str, labels: &[f32], classes: usize) -> Result<Vec<usize>> {
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes {
-                Ok(v as usize)
-            } else {
-                Err(TensorError::invalid(
-                    op,
-                    format!("label {v} at position {i} is not a class index in 0..{classes}"),
-                ))
-            }
-        })
-        .collect()
+pub fn check_labels(op: &'static str, labels: &[f32], classes: usize) -> Result<()> {
+    for (i, &v) in labels.iter().enumerate() {
+        if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes) {
+            return Err(TensorError::invalid(
+                op,
+                format!("label {v} at position {i} is not a class index in 0..{classes}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -61,19 +61,10 @@ pub fn accuracy(logits: &[f32], labels: &[f32], classes: usize) -> f32 {
     if n == 0 {
         return 0.0;
     }
-    let hits = (0..n)
-        .filter(|&i| {
-            let row = &logits[i * classes..(i + 1) * classes];
-            let arg = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-                )
-                .0;
-            arg as f32 == labels[i]
-        })
+    let hits = saddle_models::argmax_rows(logits, classes)
+        .iter()
+        .zip(labels)
+        .filter(|(&p, &y)| p as f32 == y)
         .count();
     hits as f32 / n as f32
 }

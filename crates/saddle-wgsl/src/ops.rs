@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use saddle_tensor::shape::{
-    bn_layout, broadcast_shape, check_logits_labels, checked_numel, label_indices, pool_out_shape,
+    bn_layout, broadcast_shape, check_labels, check_logits_labels, checked_numel, pool_out_shape,
     same_shape, ConvGeometry,
 };
 use saddle_tensor::{
@@ -105,7 +105,7 @@ fn collapse(dims: &[usize], strides: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usiz
 /// Checks labels uploaded from the host (the CPU backend's rule and message).
 fn check_host_labels(op: &'static str, labels: &T, classes: usize) -> Result<()> {
     if let Some(host) = &labels.host_labels {
-        label_indices(op, host, classes)?;
+        check_labels(op, host, classes)?;
     }
     Ok(())
 }

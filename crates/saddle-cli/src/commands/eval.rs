@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use saddle_attacks::{Attack, Fgsm, Loss, Pgd, Targeting, CW_PLUS};
 use saddle_data::Split;
-use saddle_models::Classifier;
+use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
 
 use super::{load_model, set_threads};
@@ -137,20 +137,6 @@ pub fn load_test_set(data: &str, data_dir: Option<&Path>) -> Result<saddle_data:
         }
         other => bail!("--data {other}: expected mnist or fashion-mnist"),
     })
-}
-
-fn argmax_rows(z: &[f32], k: usize) -> Vec<usize> {
-    z.chunks(k)
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-                )
-                .0
-        })
-        .collect()
 }
 
 /// `saddle eval`.

@@ -24,8 +24,8 @@ use rayon::prelude::*;
 use crate::backend::{Backend, BatchNormGrads, BatchNormStats, TensorLike};
 use crate::error::{Result, TensorError};
 use crate::shape::{
-    bn_layout, broadcast_shape, check_logits_labels, checked_numel, pool_out_shape, same_shape,
-    Conv2dParams, ConvGeometry,
+    bn_layout, broadcast_shape, check_labels, check_logits_labels, checked_numel, pool_out_shape,
+    same_shape, Conv2dParams, ConvGeometry,
 };
 use crate::{AdamParams, SgdParams};
 
@@ -203,19 +203,6 @@ fn chunked(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     } else {
         out.chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i, c));
     }
-}
-
-/// Checks that every label is a class index in `0..classes`.
-fn check_labels(op: &'static str, labels: &CpuTensor, classes: usize) -> Result<()> {
-    for (i, &v) in labels.as_slice().iter().enumerate() {
-        if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes) {
-            return Err(TensorError::invalid(
-                op,
-                format!("label {v} at position {i} is not a class index in 0..{classes}"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// If `small` broadcasts against `big` by repeating along leading axes only (its shape, leading
@@ -741,7 +728,7 @@ impl Backend for Cpu {
 
     fn cross_entropy(&self, logits: &CpuTensor, labels: &CpuTensor) -> Result<CpuTensor> {
         let (n, k) = check_logits_labels("cross_entropy", logits.dims(), labels.dims())?;
-        check_labels("cross_entropy", labels, k)?;
+        check_labels("cross_entropy", labels.as_slice(), k)?;
         let (zs, ys) = (logits.as_slice(), labels.as_slice());
         Ok(CpuTensor::build(&[n], |out| {
             for (i, o) in out.iter_mut().enumerate() {
@@ -761,7 +748,7 @@ impl Backend for Cpu {
     ) -> Result<CpuTensor> {
         let (n, k) = check_logits_labels("cross_entropy_backward", logits.dims(), labels.dims())?;
         same_shape("cross_entropy_backward", gy.dims(), &[n])?;
-        check_labels("cross_entropy_backward", labels, k)?;
+        check_labels("cross_entropy_backward", labels.as_slice(), k)?;
         let (zs, ys, gs) = (logits.as_slice(), labels.as_slice(), gy.as_slice());
         Ok(CpuTensor::build(&[n, k], |out| {
             for i in 0..n {
@@ -782,7 +769,7 @@ impl Backend for Cpu {
         if k < 2 {
             return Err(TensorError::shape("cw_loss", "needs at least two classes"));
         }
-        check_labels("cw_loss", labels, k)?;
+        check_labels("cw_loss", labels.as_slice(), k)?;
         let (zs, ys) = (logits.as_slice(), labels.as_slice());
         Ok(CpuTensor::build(&[n], |out| {
             for (i, o) in out.iter_mut().enumerate() {
@@ -809,7 +796,7 @@ impl Backend for Cpu {
             ));
         }
         same_shape("cw_loss_backward", gy.dims(), &[n])?;
-        check_labels("cw_loss_backward", labels, k)?;
+        check_labels("cw_loss_backward", labels.as_slice(), k)?;
         let (zs, ys, gs) = (logits.as_slice(), labels.as_slice(), gy.as_slice());
         Ok(CpuTensor::build_zeroed(&[n, k], |out| {
             for i in 0..n {
