@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use saddle_models::{Classifier, MnistNet};
-use saddle_tensor::{cpu::Cpu, Backend, TensorLike};
+use saddle_tensor::{cpu::Cpu, Backend};
 use saddle_wgsl::{DeviceChoice, Wgpu};
 
 use crate::{fsutil, npy, Device, PredictArgs};
@@ -71,12 +71,9 @@ pub fn load_model<B: Backend>(b: &B, path: &Path) -> Result<MnistNet<B>> {
         .with_context(|| format!("model {}", path.display()))
 }
 
-/// Reads a batch of images for `model` from a `.npy` file, checking shape and range.
-pub fn load_images<B: Backend, M: Classifier<B>>(
-    b: &B,
-    model: &M,
-    path: &Path,
-) -> Result<B::Tensor> {
+/// Reads a batch of images for `model` from a `.npy` file into host memory, checking shape and
+/// range.
+pub fn read_images<B: Backend, M: Classifier<B>>(model: &M, path: &Path) -> Result<npy::Array> {
     let a = npy::read(path)?;
     let [c, h, w] = model.input_shape();
     if a.shape.len() != 4 || a.shape[1..] != [c, h, w] {
@@ -93,6 +90,16 @@ pub fn load_images<B: Backend, M: Classifier<B>>(
             a.data[i]
         );
     }
+    Ok(a)
+}
+
+/// Reads a batch of images for `model` from a `.npy` file onto the backend.
+pub fn load_images<B: Backend, M: Classifier<B>>(
+    b: &B,
+    model: &M,
+    path: &Path,
+) -> Result<B::Tensor> {
+    let a = read_images(model, path)?;
     Ok(b.from_vec(&a.shape, a.data)?)
 }
 
@@ -128,18 +135,17 @@ pub fn predict(a: PredictArgs) -> Result<()> {
 
 fn predict_on<B: Backend>(b: &B, a: &PredictArgs) -> Result<()> {
     let model = load_model(b, &a.model)?;
-    let x = load_images(b, &model, &a.inputs)?;
-    let n = x.dims()[0];
+    // Chunks go to the backend straight from the file's host copy.
+    let x = read_images(&model, &a.inputs)?;
+    let n = x.shape[0];
+    let per = x.data.len() / n.max(1);
     let mut out = Vec::with_capacity(n * model.num_classes());
     let bs = 500;
-    let flat = b.to_vec(&x)?;
-    let per = flat.len() / n.max(1);
     for s in (0..n).step_by(bs) {
         let e = (s + bs).min(n);
-        let xb = b.from_vec(
-            &[e - s, x.dims()[1], x.dims()[2], x.dims()[3]],
-            flat[s * per..e * per].to_vec(),
-        )?;
+        let mut shape = x.shape.clone();
+        shape[0] = e - s;
+        let xb = b.from_vec(&shape, x.data[s * per..e * per].to_vec())?;
         out.extend(b.to_vec(&model.logits(&xb)?)?);
     }
     fsutil::write_atomic(&a.out, &npy::encode_f32(&[n, model.num_classes()], &out))?;
