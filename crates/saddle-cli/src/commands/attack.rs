@@ -8,7 +8,7 @@ use saddle_attacks::{Attack, Fgsm, Loss, Pgd};
 use saddle_models::Classifier;
 use saddle_tensor::{Backend, TensorLike};
 
-use super::{load_images, load_labels, load_model, set_threads};
+use super::{in_pool, load_images, load_labels, load_model};
 use crate::{fsutil, npy, Device};
 
 /// Which attack.
@@ -84,14 +84,15 @@ pub struct AttackArgs {
 
 /// `saddle attack`.
 pub fn run(a: AttackArgs) -> Result<()> {
-    set_threads(a.threads)?;
     if !(a.eps.is_finite() && a.eps >= 0.0) {
         bail!(
             "--eps {}: expected a non-negative number (pixel units, e.g. 0.3 for MNIST)",
             a.eps
         );
     }
-    crate::with_backend!(a.device, |b| attack_on(&b, &a))
+    in_pool(a.threads, || {
+        crate::with_backend!(a.device, |b| attack_on(&b, &a))
+    })
 }
 
 fn attack_on<B: Backend>(b: &B, a: &AttackArgs) -> Result<()> {

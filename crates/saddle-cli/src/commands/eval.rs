@@ -10,7 +10,7 @@ use saddle_data::Split;
 use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
 
-use super::{load_model, set_threads};
+use super::{in_pool, load_model};
 use crate::{fsutil, Device};
 
 /// Arguments of `saddle eval`.
@@ -141,7 +141,6 @@ pub fn load_test_set(data: &str, data_dir: Option<&Path>) -> Result<saddle_data:
 
 /// `saddle eval`.
 pub fn run(a: EvalArgs) -> Result<()> {
-    set_threads(a.threads)?;
     if !(a.eps.is_finite() && (0.0..=1.0).contains(&a.eps)) {
         bail!("--eps {}: expected a number in [0, 1]", a.eps);
     }
@@ -149,7 +148,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    crate::with_backend!(a.device, |b| eval_on(b, &a, alpha))
+    in_pool(a.threads, || {
+        crate::with_backend!(a.device, |b| eval_on(b, &a, alpha))
+    })
 }
 
 fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {

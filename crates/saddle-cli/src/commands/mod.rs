@@ -13,18 +13,25 @@ use saddle_wgsl::{DeviceChoice, Wgpu};
 
 use crate::{fsutil, npy, Device, PredictArgs};
 
-/// Sets the CPU backend's worker threads (once per process).
-pub fn set_threads(threads: Option<usize>) -> Result<()> {
+/// Runs a command's body on a pool of `threads` worker threads (default: one per core).
+///
+/// The body runs *on* a worker, so the CPU backend's parallel loops start inside the pool
+/// instead of being injected from outside (rayon's injection queue allocates a block every few
+/// dozen jobs, and each hand-over costs a wake-up): after warm-up a training step or a PGD step
+/// then allocates nothing, from the CLI as in the benches.
+pub fn in_pool<T: Send>(
+    threads: Option<usize>,
+    body: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let mut builder = rayon::ThreadPoolBuilder::new().stack_size(16 << 20);
     if let Some(t) = threads {
         if t == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .context("cannot set the number of threads")?;
+        builder = builder.num_threads(t);
     }
-    Ok(())
+    let pool = builder.build().context("cannot start the worker threads")?;
+    pool.install(body)
 }
 
 /// The backend chosen by `--device`.
@@ -129,8 +136,9 @@ pub fn load_labels<B: Backend>(b: &B, path: &Path, n: usize, classes: usize) -> 
 
 /// `saddle predict`.
 pub fn predict(a: PredictArgs) -> Result<()> {
-    set_threads(a.threads)?;
-    crate::with_backend!(a.device, |b| predict_on(&b, &a))
+    in_pool(a.threads, || {
+        crate::with_backend!(a.device, |b| predict_on(&b, &a))
+    })
 }
 
 fn predict_on<B: Backend>(b: &B, a: &PredictArgs) -> Result<()> {

@@ -9,7 +9,7 @@ use saddle_data::{Dataset, Split};
 use saddle_models::{Classifier, MnistNet};
 use saddle_train::{config::PRESETS, Event, TrainConfig, Trainer};
 
-use super::set_threads;
+use super::in_pool;
 use crate::{fsutil, Device};
 
 /// Arguments of `saddle train`.
@@ -95,9 +95,10 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 
 /// `saddle train`.
 pub fn run(a: TrainArgs) -> Result<()> {
-    set_threads(a.threads)?;
-    let cfg = build_config(&a)?;
-    crate::with_backend!(a.device, |b| train_on(b, &a, cfg.clone()))
+    in_pool(a.threads, || {
+        let cfg = build_config(&a)?;
+        crate::with_backend!(a.device, |b| train_on(b, &a, cfg.clone()))
+    })
 }
 
 fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) -> Result<()> {
