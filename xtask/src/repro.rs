@@ -260,6 +260,12 @@ struct Measured {
     secs: Option<f64>,
 }
 
+/// The binomial standard error, in points, of an accuracy of `acc` % over `n` images.
+fn std_error(acc: f64, n: u64) -> f64 {
+    let p = acc / 100.0;
+    100.0 * (p * (1.0 - p) / n.max(1) as f64).sqrt()
+}
+
 fn pct(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN) * 100.0
 }
@@ -311,28 +317,36 @@ fn report(run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
          robust only if no restart fools the model.\n\n",
     );
     s.push_str(
-        "| attack | paper | saddle | saddle − paper | test images | eval time |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "| attack | paper | saddle | ± s.e. | saddle − paper | test images | eval time |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (key, row, paper) in PAPER_MNIST {
         match ours.iter().find(|(k, _)| k == key) {
             Some((_, m)) => s.push_str(&format!(
-                "| {row} | {paper:.1}% | {:.2}% | {:+.2} | {} | {} |\n",
+                "| {row} | {paper:.1}% | {:.2}% | {:.2} | {:+.2} | {} | {} |\n",
                 m.acc,
+                std_error(m.acc, m.n),
                 m.acc - paper,
                 m.n,
                 m.secs
                     .map(|t| format!("{:.1} min", t / 60.0))
                     .unwrap_or_else(|| "-".into())
             )),
-            None => s.push_str(&format!("| {row} | {paper:.1}% | not run | | | |\n")),
+            None => s.push_str(&format!("| {row} | {paper:.1}% | not run | | | | |\n")),
         }
     }
     if let Some((acc, n, k)) = worst {
         s.push_str(&format!(
-            "| Worst case per image over the {k} attacks above | – | {acc:.2}% | | {n} | |\n"
+            "| Worst case per image over the {k} attacks above | – | {acc:.2}% | {:.2} | | {n} | |\n",
+            std_error(acc, n)
         ));
     }
+    s.push_str(
+        "\n± s.e.: the binomial standard error of the accuracy over that many images, in points \
+         (a 95% interval is about twice it). The paper's targeted attack does not say which \
+         target it aims at; ours aims at the least-likely class, so that row is not like for \
+         like.\n",
+    );
 
     s.push_str("\n## Training\n\n");
     let last = run
@@ -416,17 +430,18 @@ mod tests {
             cores: 2,
         };
         let r = report(&run, &evals).unwrap();
-        // Natural and FGSM come from the 10,000-image pass, not the 1,000-image one.
+        // Natural and FGSM come from the 10,000-image pass, not the 1,000-image one; the
+        // s.e. of 98.5% over 10,000 images is 100·√(0.985·0.015/10⁴) = 0.12 points.
         assert!(
-            r.contains("| Natural | 98.8% | 98.50% | -0.30 | 10000 |"),
+            r.contains("| Natural | 98.8% | 98.50% | 0.12 | -0.30 | 10000 |"),
             "{r}"
         );
         assert!(
-            r.contains("| FGSM | 95.6% | 95.00% | -0.60 | 10000 | 1.0 min |"),
+            r.contains("| FGSM | 95.6% | 95.00% | 0.22 | -0.60 | 10000 | 1.0 min |"),
             "{r}"
         );
         assert!(
-            r.contains("| PGD, 100 steps, 20 restarts | 89.3% | 88.50% | -0.80 | 1000 |"),
+            r.contains("| PGD, 100 steps, 20 restarts | 89.3% | 88.50% | 1.01 | -0.80 | 1000 |"),
             "{r}"
         );
         assert!(
@@ -435,7 +450,7 @@ mod tests {
         );
         // The worst case comes from the pass with the most attacks.
         assert!(
-            r.contains("over the 3 attacks above | – | 88.00% | | 1000 |"),
+            r.contains("over the 3 attacks above | – | 88.00% | 1.03 | | 1000 |"),
             "{r}"
         );
         assert!(r.contains("7800 steps in 55.0 min"), "{r}");

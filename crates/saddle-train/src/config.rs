@@ -175,7 +175,7 @@ pub const PRESETS: &[&str] = &["mnist-paper", "mnist-quick", "mnist-natural", "m
 
 impl TrainConfig {
     /// A built-in recipe by name:
-    /// - `mnist-paper`: the paper's recipe ([`TrainConfig::mnist_paper`]), ~41 h on 2 cores;
+    /// - `mnist-paper`: the paper's recipe ([`TrainConfig::mnist_paper`]), ~20 h on 2 cores;
     /// - `mnist-quick`: the best robust recipe found for a 2-core CPU within an hour;
     /// - `mnist-natural`: natural training of the paper's network (2 epochs);
     /// - `mnist-smoke`: a small PGD run (scale 4, 300 steps, 2,000 images) for checks in minutes.
