@@ -199,9 +199,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let report = report(&run, &evals)?;
     let path = out.join("REPORT.md");
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, report).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::download::verify::write_text(&path, &report)?;
     println!("== wrote {}", path.display());
     Ok(())
 }

@@ -12,7 +12,7 @@ mod fetch;
 mod manifest;
 mod progress;
 mod unpack;
-mod verify;
+pub(crate) mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
