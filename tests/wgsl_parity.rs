@@ -16,36 +16,13 @@
 //! Runs on any wgpu adapter, lavapipe included (see `saddle-wgsl`'s README). With no adapter the
 //! tests fail, unless `SADDLE_SKIP_GPU_TESTS=1`: then they print that they were skipped.
 
-use std::sync::OnceLock;
-
 use saddle_autograd::Graph;
 use saddle_models::{loss_and_input_grad, Classifier, Loss};
 use saddle_tensor::{cpu::Cpu, Backend, TensorLike};
-use saddle_tests::{golden::Golden, rel_err};
-use saddle_wgsl::{DeviceChoice, Wgpu, SKIP_GPU_TESTS_ENV};
+use saddle_tests::{golden::Golden, gpu, rel_err};
 
 const GOLDEN_TOL: f64 = 1e-3;
 const CPU_TOL: f64 = 1e-4;
-
-/// The device shared by the tests of this file, or `None` when GPU tests are skipped.
-fn gpu() -> Option<Wgpu> {
-    static SHARED: OnceLock<Result<Wgpu, String>> = OnceLock::new();
-    if std::env::var(SKIP_GPU_TESTS_ENV).is_ok_and(|v| v == "1") {
-        eprintln!("skipped: {SKIP_GPU_TESTS_ENV}=1 (GPU tests opted out)");
-        return None;
-    }
-    let shared = SHARED.get_or_init(|| {
-        Wgpu::new(DeviceChoice::Any)
-            .map_err(|e| e.to_string())
-            .inspect(|b| eprintln!("GPU tests run on {}", b.adapter()))
-    });
-    match shared {
-        Ok(b) => Some(b.clone()),
-        Err(e) => panic!(
-            "no wgpu adapter for the GPU tests: {e}\n(set {SKIP_GPU_TESTS_ENV}=1 to skip them)"
-        ),
-    }
-}
 
 fn check(name: &str, got: &[f32], want: &[f32], tol: f64) {
     let e = rel_err(got, want);
@@ -74,12 +51,13 @@ fn run_network<B: Backend>(b: &B, gold: &Golden) -> Outputs {
         logits: b.to_vec(&g.value(f.logits)).unwrap(),
         loss: b.to_vec(&g.value(loss)).unwrap(),
         grad_x: b.to_vec(grads.get(xv).unwrap()).unwrap(),
-        grads: net
-            .params()
-            .names()
+        grads: f
+            .params
             .iter()
-            .zip(&f.params)
-            .map(|(n, &pv)| (n.to_string(), b.to_vec(grads.get(pv).unwrap()).unwrap()))
+            .map(|&(i, pv)| {
+                let n = net.params().names()[i].clone();
+                (n, b.to_vec(grads.get(pv).unwrap()).unwrap())
+            })
             .collect(),
     }
 }

@@ -29,9 +29,14 @@ pub struct Golden {
 }
 
 impl Golden {
-    /// Parses the embedded file.
+    /// Parses the embedded MNIST file.
     pub fn load() -> Golden {
-        let st = SafeTensors::deserialize(BYTES).expect("golden file parses");
+        Golden::from_bytes(BYTES)
+    }
+
+    /// Parses a golden file.
+    pub fn from_bytes(bytes: &[u8]) -> Golden {
+        let st = SafeTensors::deserialize(bytes).expect("golden file parses");
         let mut entries = HashMap::new();
         for (name, view) in st.tensors() {
             let bytes = view.data();
@@ -65,6 +70,11 @@ impl Golden {
         Golden { entries }
     }
 
+    /// Whether the file holds `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
     /// The entry `name`; panics with the name if missing.
     pub fn get(&self, name: &str) -> &Entry {
         self.entries
@@ -94,7 +104,7 @@ impl Golden {
         net
     }
 
-    /// The 16 input images `[16, 1, 28, 28]` and labels `[16]` on backend `b`.
+    /// The input images `input.x` and labels `input.y` on backend `b`.
     pub fn inputs<B: Backend>(&self, b: &B) -> (B::Tensor, B::Tensor) {
         let x = self.get("input.x");
         let y = self.get("input.y");

@@ -51,7 +51,11 @@ pub struct PredictArgs {
     /// Model weights (safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Images, float32 [n, 1, 28, 28] in [0, 1].
+    /// The architecture (mnist, wrn-madry-DEPTH-WIDTH, wrn-DEPTH-WIDTH): required for a file
+    /// without `arch` metadata (a state_dict saved from PyTorch), checked against it otherwise.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Images, float32 NCHW in [0, 1] ([n, 1, 28, 28] for MNIST, [n, 3, 32, 32] for CIFAR-10).
     #[arg(long)]
     inputs: PathBuf,
     /// Where to write the logits, float32 [n, 10].

@@ -354,3 +354,160 @@ fn predict_on_the_wgpu_backend_matches_the_cpu() {
         assert!((c - g).abs() <= 1e-5 + 1e-4 * c.abs(), "cpu {c} vs gpu {g}");
     }
 }
+
+/// The `wrn-madry-16-2` golden file of `tests/golden/` (PyTorch, float64): parameters as
+/// `param.NAME`, 8 CIFAR-10 test images, reference logits and attacks.
+const CIFAR_GOLDEN: &[u8] = include_bytes!("../../../tests/golden/cifar_wrn_madry.safetensors");
+
+fn golden_f32(st: &safetensors::SafeTensors<'_>, name: &str) -> Vec<f32> {
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn npy_f32(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    b[10 + hl..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// A file as PyTorch's `save_file(model.state_dict())` writes it — no metadata, an int64 scalar
+/// `num_batches_tracked` per batch norm — runs through `saddle predict` and `saddle attack` with
+/// `--arch`, giving PyTorch's logits (relative error ≤ 1e-5, the golden bar) and its one-step
+/// PGD images (≥ 99.5% of pixels within 1e-6); without `--arch`, or with the wrong one, it is
+/// a one-line error.
+#[test]
+fn a_pytorch_state_dict_of_the_wide_resnet_runs_with_arch() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let d = dir("wrn");
+    let st = safetensors::SafeTensors::deserialize(CIFAR_GOLDEN).unwrap();
+    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, v) in st.tensors() {
+        if let Some(n) = name.strip_prefix("param.") {
+            if let Some(bn) = n.strip_suffix(".running_mean") {
+                let count = 1i64.to_le_bytes().to_vec();
+                entries.push((
+                    format!("{bn}.num_batches_tracked"),
+                    Dtype::I64,
+                    vec![],
+                    count,
+                ));
+            }
+            entries.push((
+                n.to_string(),
+                v.dtype(),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            ));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = entries
+        .iter()
+        .map(|(n, t, s, b)| (n.clone(), TensorView::new(*t, s.clone(), b).unwrap()))
+        .collect();
+    let model = d.join("state_dict.safetensors");
+    std::fs::write(&model, safetensors::serialize(views, None).unwrap()).unwrap();
+    let x = d.join("x.npy");
+    f32_npy(&x, &[8, 3, 32, 32], &golden_f32(&st, "input.x"));
+    let labels: Vec<i64> = st
+        .tensor("input.y")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let y = d.join("y.npy");
+    i64_npy(&y, &labels);
+
+    let logits = d.join("logits.npy");
+    let predict = |arch: Option<&str>| {
+        let mut a = vec![
+            "predict",
+            "--model",
+            s(&model),
+            "--inputs",
+            s(&x),
+            "--out",
+            s(&logits),
+        ];
+        if let Some(arch) = arch {
+            a.extend(["--arch", arch]);
+        }
+        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    };
+    let args = predict(Some("wrn-madry-16-2"));
+    let (code, _, err) = saddle(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let (got, want) = (npy_f32(&logits), golden_f32(&st, "out.eval.logits"));
+    let num: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    let rel = (num / den).sqrt();
+    assert!(
+        got.len() == 80 && rel <= 1e-5,
+        "logits relative error {rel:e}"
+    );
+
+    let args = predict(None);
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "--arch",
+    );
+    let args = predict(Some("wrn-16-2"));
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "block1.layer.0.convShortcut.weight",
+    );
+    let args = predict(Some("resnet-50"));
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "unknown architecture",
+    );
+
+    let adv = d.join("adv.npy");
+    let eps = format!("{}", 8.0f32 / 255.0);
+    let alpha = format!("{}", 2.0f32 / 255.0);
+    let (code, _, err) = saddle(&[
+        "attack",
+        "--model",
+        s(&model),
+        "--arch",
+        "wrn-madry-16-2",
+        "--inputs",
+        s(&x),
+        "--labels",
+        s(&y),
+        "--attack",
+        "pgd",
+        "--eps",
+        &eps,
+        "--alpha",
+        &alpha,
+        "--steps",
+        "1",
+        "--no-random-start",
+        "--out",
+        s(&adv),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (got, want) = (npy_f32(&adv), golden_f32(&st, "out.pgd_eps8_alpha2_steps1"));
+    let close = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| (*a - *b).abs() <= 1e-6)
+        .count();
+    assert!(
+        got.len() == want.len() && close as f64 >= 0.995 * want.len() as f64,
+        "{close} of {} pixels agree with PyTorch's PGD step",
+        want.len()
+    );
+}

@@ -147,7 +147,7 @@ impl Trainer {
             let loss = g.mean_all(g.cross_entropy(f.logits, y).unwrap()).unwrap();
             let mut gr = g.backward(loss).unwrap();
             self.grads
-                .extend(f.params.iter().map(|&p| gr.take(p).unwrap()));
+                .extend(f.params.iter().map(|&(_, p)| gr.take(p).unwrap()));
         }
         self.step += 1;
         let h = AdamParams {

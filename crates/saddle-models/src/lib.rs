@@ -7,9 +7,15 @@
 //!   [`Graph`], so that gradients with respect to the input (attacks) or the parameters
 //!   (training) come from one mechanism. Normalisation lives inside the model: attacks always
 //!   work in pixel space.
+//! - [`layers`]: what networks are composed of (convolution, batch norm with running
+//!   statistics, linear, the wide ResNets' shortcuts and pooling), each holding the indices of
+//!   its named tensors in the model's [`ParamSet`].
 //! - [`MnistNet`]: the MNIST network of Madry et al. (2018), with the capacity scale of the
-//!   paper's appendix.
-//! - [`ParamSet`]: ordered named tensors with safetensors (de)serialisation.
+//!   paper's appendix; [`WideResNet`]: the CIFAR-10 wide ResNets (`wrn-madry-D-W`, `wrn-D-W`).
+//! - [`arch`]: the registry of networks by name ([`Arch`]) and [`Model`], any of them, loaded
+//!   from a file by its `arch` metadata or by the name a caller gives.
+//! - [`ParamSet`]: ordered named tensors with a [`Role`] each (trainable with or without weight
+//!   decay, state, counter), with safetensors (de)serialisation.
 //!
 //! ```
 //! use saddle_models::{Classifier, MnistNet};
@@ -24,13 +30,18 @@
 //! **Invariants**: no I/O here; weights come in and go out as bytes. A malformed or mismatched
 //! weight file is a [`ModelError`] naming the tensor, never a panic.
 
+pub mod arch;
 pub mod error;
+pub mod layers;
 pub mod mnist;
 pub mod params;
+pub mod wrn;
 
+pub use arch::{Arch, Model};
 pub use error::{ModelError, Result};
 pub use mnist::MnistNet;
-pub use params::ParamSet;
+pub use params::{ParamSet, Role};
+pub use wrn::WideResNet;
 
 use saddle_autograd::{Graph, Var};
 use saddle_tensor::{Backend, TensorLike};
@@ -67,52 +78,76 @@ impl Loss {
 pub struct Forward {
     /// The logits `[n, classes]`.
     pub logits: Var,
-    /// One variable per parameter, in [`Classifier::params`] order, when the forward pass was
-    /// recorded with `param_grads`; empty otherwise.
+    /// `(index in the model's ParamSet, variable)` for every trainable tensor, when the forward
+    /// pass was recorded with `param_grads`; empty otherwise. Gradients are paired with
+    /// parameters through this index (a name in the [`ParamSet`]), never by position.
     pub params: ParamVars,
+    /// `(index in the model's ParamSet, new value)` of the state a training-mode forward pass
+    /// updates (batch norm's running statistics and counters); empty in evaluation mode.
+    /// [`Classifier::commit_state`] writes them into the model.
+    pub state: ParamVars,
 }
 
-/// The parameter variables of a forward pass: a slice (through `Deref`) kept inline for up to
-/// [`ParamVars::INLINE`] parameters, so that a training step allocates nothing for it.
+impl Forward {
+    /// A forward pass that produced `logits` and nothing else.
+    pub fn logits_only(logits: Var) -> Self {
+        Forward {
+            logits,
+            params: ParamVars::empty(),
+            state: ParamVars::empty(),
+        }
+    }
+}
+
+/// `(ParamSet index, variable)` pairs: a slice (through `Deref`) kept inline for up to
+/// [`ParamVars::INLINE`] entries, so that a training step of a small network allocates nothing
+/// for it.
 #[derive(Clone, Debug)]
 pub struct ParamVars {
-    inline: [Var; ParamVars::INLINE],
+    inline: [(usize, Var); ParamVars::INLINE],
     len: usize,
-    heap: Vec<Var>,
+    heap: Vec<(usize, Var)>,
 }
 
 impl ParamVars {
-    /// Parameters held without a heap allocation.
+    /// Entries held without a heap allocation.
     pub const INLINE: usize = 16;
 
-    /// The variables of `vars`, in order.
-    pub fn from_slice(vars: &[Var]) -> Self {
-        let mut inline = [Var::default(); ParamVars::INLINE];
-        if vars.len() <= Self::INLINE {
-            inline[..vars.len()].copy_from_slice(vars);
-            ParamVars {
-                inline,
-                len: vars.len(),
-                heap: Vec::new(),
-            }
-        } else {
-            ParamVars {
-                inline,
-                len: vars.len(),
-                heap: vars.to_vec(),
-            }
+    /// No entries.
+    pub fn empty() -> Self {
+        ParamVars {
+            inline: [(0, Var::default()); ParamVars::INLINE],
+            len: 0,
+            heap: Vec::new(),
         }
     }
 
-    /// No variables.
-    pub fn empty() -> Self {
-        Self::from_slice(&[])
+    /// The entries of `vars`, in order.
+    pub fn from_slice(vars: &[(usize, Var)]) -> Self {
+        let mut p = ParamVars::empty();
+        for &v in vars {
+            p.push(v.0, v.1);
+        }
+        p
+    }
+
+    /// Appends an entry.
+    pub fn push(&mut self, index: usize, var: Var) {
+        if self.len < Self::INLINE {
+            self.inline[self.len] = (index, var);
+        } else {
+            if self.len == Self::INLINE {
+                self.heap.extend_from_slice(&self.inline);
+            }
+            self.heap.push((index, var));
+        }
+        self.len += 1;
     }
 }
 
 impl std::ops::Deref for ParamVars {
-    type Target = [Var];
-    fn deref(&self) -> &[Var] {
+    type Target = [(usize, Var)];
+    fn deref(&self) -> &[(usize, Var)] {
         if self.len <= Self::INLINE {
             &self.inline[..self.len]
         } else {
@@ -122,16 +157,10 @@ impl std::ops::Deref for ParamVars {
 }
 
 impl<'a> IntoIterator for &'a ParamVars {
-    type Item = &'a Var;
-    type IntoIter = std::slice::Iter<'a, Var>;
+    type Item = &'a (usize, Var);
+    type IntoIter = std::slice::Iter<'a, (usize, Var)>;
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
-    }
-}
-
-impl From<Vec<Var>> for ParamVars {
-    fn from(v: Vec<Var>) -> Self {
-        ParamVars::from_slice(&v)
     }
 }
 
@@ -146,17 +175,40 @@ pub trait Classifier<B: Backend> {
     /// Shape of one input image `[c, h, w]`.
     fn input_shape(&self) -> [usize; 3];
 
-    /// The parameters, named as in PyTorch.
+    /// The parameters and state, named as in PyTorch's `state_dict`, each with its
+    /// [`params::Role`].
     fn params(&self) -> &ParamSet<B>;
 
-    /// Mutable parameters (for optimisers and loading).
+    /// Mutable parameters and state (for optimisers and loading).
     fn params_mut(&mut self) -> &mut ParamSet<B>;
 
-    /// Whether the model is in training mode (batch statistics, dropout).
+    /// Whether the model is in training mode (batch statistics for batch norm, whose running
+    /// statistics a forward pass then updates).
     fn is_training(&self) -> bool;
 
     /// Switches between training and evaluation mode.
     fn set_training(&mut self, training: bool);
+
+    /// Writes the state updates of a forward pass recorded on `g` ([`Forward::state`]) into the
+    /// model: what `torch.nn.BatchNorm2d` does in place during a training-mode forward pass.
+    /// A forward pass whose state is not committed leaves the model unchanged.
+    ///
+    /// # Errors
+    /// An index that is not a state tensor of this model, or a new value of another shape.
+    fn commit_state(&mut self, g: &Graph<B>, f: &Forward) -> Result<()> {
+        let set = self.params_mut();
+        for &(i, v) in &f.state {
+            let t = g.value(v);
+            if i >= set.len() || set.role(i).trainable() || set.tensors()[i].dims() != t.dims() {
+                return Err(ModelError::Config(format!(
+                    "state update {i} with shape {:?} does not fit the model's state",
+                    t.dims()
+                )));
+            }
+            set.tensors_mut()[i] = t;
+        }
+        Ok(())
+    }
 
     /// Key-value metadata describing the architecture (for example `arch` and `scale`), stored
     /// with the weights so that a file says what it holds.
@@ -201,7 +253,9 @@ pub trait Classifier<B: Backend> {
 }
 
 /// Per-example losses `[n]` and the gradient of their **sum** with respect to the input, with
-/// the parameters held constant (the inner step of every gradient attack).
+/// the parameters held constant (the inner step of every gradient attack). The model runs in
+/// the mode it is in; in training mode its state is not updated (the forward pass's state
+/// updates are dropped).
 pub fn loss_and_input_grad<B: Backend, M: Classifier<B> + ?Sized>(
     model: &M,
     x: &B::Tensor,

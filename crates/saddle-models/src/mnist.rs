@@ -16,6 +16,7 @@ use saddle_autograd::{Graph, Var};
 use saddle_tensor::{rng::Rng, Backend, Conv2dParams};
 
 use crate::error::{ModelError, Result};
+use crate::layers::{Builder, Conv2d, Ctx, Init, Linear};
 use crate::params::{safetensors_metadata, ParamSet};
 use crate::{Classifier, Forward};
 
@@ -26,10 +27,17 @@ pub struct MnistNet<B: Backend> {
     scale: usize,
     params: ParamSet<B>,
     training: bool,
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
 }
 
 /// The architecture name written into safetensors metadata.
-pub const ARCH: &str = "madry-mnist";
+pub const ARCH: &str = "mnist";
+
+/// The name files written before the architecture registry carry; read as [`ARCH`].
+pub const LEGACY_ARCH: &str = "madry-mnist";
 
 const PAD2: Conv2dParams = Conv2dParams {
     stride: 1,
@@ -63,26 +71,33 @@ impl<B: Backend> MnistNet<B> {
                 "capacity scale {scale} must be between 1 and 64 (16 is the paper's network)"
             )));
         }
+        // PyTorch's default: U(−1/√fan_in, 1/√fan_in) for the weight and the bias of a layer,
+        // drawn in state_dict order.
         let mut rng = Rng::new(seed);
         let mut params = ParamSet::new();
-        let shapes = param_shapes(scale);
-        for (name, shape) in &shapes {
-            let wshape = &shapes
-                .iter()
-                .find(|(n, _)| *n == name.replace("bias", "weight"))
-                .unwrap()
-                .1;
-            let fan_in: usize = wshape[1..].iter().product();
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
-            params.push(*name, backend.from_vec(shape, data)?)?;
-        }
+        let (c1, c2, f) = (2 * scale, 4 * scale, 64 * scale);
+        let u = |fan_in: usize| Init::Uniform(1.0 / (fan_in as f32).sqrt());
+        let mut bld = Builder::new(&backend, &mut params, &mut rng);
+        let conv1 = Conv2d::new(&mut bld, "conv1", [c1, 1, 5], PAD2, u(25), Some(u(25)))?;
+        let conv2 = Conv2d::new(
+            &mut bld,
+            "conv2",
+            [c2, c1, 5],
+            PAD2,
+            u(25 * c1),
+            Some(u(25 * c1)),
+        )?;
+        let fc1 = Linear::new(&mut bld, "fc1", 49 * c2, f, u(49 * c2), Some(u(49 * c2)))?;
+        let fc2 = Linear::new(&mut bld, "fc2", f, 10, u(f), Some(u(f)))?;
         Ok(MnistNet {
             backend,
             scale,
             params,
             training: false,
+            conv1,
+            conv2,
+            fc1,
+            fc2,
         })
     }
 
@@ -105,12 +120,19 @@ impl<B: Backend> MnistNet<B> {
     pub fn from_safetensors(backend: B, bytes: &[u8]) -> Result<Self> {
         let meta = safetensors_metadata(bytes)?;
         if let Some(arch) = meta.get("arch") {
-            if arch != ARCH {
+            if arch != ARCH && arch != LEGACY_ARCH {
                 return Err(ModelError::Mismatch(format!(
                     "the file holds a '{arch}' model, not '{ARCH}'"
                 )));
             }
         }
+        Self::from_safetensors_unchecked(backend, bytes)
+    }
+
+    /// [`MnistNet::from_safetensors`] without the check of the `arch` metadata (the registry
+    /// has made it).
+    pub(crate) fn from_safetensors_unchecked(backend: B, bytes: &[u8]) -> Result<Self> {
+        let meta = safetensors_metadata(bytes)?;
         let scale = match meta.get("scale") {
             Some(s) => s.parse::<usize>().map_err(|_| {
                 ModelError::Mismatch(format!("metadata scale '{s}' is not a number"))
@@ -172,34 +194,14 @@ impl<B: Backend> Classifier<B> for MnistNet<B> {
 
     fn forward(&self, g: &Graph<B>, x: Var, param_grads: bool) -> Result<Forward> {
         self.check_input(&g.value(x))?;
-        // A fixed array, not a Vec: an attack's steady-state step allocates nothing here.
-        let t = self.params.tensors();
-        if t.len() != 8 {
-            return Err(ModelError::Config(format!(
-                "expected 8 parameter tensors, found {}",
-                t.len()
-            )));
-        }
-        let p: [Var; 8] = std::array::from_fn(|i| {
-            if param_grads {
-                g.leaf(t[i].clone())
-            } else {
-                g.input(t[i].clone())
-            }
-        });
+        let mut cx = Ctx::new(g, &self.params, param_grads, self.training);
         // conv → ReLU → max-pool as one node each: the backend fuses bias and ReLU into the
         // convolution, and the backward pass routes the pool's and the ReLU's gradient at once.
-        let h = g.conv2d_relu_max_pool2d(x, p[0], Some(p[1]), PAD2, 2)?;
-        let h = g.conv2d_relu_max_pool2d(h, p[2], Some(p[3]), PAD2, 2)?;
+        let h = self.conv1.forward_relu_max_pool(&mut cx, x, 2)?;
+        let h = self.conv2.forward_relu_max_pool(&mut cx, h, 2)?;
         let h = g.flatten(h)?;
-        let h = g.relu(g.linear(h, p[4], Some(p[5]))?)?;
-        let logits = g.linear(h, p[6], Some(p[7]))?;
-        // Parameter variables are only of use when they receive gradients.
-        let params = if param_grads {
-            crate::ParamVars::from_slice(&p)
-        } else {
-            crate::ParamVars::empty()
-        };
-        Ok(Forward { logits, params })
+        let h = g.relu(self.fc1.forward(&mut cx, h)?)?;
+        let logits = self.fc2.forward(&mut cx, h)?;
+        Ok(cx.finish(logits))
     }
 }

@@ -41,6 +41,9 @@ pub enum LossFunc {
 pub struct TrainConfig {
     /// `mnist` or `fashion-mnist`.
     pub dataset: String,
+    /// The network, by its registry name (`saddle_models::arch`): `mnist` (default),
+    /// `wrn-madry-DEPTH-WIDTH`, `wrn-DEPTH-WIDTH`.
+    pub arch: String,
     /// Capacity scale of the MNIST network (16 is the paper's).
     pub model_scale: usize,
     /// Seed of every random choice (initialisation, batches, random starts).
@@ -86,6 +89,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             dataset: "mnist".into(),
+            arch: "mnist".into(),
             model_scale: 16,
             random_seed: 4_557_077,
             max_num_training_steps: 100_000,
@@ -125,6 +129,20 @@ impl TrainConfig {
         }
     }
 
+    /// The network to train: [`TrainConfig::arch`], with [`TrainConfig::model_scale`] for the
+    /// MNIST network.
+    ///
+    /// # Errors
+    /// An unknown architecture name.
+    pub fn arch(&self) -> std::result::Result<saddle_models::Arch, saddle_models::ModelError> {
+        Ok(match self.arch.parse()? {
+            saddle_models::Arch::Mnist { .. } => saddle_models::Arch::Mnist {
+                scale: Some(self.model_scale),
+            },
+            a => a,
+        })
+    }
+
     /// Checks every value, naming the key of the first bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
@@ -133,6 +151,9 @@ impl TrainConfig {
                 "dataset = \"{}\": expected \"mnist\" or \"fashion-mnist\"",
                 self.dataset
             ));
+        }
+        if let Err(e) = self.arch() {
+            return bad(format!("arch = \"{}\": {e}", self.arch));
         }
         if self.model_scale == 0 || self.model_scale > 64 {
             return bad(format!(

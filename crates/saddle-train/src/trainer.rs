@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use saddle_autograd::Graph;
 use saddle_data::{Batcher, Dataset};
-use saddle_models::{params::serialize_safetensors, Classifier};
+use saddle_models::{
+    params::{serialize_safetensors, HostTensor},
+    Classifier,
+};
 use saddle_tensor::{rng::Rng, Backend};
 
 use crate::adversary::adversarial_batch;
@@ -172,16 +175,21 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             });
         }
         let mut grads = g.backward(loss)?;
-        let gs: Vec<B::Tensor> = f
+        let gs: Vec<(usize, B::Tensor)> = f
             .params
             .iter()
-            .map(|&p| {
-                grads
-                    .take(p)
-                    .ok_or_else(|| TrainError::Config("a parameter got no gradient".into()))
+            .map(|&(i, p)| {
+                grads.take(p).map(|t| (i, t)).ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "the parameter {} got no gradient",
+                        self.model.params().names()[i]
+                    ))
+                })
             })
             .collect::<Result<_>>()?;
         let z = self.backend.to_vec(&g.value(f.logits))?;
+        // Batch norm's running statistics move as in PyTorch's training-mode forward pass.
+        self.model.commit_state(&g, &f)?;
         drop(g);
         self.optimizer
             .step(&self.backend, self.model.params_mut(), &gs, lr)?;
@@ -257,10 +265,10 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         let mut tensors = self.model.params().to_host(&self.backend, "")?;
         for (name, t) in self.optimizer.named_state(self.model.params().names()) {
             let v = self.backend.to_vec(t)?;
-            tensors.push((
+            tensors.push(HostTensor::f32(
                 name,
-                saddle_tensor::TensorLike::dims(t).to_vec(),
-                saddle_models::params::f32_to_le(&v),
+                saddle_tensor::TensorLike::dims(t),
+                &v,
             ));
         }
         let mut meta: HashMap<String, String> = self.model.metadata();

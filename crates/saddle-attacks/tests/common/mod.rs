@@ -6,7 +6,7 @@
 use std::cell::Cell;
 
 use saddle_autograd::{Graph, Var};
-use saddle_models::{Classifier, Forward, ParamSet};
+use saddle_models::{layers::Ctx, Classifier, Forward, ParamSet};
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend, TensorLike};
 
 /// A two-layer perceptron over images of shape `[c, h, w]`.
@@ -87,25 +87,12 @@ impl Classifier<Cpu> for Mlp {
         if self.training {
             self.training_forwards.set(self.training_forwards.get() + 1);
         }
-        let p: Vec<Var> = self
-            .params
-            .tensors()
-            .iter()
-            .map(|t| {
-                if param_grads {
-                    g.leaf(t.clone())
-                } else {
-                    g.input(t.clone())
-                }
-            })
-            .collect();
+        let mut cx = Ctx::new(g, &self.params, param_grads, self.training);
+        let p: Vec<Var> = (0..self.params.len()).map(|i| cx.param(i)).collect();
         let h = g.flatten(x)?;
         let h = g.relu(g.linear(h, p[0], Some(p[1]))?)?;
         let logits = g.linear(h, p[2], Some(p[3]))?;
-        Ok(Forward {
-            logits,
-            params: p.into(),
-        })
+        Ok(cx.finish(logits))
     }
 }
 

@@ -35,7 +35,11 @@ pub struct AttackArgs {
     /// Model weights (safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// Images, float32 [n, 1, 28, 28] in [0, 1].
+    /// The architecture (mnist, wrn-madry-DEPTH-WIDTH, wrn-DEPTH-WIDTH): required for a file
+    /// without `arch` metadata (a state_dict saved from PyTorch), checked against it otherwise.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Images, float32 NCHW in [0, 1] ([n, 1, 28, 28] for MNIST, [n, 3, 32, 32] for CIFAR-10).
     #[arg(long)]
     inputs: PathBuf,
     /// True labels, integer [n].
@@ -98,7 +102,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
 fn attack_on<B: Backend>(b: &B, a: &AttackArgs) -> Result<()> {
     let alpha = a.alpha.unwrap_or(a.eps / 30.0);
     let b = b.clone();
-    let mut model = load_model(&b, &a.model)?;
+    let mut model = load_model(&b, &a.model, a.arch.as_deref())?;
     let x = load_images(&b, &model, &a.inputs)?;
     let n = x.dims()[0];
     let y = load_labels(&b, &a.labels, n, model.num_classes())?;

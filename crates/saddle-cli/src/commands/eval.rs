@@ -19,6 +19,10 @@ pub struct EvalArgs {
     /// Model weights (safetensors).
     #[arg(long)]
     model: PathBuf,
+    /// The architecture (mnist, wrn-madry-DEPTH-WIDTH, wrn-DEPTH-WIDTH): required for a file
+    /// without `arch` metadata (a state_dict saved from PyTorch), checked against it otherwise.
+    #[arg(long)]
+    arch: Option<String>,
     /// Test set: mnist or fashion-mnist.
     #[arg(long, default_value = "mnist")]
     data: String,
@@ -170,7 +174,7 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
             }
         })
         .collect::<Result<_>>()?;
-    let mut model = load_model(&b, &a.model)?;
+    let mut model = load_model(&b, &a.model, a.arch.as_deref())?;
     let mut data = load_test_set(&a.data, a.data_dir.as_deref())?;
     if let Some(n) = a.limit {
         if n == 0 {

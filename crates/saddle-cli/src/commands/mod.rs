@@ -7,7 +7,7 @@ pub mod train;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use saddle_models::{Classifier, MnistNet};
+use saddle_models::{Classifier, Model};
 use saddle_tensor::{cpu::Cpu, Backend};
 use saddle_wgsl::{DeviceChoice, Wgpu};
 
@@ -70,12 +70,12 @@ macro_rules! with_backend {
     };
 }
 
-/// Loads an MNIST network from a safetensors file.
-pub fn load_model<B: Backend>(b: &B, path: &Path) -> Result<MnistNet<B>> {
+/// Loads a model from a safetensors file: its architecture is `arch` (the `--arch` flag) or the
+/// file's `arch` metadata, which must agree when both are there.
+pub fn load_model<B: Backend>(b: &B, path: &Path, arch: Option<&str>) -> Result<Model<B>> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-    MnistNet::from_safetensors(b.clone(), &bytes)
-        .with_context(|| format!("model {}", path.display()))
+    Model::load(b.clone(), &bytes, arch).with_context(|| format!("model {}", path.display()))
 }
 
 /// Reads a batch of images for `model` from a `.npy` file into host memory, checking shape and
@@ -142,7 +142,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
 }
 
 fn predict_on<B: Backend>(b: &B, a: &PredictArgs) -> Result<()> {
-    let model = load_model(b, &a.model)?;
+    let model = load_model(b, &a.model, a.arch.as_deref())?;
     // Chunks go to the backend straight from the file's host copy.
     let x = read_images(&model, &a.inputs)?;
     let n = x.shape[0];

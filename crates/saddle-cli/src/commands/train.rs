@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use saddle_data::{Dataset, Split};
-use saddle_models::{Classifier, MnistNet};
+use saddle_models::{Classifier, Model};
 use saddle_train::{config::PRESETS, Event, TrainConfig, Trainer};
 
 use super::in_pool;
@@ -22,6 +22,9 @@ pub struct TrainArgs {
     /// A built-in recipe: mnist-paper, mnist-quick, mnist-natural, mnist-smoke.
     #[arg(long)]
     preset: Option<String>,
+    /// Override the config's arch: the network to train (mnist, wrn-madry-34-10, wrn-28-10, ...).
+    #[arg(long)]
+    arch: Option<String>,
     /// Override the config's random_seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -83,6 +86,9 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
             PRESETS.join(", ")
         ),
     };
+    if let Some(s) = &a.arch {
+        cfg.arch = s.clone();
+    }
     if let Some(s) = a.seed {
         cfg.random_seed = s;
     }
@@ -106,7 +112,7 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let ckpt_path = a.out.join("checkpoint.safetensors");
-    let model = MnistNet::new(b, cfg.model_scale, cfg.random_seed)?;
+    let model = Model::build(&cfg.arch()?, b, cfg.random_seed)?;
     let mut trainer = Trainer::new(model, cfg.clone())?;
     if a.resume {
         let bytes = std::fs::read(&ckpt_path)

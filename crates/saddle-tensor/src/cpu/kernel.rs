@@ -547,7 +547,8 @@ pub unsafe fn gemm(
         let a = a.0 as *const f32;
         let pl = plan[t % np];
         let c = t / np;
-        let (tile0, tile1) = (c * per, ((c + 1) * per).min(mt));
+        // The last chunks may start past the end (chunks · per can exceed mt): they are empty.
+        let (tile0, tile1) = ((c * per).min(mt), ((c + 1) * per).min(mt));
         let (bp, ldb) = panel_ptr(b, pl, packed);
         let w = 16 * pl.nv;
         // A strided panel read by several tiles is copied to a contiguous block first (one

@@ -2,7 +2,7 @@
 //! gradient of the summed cross-entropy with respect to the input, and the fused L∞ step
 //! (`pgd_step_linf`), with everything on the device until the attack ends.
 //!
-//! Run: `cargo run --release -p saddle-wgsl --example bench_pgd_step [-- any]`
+//! Run: `cargo run --release -p saddle-models --example bench_pgd_step [-- any]`
 //!
 //! The argument is the device choice (`gpu` by default; `any` accepts a software adapter such
 //! as lavapipe). `SADDLE_BENCH_BATCH` (default 50, the paper's batch) and `SADDLE_BENCH_STEPS`
