@@ -14,25 +14,8 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// The wgpu device shared by the GPU tests of one test binary, or `None` when they are opted out
-/// with `SADDLE_SKIP_GPU_TESTS=1` (then it prints that they were skipped). With no adapter and no
-/// opt-out, it panics: a GPU test that cannot run fails.
-pub fn gpu() -> Option<saddle_wgsl::Wgpu> {
-    use saddle_wgsl::{DeviceChoice, Wgpu, SKIP_GPU_TESTS_ENV};
-    static SHARED: std::sync::OnceLock<Result<Wgpu, String>> = std::sync::OnceLock::new();
-    if std::env::var(SKIP_GPU_TESTS_ENV).is_ok_and(|v| v == "1") {
-        eprintln!("skipped: {SKIP_GPU_TESTS_ENV}=1 (GPU tests opted out)");
-        return None;
-    }
-    let shared = SHARED.get_or_init(|| {
-        Wgpu::new(DeviceChoice::Any)
-            .map_err(|e| e.to_string())
-            .inspect(|b| eprintln!("GPU tests run on {}", b.adapter()))
-    });
-    match shared {
-        Ok(b) => Some(b.clone()),
-        Err(e) => panic!(
-            "no wgpu adapter for the GPU tests: {e}\n(set {SKIP_GPU_TESTS_ENV}=1 to skip them)"
-        ),
-    }
-}
+/// The GPU tests' shared device, or `None` when they are opted out (`SADDLE_SKIP_GPU_TESTS=1`):
+/// saddle-wgsl's own test helper, one copy for both suites.
+#[path = "../../crates/saddle-wgsl/tests/common/mod.rs"]
+mod wgsl_common;
+pub use wgsl_common::backend as gpu;

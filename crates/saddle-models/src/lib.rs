@@ -30,6 +30,28 @@
 //! **Invariants**: no I/O here; weights come in and go out as bytes. A malformed or mismatched
 //! weight file is a [`ModelError`] naming the tensor, never a panic.
 
+/// The `Classifier` accessors every network of this crate implements alike, from its fields
+/// `backend`, `params` and `training`.
+macro_rules! module_accessors {
+    () => {
+        fn backend(&self) -> &B {
+            &self.backend
+        }
+        fn params(&self) -> &ParamSet<B> {
+            &self.params
+        }
+        fn params_mut(&mut self) -> &mut ParamSet<B> {
+            &mut self.params
+        }
+        fn is_training(&self) -> bool {
+            self.training
+        }
+        fn set_training(&mut self, training: bool) {
+            self.training = training;
+        }
+    };
+}
+
 pub mod arch;
 pub mod error;
 pub mod layers;

@@ -267,26 +267,12 @@ impl<B: Backend> WideResNet<B> {
 }
 
 impl<B: Backend> Classifier<B> for WideResNet<B> {
-    fn backend(&self) -> &B {
-        &self.backend
-    }
+    module_accessors!();
     fn num_classes(&self) -> usize {
         10
     }
     fn input_shape(&self) -> [usize; 3] {
         [3, 32, 32]
-    }
-    fn params(&self) -> &ParamSet<B> {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut ParamSet<B> {
-        &mut self.params
-    }
-    fn is_training(&self) -> bool {
-        self.training
-    }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
     }
     fn metadata(&self) -> HashMap<String, String> {
         HashMap::from([
