@@ -152,6 +152,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         let classes = self.model.num_classes();
 
         let nat_accuracy = if measure_natural {
+            // Measured as the model will be used: in evaluation mode (batch norm on its running
+            // statistics), whatever mode the previous step left it in.
+            self.model.set_training(false);
             let z = self.backend.to_vec(&self.model.logits(x)?)?;
             Some(accuracy(&z, &labels, classes))
         } else {

@@ -229,3 +229,67 @@ fn adversarial_training_beats_natural_training_under_pgd_on_mnist() {
         "PGD training should be clearly more robust: {rob_pgd:.3} vs {nat_pgd:.3}"
     );
 }
+
+/// A batch-norm network (`wrn-10-1`) under PGD training with SGD and weight decay: each step's
+/// training forward moves the running statistics once — the attack's 3 forward passes run in
+/// evaluation mode and move nothing — so `num_batches_tracked` counts the steps; the first
+/// step's running mean is 0.1 × the batch mean (momentum 0.1 from 0), not 0; the checkpoint
+/// carries the state, and a trainer restored from it continues bit-identically.
+#[test]
+fn a_batch_norm_network_trains_with_its_running_statistics() {
+    use saddle_models::Model;
+    let b = Cpu::new();
+    let cfg = TrainConfig {
+        arch: "wrn-10-1".into(),
+        training: TrainingMode::Pgd,
+        k: 3,
+        a: 2.0 / 255.0,
+        epsilon: 8.0 / 255.0,
+        epsilon_ramp_steps: 0,
+        optimizer: saddle_train::OptimizerKind::Sgd {
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        },
+        learning_rate: Schedule::Constant { value: 0.05 },
+        training_batch_size: 4,
+        max_num_training_steps: 3,
+        ..TrainConfig::default()
+    };
+    let mut r = Rng::new(1);
+    let xs: Vec<f32> = (0..4 * 3 * 32 * 32).map(|_| r.next_f32()).collect();
+    let x = b.from_vec(&[4, 3, 32, 32], xs).unwrap();
+    let y = b.from_vec(&[4], vec![0.0, 3.0, 5.0, 9.0]).unwrap();
+    let model = || Model::build(&cfg.arch().unwrap(), b, cfg.random_seed).unwrap();
+    let mut t = Trainer::new(model(), cfg.clone()).unwrap();
+    let count = |t: &Trainer<Cpu, Model<Cpu>>, name: &str| {
+        let p = t.model().params();
+        b.to_vec(&p.tensors()[p.index_of(name).unwrap()]).unwrap()
+    };
+    t.train_step(&x, &y, true).unwrap();
+    assert_eq!(count(&t, "bn1.num_batches_tracked"), [1.0]);
+    assert_eq!(count(&t, "block1.layer.0.bn1.num_batches_tracked"), [1.0]);
+    // The first batch norm sees conv1's output; its running mean is 0.1 × that batch's mean,
+    // which is not 0 for these positive images.
+    let rm = count(&t, "block1.layer.0.bn1.running_mean");
+    assert!(
+        rm.iter().any(|v| v.abs() > 1e-6),
+        "the running mean did not move: {rm:?}"
+    );
+    t.train_step(&x, &y, false).unwrap();
+    assert_eq!(count(&t, "bn1.num_batches_tracked"), [2.0]);
+
+    let ckpt = t.checkpoint().unwrap();
+    let mut resumed = Trainer::new(model(), cfg.clone()).unwrap();
+    resumed.restore(&ckpt).unwrap();
+    assert_eq!(count(&resumed, "bn1.num_batches_tracked"), [2.0]);
+    t.train_step(&x, &y, false).unwrap();
+    resumed.train_step(&x, &y, false).unwrap();
+    let (p, q) = (t.model().params(), resumed.model().params());
+    for ((name, a), c) in p.iter().zip(q.tensors()) {
+        assert_eq!(
+            b.to_vec(a).unwrap(),
+            b.to_vec(c).unwrap(),
+            "{name} differs after resume"
+        );
+    }
+}
