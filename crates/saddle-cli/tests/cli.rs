@@ -309,6 +309,36 @@ fn missing_datasets_say_how_to_get_them() {
         ],
         "cargo xtask download",
     );
+    // CIFAR-10, for evaluation (a wide ResNet) and for training from a config.
+    let wrn = d.join("wrn.safetensors");
+    let arch: saddle_models::Arch = "wrn-10-1".parse().unwrap();
+    let net = saddle_models::Model::build(&arch, Cpu::new(), 1).unwrap();
+    std::fs::write(&wrn, net.to_safetensors().unwrap()).unwrap();
+    let eval = [
+        "eval",
+        "--model",
+        s(&wrn),
+        "--data",
+        "cifar10",
+        "--data-dir",
+        s(&d),
+        "--eps",
+        "0.03",
+    ];
+    fails_with(&eval, "cargo xtask download cifar10");
+    let cfg = d.join("cifar.toml");
+    std::fs::write(&cfg, "dataset = \"cifar10\"\narch = \"wrn-10-1\"\n").unwrap();
+    let out = d.join("r");
+    let train = [
+        "train",
+        "--config",
+        s(&cfg),
+        "--data-dir",
+        s(&d),
+        "--out",
+        s(&out),
+    ];
+    fails_with(&train, "cargo xtask download cifar10");
 }
 
 #[test]

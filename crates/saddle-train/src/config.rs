@@ -39,7 +39,7 @@ pub enum LossFunc {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// `mnist` or `fashion-mnist`.
+    /// `mnist`, `fashion-mnist` or `cifar10`.
     pub dataset: String,
     /// The network, by its registry name (`saddle_models::arch`): `mnist` (default),
     /// `wrn-madry-DEPTH-WIDTH`, `wrn-DEPTH-WIDTH`.
@@ -146,9 +146,9 @@ impl TrainConfig {
     /// Checks every value, naming the key of the first bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
-        if !["mnist", "fashion-mnist"].contains(&self.dataset.as_str()) {
+        if !["mnist", "fashion-mnist", "cifar10"].contains(&self.dataset.as_str()) {
             return bad(format!(
-                "dataset = \"{}\": expected \"mnist\" or \"fashion-mnist\"",
+                "dataset = \"{}\": expected \"mnist\", \"fashion-mnist\" or \"cifar10\"",
                 self.dataset
             ));
         }
@@ -280,6 +280,44 @@ mod tests {
             ..TrainConfig::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    /// The network and the data set are config keys: a CIFAR-10 wide ResNet validates, an
+    /// unknown network or data set is refused naming its key; the MNIST network takes its scale
+    /// from `model_scale`; a config written before `arch` existed reads as the MNIST network.
+    #[test]
+    fn arch_and_dataset_are_checked() {
+        let c = TrainConfig {
+            dataset: "cifar10".into(),
+            arch: "wrn-madry-34-10".into(),
+            ..TrainConfig::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.arch().unwrap().to_string(), "wrn-madry-34-10");
+        let c = TrainConfig {
+            arch: "resnet-50".into(),
+            ..TrainConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("arch = \"resnet-50\"") && e.contains("unknown architecture"),
+            "{e}"
+        );
+        let c = TrainConfig {
+            dataset: "imagenet".into(),
+            ..TrainConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("dataset"));
+        let c = TrainConfig {
+            model_scale: 4,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            c.arch().unwrap(),
+            saddle_models::Arch::Mnist { scale: Some(4) }
+        );
+        let old: TrainConfig = serde_json::from_str(r#"{"model_scale": 2}"#).unwrap();
+        assert_eq!(old.arch, "mnist");
     }
 
     #[test]

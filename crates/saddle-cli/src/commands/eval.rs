@@ -23,7 +23,7 @@ pub struct EvalArgs {
     /// without `arch` metadata (a state_dict saved from PyTorch), checked against it otherwise.
     #[arg(long)]
     arch: Option<String>,
-    /// Test set: mnist or fashion-mnist.
+    /// Test set: mnist, fashion-mnist or cifar10.
     #[arg(long, default_value = "mnist")]
     data: String,
     /// Comma-separated attacks: fgsm, pgd40, pgd40x20, pgd100, pgd100x20, cw, cw+, targeted
@@ -139,7 +139,8 @@ pub fn load_test_set(data: &str, data_dir: Option<&Path>) -> Result<saddle_data:
         "fashion-mnist" => {
             saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Test)?
         }
-        other => bail!("--data {other}: expected mnist or fashion-mnist"),
+        "cifar10" => saddle_data::cifar10::load(root.join("cifar10"), Split::Test)?,
+        other => bail!("--data {other}: expected mnist, fashion-mnist or cifar10"),
     })
 }
 

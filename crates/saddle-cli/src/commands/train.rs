@@ -58,6 +58,7 @@ pub fn load_train_set(cfg: &TrainConfig, data_dir: Option<&Path>) -> Result<Data
         "fashion-mnist" => {
             saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Train)?
         }
+        "cifar10" => saddle_data::cifar10::load(root.join("cifar10"), Split::Train)?,
         other => bail!("unknown dataset {other}"),
     };
     Ok(if cfg.train_limit > 0 && cfg.train_limit < ds.len() {
