@@ -24,6 +24,19 @@ pub enum TrainingMode {
     FastFgsm,
 }
 
+/// How training batches are augmented before the attack sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augmentation {
+    /// The images as they are (MNIST).
+    #[default]
+    None,
+    /// The paper's CIFAR-10 augmentation: 4-pixel zero padding, a random crop back to the
+    /// image size, a random horizontal flip; drawn from a generator of `(random_seed, step)`,
+    /// so a resumed run augments exactly as an uninterrupted one.
+    CropFlip,
+}
+
 /// The loss the attack maximises while training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,6 +59,8 @@ pub struct TrainConfig {
     pub arch: String,
     /// Capacity scale of the MNIST network (16 is the paper's).
     pub model_scale: usize,
+    /// Training-set augmentation: `"none"` (default) or `"crop-flip"` (CIFAR-10).
+    pub augment: Augmentation,
     /// Seed of every random choice (initialisation, batches, random starts).
     pub random_seed: u64,
     /// Number of optimiser steps.
@@ -91,6 +106,7 @@ impl Default for TrainConfig {
             dataset: "mnist".into(),
             arch: "mnist".into(),
             model_scale: 16,
+            augment: Augmentation::None,
             random_seed: 4_557_077,
             max_num_training_steps: 100_000,
             num_output_steps: 100,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use saddle_autograd::Graph;
-use saddle_data::{Batcher, Dataset};
+use saddle_data::{Augment, Batcher, Dataset};
 use saddle_models::{
     params::{serialize_safetensors, HostTensor},
     Classifier,
@@ -17,7 +17,7 @@ use saddle_models::{
 use saddle_tensor::{rng::Rng, Backend};
 
 use crate::adversary::adversarial_batch;
-use crate::config::TrainConfig;
+use crate::config::{Augmentation, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::optim::Optimizer;
 
@@ -236,8 +236,13 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         let every_ckpt = self.config.num_checkpoint_steps;
         while self.step < self.config.max_num_training_steps {
             let idx = batcher.next_batch().to_vec();
-            let (xs, ys) = data.batch(&idx)?;
-            let x = self.backend.from_vec(&data.batch_shape(idx.len()), xs)?;
+            let (mut xs, ys) = data.batch(&idx)?;
+            let shape = data.batch_shape(idx.len());
+            if self.config.augment == Augmentation::CropFlip {
+                let mut rng = step_rng(self.config.random_seed, self.step, 2);
+                Augment::CIFAR10.apply(&mut xs, shape, &mut rng)?;
+            }
+            let x = self.backend.from_vec(&shape, xs)?;
             let y = self.backend.from_vec(&[idx.len()], ys)?;
             let measure = (self.step + 1).is_multiple_of(every_out) || self.step == 0;
             let m = self.train_step(&x, &y, measure)?;

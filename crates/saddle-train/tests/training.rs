@@ -5,7 +5,9 @@ use saddle_attacks::{Attack, Pgd};
 use saddle_data::{Dataset, Split};
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
-use saddle_train::{accuracy, Event, Schedule, TrainConfig, TrainError, Trainer, TrainingMode};
+use saddle_train::{
+    accuracy, Augmentation, Event, Schedule, TrainConfig, TrainError, Trainer, TrainingMode,
+};
 
 /// A synthetic 10-class problem on 28×28 images: class c is a bright 6×6 square at one of ten
 /// fixed places, on uniform noise of amplitude 0.3. Easy to learn, impossible to guess.
@@ -81,21 +83,26 @@ fn natural_training_clearly_learns() {
 
 #[test]
 fn resume_is_bit_identical_to_an_uninterrupted_run() {
-    for mode in [
-        TrainingMode::Pgd,
-        TrainingMode::FastFgsm,
-        TrainingMode::Natural,
+    for (mode, augment) in [
+        (TrainingMode::Pgd, Augmentation::None),
+        (TrainingMode::FastFgsm, Augmentation::None),
+        (TrainingMode::Natural, Augmentation::None),
+        (TrainingMode::Pgd, Augmentation::CropFlip),
     ] {
+        let cfg = |steps| TrainConfig {
+            augment,
+            ..small(mode, steps)
+        };
         let data = synthetic(300, 3);
-        let full = train(small(mode, 20), &data);
+        let full = train(cfg(20), &data);
 
         // 10 steps, checkpoint, new process-like trainer from the bytes, 10 more.
-        let first = train(small(mode, 10), &data);
+        let first = train(cfg(10), &data);
         let bytes = first.checkpoint().unwrap();
         let fresh = MnistNet::new(Cpu::new(), 1, 999).unwrap(); // different init: must be overwritten
-        let mut resumed = Trainer::new(fresh, small(mode, 20)).unwrap();
+        let mut resumed = Trainer::new(fresh, cfg(20)).unwrap();
         let saved = resumed.restore(&bytes).unwrap();
-        assert_eq!(saved, small(mode, 10));
+        assert_eq!(saved, cfg(10));
         assert_eq!(resumed.step(), 10);
         resumed.run(&data, |_| Ok(())).unwrap();
 
@@ -108,7 +115,7 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
         {
             let (va, vr) = (b.to_vec(a).unwrap(), b.to_vec(r).unwrap());
             let same = va.iter().zip(&vr).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{mode:?}: {name} differs after resume");
+            assert!(same, "{mode:?}, {augment:?}: {name} differs after resume");
         }
     }
 }
@@ -228,6 +235,26 @@ fn adversarial_training_beats_natural_training_under_pgd_on_mnist() {
         rob_pgd > nat_pgd + 0.2,
         "PGD training should be clearly more robust: {rob_pgd:.3} vs {nat_pgd:.3}"
     );
+}
+
+/// `augment = "crop-flip"` changes what the model trains on (same batches, same seeds: only
+/// the crops and flips differ), and its config key reads and writes as in the TOML files.
+#[test]
+fn crop_flip_augmentation_is_applied() {
+    let data = synthetic(300, 3);
+    let plain = train(small(TrainingMode::Natural, 3), &data);
+    let cfg = TrainConfig {
+        augment: Augmentation::CropFlip,
+        ..small(TrainingMode::Natural, 3)
+    };
+    let augmented = train(cfg.clone(), &data);
+    let b = Cpu::new();
+    let w = |t: &Trainer<Cpu, MnistNet<Cpu>>| b.to_vec(&t.model().params().tensors()[0]).unwrap();
+    assert_ne!(w(&plain), w(&augmented), "the augmentation changed nothing");
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(json.contains(r#""augment":"crop-flip""#), "{json}");
+    let back: TrainConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, cfg);
 }
 
 /// A batch-norm network (`wrn-10-1`) under PGD training with SGD and weight decay: each step's
