@@ -90,8 +90,8 @@ pub struct LossTrace {
     pub losses: Vec<Vec<Vec<f32>>>,
 }
 
-/// Puts a model in evaluation mode for its lifetime and restores the previous mode on drop
-/// (also on an early return with `?` or a panic).
+/// Puts a model in evaluation mode (or, when asked, training mode) for its lifetime and
+/// restores the previous mode on drop (also on an early return with `?` or a panic).
 pub(crate) struct EvalMode<'a, B: Backend> {
     model: &'a mut dyn Classifier<B>,
     was_training: bool,
@@ -99,8 +99,13 @@ pub(crate) struct EvalMode<'a, B: Backend> {
 
 impl<'a, B: Backend> EvalMode<'a, B> {
     pub(crate) fn new(model: &'a mut dyn Classifier<B>) -> Self {
+        Self::with(model, false)
+    }
+
+    /// The model in training mode if `training`, else in evaluation mode.
+    pub(crate) fn with(model: &'a mut dyn Classifier<B>, training: bool) -> Self {
         let was_training = model.is_training();
-        model.set_training(false);
+        model.set_training(training);
         EvalMode {
             model,
             was_training,

@@ -65,6 +65,7 @@ pub struct Pgd<T: ThreatModel = Linf> {
     targeting: Targeting,
     trace: bool,
     seed: u64,
+    model_training: bool,
     name: &'static str,
 }
 
@@ -87,6 +88,7 @@ impl<T: ThreatModel> Pgd<T> {
             targeting: Targeting::Untargeted,
             trace: false,
             seed: 0,
+            model_training: false,
             name: "pgd",
         };
         pgd.validate()?;
@@ -133,6 +135,15 @@ impl<T: ThreatModel> Pgd<T> {
     /// The seed of the random starts (0 by default).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Runs the model in training mode (batch norm on each batch's statistics; the running
+    /// statistics are not updated) instead of evaluation mode, and restores the caller's mode
+    /// afterwards. For crafting *training* examples as MadryLab's code did; evaluations never
+    /// set it.
+    pub fn model_in_training_mode(mut self, on: bool) -> Self {
+        self.model_training = on;
         self
     }
 
@@ -224,7 +235,7 @@ impl<T: ThreatModel> Pgd<T> {
                 trace,
             });
         }
-        let model = EvalMode::new(model);
+        let model = EvalMode::with(model, self.model_training);
         let m: &dyn Classifier<B> = &*model;
         let k = m.num_classes();
 
@@ -504,6 +515,7 @@ impl Fgsm {
             targeting: Targeting::Untargeted,
             trace: false,
             seed: 0,
+            model_training: false,
             name: "fgsm",
         };
         Ok(Fgsm { pgd })
@@ -528,6 +540,12 @@ impl Fgsm {
     /// Untargeted (default) or towards the least-likely class ("step l.l." of Kurakin et al.).
     pub fn targeting(mut self, targeting: Targeting) -> Self {
         self.pgd.targeting = targeting;
+        self
+    }
+
+    /// As [`Pgd::model_in_training_mode`].
+    pub fn model_in_training_mode(mut self, on: bool) -> Self {
+        self.pgd.model_training = on;
         self
     }
 

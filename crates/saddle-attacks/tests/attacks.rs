@@ -49,6 +49,30 @@ fn the_model_runs_in_eval_mode_and_gets_its_mode_back() {
     assert!(!net.is_training());
 }
 
+/// Asked to (for crafting training examples), PGD and FGSM run every forward pass in training
+/// mode, and still give the caller's mode back.
+#[test]
+fn an_attack_asked_for_training_mode_runs_in_it_and_restores_the_mode() {
+    let (mut net, x, y) = setup(3, 1);
+    net.set_training(false);
+    Pgd::linf(0.3, 0.05, 4)
+        .unwrap()
+        .model_in_training_mode(true)
+        .perturb(&mut net, &x, &y)
+        .unwrap();
+    let (all, train) = (net.forwards.get(), net.training_forwards.get());
+    assert!(
+        all > 0 && train == all,
+        "{train} of {all} forward passes in training mode"
+    );
+    assert!(!net.is_training(), "evaluation mode was not restored");
+    Fgsm::mnist()
+        .model_in_training_mode(true)
+        .perturb(&mut net, &x, &y)
+        .unwrap();
+    assert!(net.training_forwards.get() > train && !net.is_training());
+}
+
 #[test]
 fn the_mode_is_restored_after_an_error() {
     let (mut net, x, y) = setup(2, 2);

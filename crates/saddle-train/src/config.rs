@@ -37,6 +37,18 @@ pub enum Augmentation {
     CropFlip,
 }
 
+/// The mode of batch norm while the training attack crafts its examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnMode {
+    /// Running statistics (RobustBench-era code).
+    #[default]
+    Eval,
+    /// Each batch's statistics, as MadryLab's `cifar10_challenge` crafted; the running
+    /// statistics move only with the training forward pass either way.
+    Train,
+}
+
 /// The loss the attack maximises while training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,6 +73,9 @@ pub struct TrainConfig {
     pub model_scale: usize,
     /// Training-set augmentation: `"none"` (default) or `"crop-flip"` (CIFAR-10).
     pub augment: Augmentation,
+    /// Batch norm's mode while the training attack runs: `"eval"` (default) or `"train"`.
+    /// Networks without batch norm (the MNIST network) compute the same either way.
+    pub attack_bn_mode: BnMode,
     /// Seed of every random choice (initialisation, batches, random starts).
     pub random_seed: u64,
     /// Number of optimiser steps.
@@ -107,6 +122,7 @@ impl Default for TrainConfig {
             arch: "mnist".into(),
             model_scale: 16,
             augment: Augmentation::None,
+            attack_bn_mode: BnMode::Eval,
             random_seed: 4_557_077,
             max_num_training_steps: 100_000,
             num_output_steps: 100,

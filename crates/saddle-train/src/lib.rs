@@ -16,7 +16,7 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{Augmentation, LossFunc, TrainConfig, TrainingMode};
+pub use config::{Augmentation, BnMode, LossFunc, TrainConfig, TrainingMode};
 pub use error::{Result, TrainError};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;

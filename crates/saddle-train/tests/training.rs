@@ -304,6 +304,22 @@ fn a_batch_norm_network_trains_with_its_running_statistics() {
     );
     t.train_step(&x, &y, false).unwrap();
     assert_eq!(count(&t, "bn1.num_batches_tracked"), [2.0]);
+    // Crafting in training mode (MadryLab's choice) moves the statistics no more often, and
+    // crafts other examples than evaluation mode does.
+    let train_mode = TrainConfig {
+        attack_bn_mode: saddle_train::BnMode::Train,
+        ..cfg.clone()
+    };
+    let mut u = Trainer::new(model(), train_mode).unwrap();
+    let mut v = Trainer::new(model(), cfg.clone()).unwrap();
+    u.train_step(&x, &y, false).unwrap();
+    v.train_step(&x, &y, false).unwrap();
+    assert_eq!(count(&u, "bn1.num_batches_tracked"), [1.0]);
+    assert_ne!(
+        count(&u, "fc.weight"),
+        count(&v, "fc.weight"),
+        "batch norm's mode during the attack changed nothing"
+    );
 
     let ckpt = t.checkpoint().unwrap();
     let mut resumed = Trainer::new(model(), cfg.clone()).unwrap();
