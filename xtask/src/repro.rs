@@ -95,7 +95,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     });
     let root = root();
-    let out = root.join("results").join(&preset);
+    // Paths handed to `saddle` (which runs in the repository root) are relative to the root, so
+    // that the evaluation JSON committed beside the report names no machine's folders.
+    let rel_out = Path::new("results").join(&preset);
+    let out = root.join(&rel_out);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let t0 = Instant::now();
 
@@ -124,16 +127,16 @@ pub fn run(args: Args) -> Result<()> {
         .map(|t| vec!["--threads".into(), t.to_string()])
         .unwrap_or_default();
 
-    let model = out.join("model.safetensors");
+    let model = rel_out.join("model.safetensors");
     let t_train = Instant::now();
-    let trained = !(args.skip_training && model.exists());
+    let trained = !(args.skip_training && root.join(&model).exists());
     if trained {
         println!("== training with preset {preset} into {}", out.display());
         run_checked(
             Command::new(&saddle)
                 .current_dir(&root)
                 .args(["train", "--preset", &preset, "--out"])
-                .arg(&out)
+                .arg(&rel_out)
                 .args(&threads),
             "saddle train",
         )?;
@@ -155,7 +158,7 @@ pub fn run(args: Args) -> Result<()> {
     ] {
         let json = out.join(file);
         if args.reuse_evals {
-            if let Some(v) = reusable_eval(&json, &model, attacks, n)? {
+            if let Some(v) = reusable_eval(&root, &json, &model, attacks, n)? {
                 println!("== reusing {} ({attacks} on {n} images)", json.display());
                 evals.push(v);
                 continue;
@@ -179,7 +182,7 @@ pub fn run(args: Args) -> Result<()> {
                 ])
                 .arg(&model)
                 .arg("--out")
-                .arg(&json)
+                .arg(rel_out.join(file))
                 .args(&threads),
             "saddle eval",
         )?;
@@ -210,15 +213,16 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// An evaluation JSON that answers the same question (model file, attacks, ε, images) and is
-/// newer than the model, or `None`.
+/// An evaluation JSON that answers the same question (model file, relative to `root`, attacks,
+/// ε, images) and is newer than the model, or `None`.
 fn reusable_eval(
+    root: &Path,
     json: &Path,
     model: &Path,
     attacks: &str,
     n: usize,
 ) -> Result<Option<serde_json::Value>> {
-    let (Ok(jm), Ok(mm)) = (std::fs::metadata(json), std::fs::metadata(model)) else {
+    let (Ok(jm), Ok(mm)) = (std::fs::metadata(json), std::fs::metadata(root.join(model))) else {
         return Ok(None);
     };
     if jm.modified()? < mm.modified()? {
