@@ -92,41 +92,41 @@ pub struct LossTrace {
 
 /// Puts a model in evaluation mode (or, when asked, training mode) for its lifetime and
 /// restores the previous mode on drop (also on an early return with `?` or a panic).
-pub(crate) struct EvalMode<'a, B: Backend> {
+pub(crate) struct ModeGuard<'a, B: Backend> {
     model: &'a mut dyn Classifier<B>,
     was_training: bool,
 }
 
-impl<'a, B: Backend> EvalMode<'a, B> {
-    pub(crate) fn new(model: &'a mut dyn Classifier<B>) -> Self {
-        Self::with(model, false)
+impl<'a, B: Backend> ModeGuard<'a, B> {
+    pub(crate) fn eval(model: &'a mut dyn Classifier<B>) -> Self {
+        Self::set(model, false)
     }
 
     /// The model in training mode if `training`, else in evaluation mode.
-    pub(crate) fn with(model: &'a mut dyn Classifier<B>, training: bool) -> Self {
+    pub(crate) fn set(model: &'a mut dyn Classifier<B>, training: bool) -> Self {
         let was_training = model.is_training();
         model.set_training(training);
-        EvalMode {
+        ModeGuard {
             model,
             was_training,
         }
     }
 }
 
-impl<'a, B: Backend> Deref for EvalMode<'a, B> {
+impl<'a, B: Backend> Deref for ModeGuard<'a, B> {
     type Target = dyn Classifier<B> + 'a;
     fn deref(&self) -> &Self::Target {
         &*self.model
     }
 }
 
-impl<B: Backend> DerefMut for EvalMode<'_, B> {
+impl<B: Backend> DerefMut for ModeGuard<'_, B> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut *self.model
     }
 }
 
-impl<B: Backend> Drop for EvalMode<'_, B> {
+impl<B: Backend> Drop for ModeGuard<'_, B> {
     fn drop(&mut self) {
         self.model.set_training(self.was_training);
     }

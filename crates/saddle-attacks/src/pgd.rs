@@ -5,7 +5,7 @@ use saddle_models::{loss_and_input_grad, Classifier, Loss};
 use saddle_tensor::{rng::Rng, Backend, TensorLike};
 
 use crate::attack::{
-    argmax_rows, argmin_rows, check_batch, Attack, AttackResult, EvalMode, LossTrace,
+    argmax_rows, argmin_rows, check_batch, Attack, AttackResult, LossTrace, ModeGuard,
 };
 use crate::error::{check_alpha, check_eps, AttackError, Result};
 use crate::threat::{Linf, ThreatModel, L2};
@@ -235,7 +235,7 @@ impl<T: ThreatModel> Pgd<T> {
                 trace,
             });
         }
-        let model = EvalMode::with(model, self.model_training);
+        let model = ModeGuard::set(model, self.model_training);
         let m: &dyn Classifier<B> = &*model;
         let k = m.num_classes();
 

@@ -6,7 +6,7 @@
 use saddle_models::Classifier;
 use saddle_tensor::Backend;
 
-use crate::attack::{check_batch, predict, Attack, EvalMode};
+use crate::attack::{check_batch, predict, Attack, ModeGuard};
 use crate::error::Result;
 
 /// Correct predictions of the source and target models, on the clean and on the transferred
@@ -80,10 +80,10 @@ pub fn transfer<B: Backend, A: Attack<B> + ?Sized>(
     let (n, labels) = check_batch("transfer", &*target, x, y, "labels")?;
     let result = attack.perturb(source, x, y)?;
     let source_natural = {
-        let source = EvalMode::new(source);
+        let source = ModeGuard::eval(source);
         count_correct(&predict(&*source, x)?, &labels)
     };
-    let target = EvalMode::new(target);
+    let target = ModeGuard::eval(target);
     Ok(TransferReport {
         examples: n,
         source_natural,

@@ -456,23 +456,13 @@ fn a_pytorch_state_dict_of_the_wide_resnet_runs_with_arch() {
     i64_npy(&y, &labels);
 
     let logits = d.join("logits.npy");
-    let predict = |arch: Option<&str>| {
-        let mut a = vec![
-            "predict",
-            "--model",
-            s(&model),
-            "--inputs",
-            s(&x),
-            "--out",
-            s(&logits),
-        ];
-        if let Some(arch) = arch {
-            a.extend(["--arch", arch]);
-        }
-        a.iter().map(|v| v.to_string()).collect::<Vec<_>>()
+    let predict = |arch: Option<&'static str>| {
+        let mut a = vec!["predict", "--model", s(&model), "--inputs", s(&x)];
+        a.extend(["--out", s(&logits)]);
+        a.extend(arch.map(|arch| ["--arch", arch]).into_iter().flatten());
+        a
     };
-    let args = predict(Some("wrn-madry-16-2"));
-    let (code, _, err) = saddle(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = saddle(&predict(Some("wrn-madry-16-2")));
     assert_eq!(code, 0, "{err}");
     let (got, want) = (npy_f32(&logits), golden_f32(&st, "out.eval.logits"));
     let num: f64 = got
@@ -487,21 +477,12 @@ fn a_pytorch_state_dict_of_the_wide_resnet_runs_with_arch() {
         "logits relative error {rel:e}"
     );
 
-    let args = predict(None);
+    fails_with(&predict(None), "--arch");
     fails_with(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        "--arch",
-    );
-    let args = predict(Some("wrn-16-2"));
-    fails_with(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &predict(Some("wrn-16-2")),
         "block1.layer.0.convShortcut.weight",
     );
-    let args = predict(Some("resnet-50"));
-    fails_with(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        "unknown architecture",
-    );
+    fails_with(&predict(Some("resnet-50")), "unknown architecture");
 
     let adv = d.join("adv.npy");
     let eps = format!("{}", 8.0f32 / 255.0);

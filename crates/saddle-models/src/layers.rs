@@ -80,6 +80,25 @@ impl<'a, B: Backend> Builder<'a, B> {
         let t = self.backend.from_vec(shape, data)?;
         self.params.push_with(name, t, role)
     }
+
+    /// Adds `NAME.weight` of `shape` (a [`Role::Weight`]) and, with `bias_init`, `NAME.bias` of
+    /// `[shape[0]]`; returns their indices.
+    ///
+    /// # Errors
+    /// A name given twice, or a backend error.
+    pub fn weight_and_bias(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        weight_init: Init,
+        bias_init: Option<Init>,
+    ) -> Result<(usize, Option<usize>)> {
+        let w = self.tensor(&format!("{name}.weight"), shape, Role::Weight, weight_init)?;
+        let b = bias_init
+            .map(|init| self.tensor(&format!("{name}.bias"), &shape[..1], Role::Param, init))
+            .transpose()?;
+        Ok((w, b))
+    }
 }
 
 /// The recording of one forward pass: the graph, the model's tensors, the mode, and what the
@@ -183,15 +202,7 @@ impl Conv2d {
                 "{name}: stride and kernel size must be at least 1"
             )));
         }
-        let weight = b.tensor(
-            &format!("{name}.weight"),
-            &[cout, cin, k, k],
-            Role::Weight,
-            weight_init,
-        )?;
-        let bias = bias_init
-            .map(|init| b.tensor(&format!("{name}.bias"), &[cout], Role::Param, init))
-            .transpose()?;
+        let (weight, bias) = b.weight_and_bias(name, &[cout, cin, k, k], weight_init, bias_init)?;
         Ok(Conv2d { weight, bias, conv })
     }
 
@@ -237,15 +248,7 @@ impl Linear {
         weight_init: Init,
         bias_init: Option<Init>,
     ) -> Result<Self> {
-        let weight = b.tensor(
-            &format!("{name}.weight"),
-            &[outputs, inputs],
-            Role::Weight,
-            weight_init,
-        )?;
-        let bias = bias_init
-            .map(|init| b.tensor(&format!("{name}.bias"), &[outputs], Role::Param, init))
-            .transpose()?;
+        let (weight, bias) = b.weight_and_bias(name, &[outputs, inputs], weight_init, bias_init)?;
         Ok(Linear { weight, bias })
     }
 

@@ -110,17 +110,6 @@ pub struct Forward {
     pub state: ParamVars,
 }
 
-impl Forward {
-    /// A forward pass that produced `logits` and nothing else.
-    pub fn logits_only(logits: Var) -> Self {
-        Forward {
-            logits,
-            params: ParamVars::empty(),
-            state: ParamVars::empty(),
-        }
-    }
-}
-
 /// `(ParamSet index, variable)` pairs: a slice (through `Deref`) kept inline for up to
 /// [`ParamVars::INLINE`] entries, so that a training step of a small network allocates nothing
 /// for it.
