@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--peer]`: saddle's CPU benchmarks as one table.
+//! `cargo xtask bench [--peer] [--isa avx512|avx2|portable]`: saddle's CPU benchmarks as one
+//! table.
 //!
 //! Runs `cargo bench -p saddle-models --bench mnist_speed` (the paper's MNIST network: PGD step
 //! at batch 50 and 256, one PGD-40 + Adam training iteration at batch 50, inference) and the
@@ -25,12 +26,32 @@ pub struct Args {
     /// Also run the PyTorch reference script and print saddle / PyTorch per row.
     #[arg(long)]
     pub peer: bool,
+    /// Run both sides on this instruction set: avx512, avx2 or portable (saddle through
+    /// `SADDLE_CPU_ISA`; PyTorch through `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`).
+    /// Default: each side's own choice for this CPU.
+    #[arg(long)]
+    pub isa: Option<String>,
 }
 
-impl From<Args> for bool {
-    fn from(a: Args) -> bool {
-        a.peer
-    }
+/// Environment variables to set for a process.
+type Envs = Vec<(String, String)>;
+
+/// The environment that caps each side to the instruction set `isa`: (saddle's, PyTorch's).
+fn isa_envs(isa: &str) -> Result<(Envs, Envs)> {
+    let (aten, onednn) = match isa {
+        "avx512" => ("avx512", "AVX512_CORE"),
+        "avx2" => ("avx2", "AVX2"),
+        "portable" => ("default", "SSE41"),
+        other => bail!("--isa {other}: use avx512, avx2 or portable"),
+    };
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    Ok((
+        vec![kv("SADDLE_CPU_ISA", isa)],
+        vec![
+            kv("ATEN_CPU_CAPABILITY", aten),
+            kv("ONEDNN_MAX_CPU_ISA", onednn),
+        ],
+    ))
 }
 
 /// The rows compared with PyTorch: name, what it counts, the target ratio (if any).
@@ -66,9 +87,13 @@ const ROWS: [(&str, &str, Option<f64>); 6] = [
     ),
 ];
 
-/// Runs the benchmarks (`peer`: with PyTorch side by side). Accepts a `bool` or [`Args`].
-pub fn run(peer: impl Into<bool>) -> Result<()> {
-    let peer = peer.into();
+/// Runs the benchmarks (`peer`: with PyTorch side by side).
+pub fn run(args: Args) -> Result<()> {
+    let peer = args.peer;
+    let (isa_saddle, isa_torch) = match &args.isa {
+        Some(i) => isa_envs(i)?,
+        None => (vec![], vec![]),
+    };
     let root = workspace_root()?;
     let rounds: usize = env_num("SADDLE_BENCH_ROUNDS", 3.0) as usize;
     let secs = env_num("SADDLE_BENCH_SECS", 2.0);
@@ -100,6 +125,7 @@ pub fn run(peer: impl Into<bool>) -> Result<()> {
     let mut ours: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
     let mut theirs: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
     let load0 = loadavg();
+    let mut header = String::new();
     for round in 0..rounds {
         for (i, (name, _, _)) in ROWS.iter().enumerate() {
             eprintln!("round {}/{rounds}: {name}", round + 1);
@@ -108,13 +134,22 @@ pub fn run(peer: impl Into<bool>) -> Result<()> {
             for side in 0..2 {
                 let is_saddle = (side == 0) == saddle_first;
                 if is_saddle {
-                    let out = run_cmd(Command::new(&speed).envs(envs(name)), "saddle bench")?;
+                    let out = run_cmd(
+                        Command::new(&speed)
+                            .envs(envs(name))
+                            .envs(isa_saddle.clone()),
+                        "saddle bench",
+                    )?;
+                    let first = header.is_empty() && !name.contains('@');
+                    if let Some(l) = out.lines().find(|l| first && l.starts_with("# saddle")) {
+                        header = l.trim_start_matches("# ").to_string();
+                    }
                     ours.entry(name)
                         .or_default()
                         .extend(parse_rows(&out, base(name)));
                 } else if let Some(py) = &python {
                     let mut c = Command::new(py);
-                    c.arg(&script).envs(envs(name));
+                    c.arg(&script).envs(envs(name)).envs(isa_torch.clone());
                     let out = run_cmd(&mut c, "PyTorch reference")?;
                     theirs
                         .entry(name)
@@ -126,18 +161,33 @@ pub fn run(peer: impl Into<bool>) -> Result<()> {
     }
     eprintln!("allocation counts and per-op rates ...");
     let allocs = run_cmd(
-        Command::new(&speed).envs(envs("allocations")),
+        Command::new(&speed)
+            .envs(envs("allocations"))
+            .envs(isa_saddle.clone()),
         "saddle allocation count",
     )?;
     let ops_out = run_cmd(
-        Command::new(&ops).env("SADDLE_THREADS", &threads),
+        Command::new(&ops)
+            .env("SADDLE_THREADS", &threads)
+            .envs(isa_saddle.clone()),
         "saddle per-op bench",
     )?;
     let load1 = loadavg();
 
     println!(
         "\nsaddle CPU benchmarks, {threads} threads, median of {rounds} interleaved rounds \
-         (load average {load0} before, {load1} after)\n"
+         (load average {load0} before, {load1} after)\n{header}{}\n",
+        match &args.isa {
+            Some(_) => format!(
+                "; PyTorch capped with {}",
+                isa_torch
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            None => String::new(),
+        }
     );
     let peer_col = if peer {
         " PyTorch | saddle/PyTorch | target |"

@@ -96,6 +96,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A SADDLE_CPU_ISA the CPU cannot run (or a misspelt one) is refused before any work.
+    if let Err(e) = saddle_tensor::cpu::cpu_isa() {
+        eprintln!("saddle: error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),

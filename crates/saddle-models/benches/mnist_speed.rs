@@ -199,7 +199,14 @@ fn run(threads: usize) {
     let b = Cpu::new();
     let net = MnistNet::paper(b, 1).unwrap();
     let mut rng = Rng::new(2);
-    println!("# saddle MNIST network, CPU backend, {threads} threads");
+    let isa = match saddle_tensor::cpu::cpu_isa() {
+        Ok(i) => i.name(),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    println!("# saddle MNIST network, CPU backend, {threads} threads, isa={isa}");
     let mut batch = |n: usize| {
         let x = b
             .from_vec(

@@ -287,6 +287,57 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         gy: &Self::Tensor,
     ) -> Result<Self::Tensor>;
 
+    /// Per-example Kullback–Leibler divergence `KL(softmax(p_i) ‖ softmax(q_i))` of two logit
+    /// matrices `p`, `q` `[n, k]`: shape `[n]` (TRADES' robust loss, with `p` the clean
+    /// logits). Both rows are normalised by their maximum first, so large logits do not
+    /// overflow.
+    ///
+    /// The default computes on the host in `f64` (the tensors are `n × classes`, small);
+    /// a backend may override it with a kernel.
+    fn kl_div(&self, p: &Self::Tensor, q: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, k) = crate::shape::check_logit_pair("kl_div", p.dims(), q.dims())?;
+        let (pv, qv) = (self.to_vec(p)?, self.to_vec(q)?);
+        let out = (0..n)
+            .map(|i| {
+                let r = i * k..(i + 1) * k;
+                crate::shape::kl_row(&pv[r.clone()], &qv[r]).0 as f32
+            })
+            .collect();
+        self.from_vec(&[n], out)
+    }
+
+    /// Gradients of the per-example KL divergence, each row scaled by `gy` `[n]`:
+    /// `(∂/∂p, ∂/∂q)` = `gy_i · P_ij·((log P_ij − log Q_ij) − KL_i)` and `gy_i · (Q_ij − P_ij)`,
+    /// with `P`, `Q` the softmax of `p`, `q`. Default on the host, as [`Backend::kl_div`].
+    fn kl_div_backward(
+        &self,
+        p: &Self::Tensor,
+        q: &Self::Tensor,
+        gy: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let op = "kl_div_backward";
+        let (n, k) = crate::shape::check_logit_pair(op, p.dims(), q.dims())?;
+        if gy.dims() != [n] {
+            return Err(TensorError::shape(
+                op,
+                format!("gy {:?} must be [{n}]", gy.dims()),
+            ));
+        }
+        let (pv, qv, g) = (self.to_vec(p)?, self.to_vec(q)?, self.to_vec(gy)?);
+        let (mut gp, mut gq) = (vec![0.0f32; n * k], vec![0.0f32; n * k]);
+        for i in 0..n {
+            let r = i * k..(i + 1) * k;
+            let (kl, lp, lq) = crate::shape::kl_row(&pv[r.clone()], &qv[r.clone()]);
+            let gi = f64::from(g[i]);
+            for j in 0..k {
+                let (pj, qj) = (lp[j].exp(), lq[j].exp());
+                gp[i * k + j] = (gi * pj * ((lp[j] - lq[j]) - kl)) as f32;
+                gq[i * k + j] = (gi * (qj - pj)) as f32;
+            }
+        }
+        Ok((self.from_vec(&[n, k], gp)?, self.from_vec(&[n, k], gq)?))
+    }
+
     // ---- batch normalisation -------------------------------------------------------------
 
     /// Batch normalisation with batch statistics over all axes but 1 (channels) of `x`

@@ -688,6 +688,44 @@ pub fn cross_entropy(logits: &RefTensor, labels: &RefTensor) -> Result<RefTensor
     })
 }
 
+/// Per-example `KL(P_i ‖ Q_i)` with `P`, `Q` the softmax of the rows of `p`, `q` `[n, k]`,
+/// computed as `Σ_j P_ij · ln(P_ij / Q_ij)` from explicit probabilities (a different route from
+/// the backends' log-softmax form), shape `[n]`.
+///
+/// # Errors
+/// [`TensorError::Shape`] unless both are `[n, k]` of one shape.
+pub fn kl_div(p: &RefTensor, q: &RefTensor) -> Result<RefTensor> {
+    if p.shape.len() != 2 || p.shape != q.shape || p.shape[1] == 0 {
+        return Err(TensorError::shape(
+            "kl_div",
+            format!("logits {:?} and {:?} must both be [n, k]", p.shape, q.shape),
+        ));
+    }
+    let (n, k) = (p.shape[0], p.shape[1]);
+    let probs = |row: &[f64]| -> Vec<f64> {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = row.iter().map(|&z| (z - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|v| v / s).collect()
+    };
+    let data = (0..n)
+        .map(|i| {
+            let (pp, qq) = (
+                probs(&p.data[i * k..(i + 1) * k]),
+                probs(&q.data[i * k..(i + 1) * k]),
+            );
+            pp.iter()
+                .zip(&qq)
+                .map(|(&a, &b)| if a == 0.0 { 0.0 } else { a * (a / b).ln() })
+                .sum()
+        })
+        .collect();
+    Ok(RefTensor {
+        shape: vec![n],
+        data,
+    })
+}
+
 /// Per-example CW margin loss of MadryLab's `mnist_challenge`, `−relu(z_y − max_{j≠y} z_j + κ)`,
 /// shape `[n]`.
 ///

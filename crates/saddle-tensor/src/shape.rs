@@ -268,6 +268,33 @@ pub fn check_labels(op: &'static str, labels: &[f32], classes: usize) -> Result<
     Ok(())
 }
 
+/// Checks two logit matrices of the same shape `[n, k]` with `k ≥ 1`; returns `(n, k)`.
+pub fn check_logit_pair(op: &'static str, p: &[usize], q: &[usize]) -> Result<(usize, usize)> {
+    if p.len() != 2 || p != q || p[1] == 0 {
+        return Err(TensorError::shape(
+            op,
+            format!("logits {p:?} and {q:?} must both be [n, k] with k ≥ 1"),
+        ));
+    }
+    Ok((p[0], p[1]))
+}
+
+/// One row's `KL(softmax(p) ‖ softmax(q))` in `f64`, with the two log-softmax rows.
+pub fn kl_row(p: &[f32], q: &[f32]) -> (f64, Vec<f64>, Vec<f64>) {
+    let log_softmax = |z: &[f32]| -> Vec<f64> {
+        let m = z
+            .iter()
+            .map(|&v| f64::from(v))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = z.iter().map(|&v| (f64::from(v) - m).exp()).sum();
+        let l = m + s.ln();
+        z.iter().map(|&v| f64::from(v) - l).collect()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    let kl = lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum();
+    (kl, lp, lq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

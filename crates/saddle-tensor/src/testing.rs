@@ -494,6 +494,8 @@ pub fn checks<B: Backend>() -> Vec<(&'static str, CheckFn<B>)> {
         ("cross_entropy_backward", check_cross_entropy_backward::<B>),
         ("cw_loss", check_cw_loss::<B>),
         ("cw_loss_backward", check_cw_loss_backward::<B>),
+        ("kl_div", check_kl_div::<B>),
+        ("kl_div_backward", check_kl_div_backward::<B>),
         ("batch_norm_train", check_batch_norm_train::<B>),
         ("batch_norm_eval", check_batch_norm_eval::<B>),
         (
@@ -1711,6 +1713,111 @@ pub fn check_cross_entropy_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult 
     })
 }
 
+/// `kl_div` against [`reference::kl_div`] (probabilities formed explicitly); `mag = 1 + Σ_j
+/// P_ij·(|z_pj − m_p| + |z_qj − m_q|)` per row: the divergence is a P-weighted sum of
+/// differences of log-probabilities, each carrying the rounding of its logits. Includes equal
+/// rows (KL = 0) and logits of 80 to 100.
+pub fn check_kl_div<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "kl_div";
+    let mut rng = SplitMix64::new(0x4B1);
+    for (n, k, lo, hi) in LOSS_CASES {
+        let ctx = format!("[{name}] {op} (logits [{n}, {k}] in [{lo}, {hi}])");
+        let p = Host::random(&mut rng, &[n, k], lo, hi);
+        let mut q = Host::random(&mut rng, &[n, k], lo, hi);
+        // The first row of q equals p's: a divergence of exactly zero.
+        q.data[..k].copy_from_slice(&p.data[..k]);
+        let want = reference::kl_div(&p.r(), &q.r()).reference(&ctx)?;
+        let (rp, rq) = (p.r(), q.r());
+        let (sp, sq) = (row_stats(&rp), row_stats(&rq));
+        let mag = RefTensor {
+            shape: vec![n],
+            data: (0..n)
+                .map(|i| {
+                    1.0 + (0..k)
+                        .map(|j| {
+                            let zp = rp.data[i * k + j] - sp[i].0;
+                            let zq = rq.data[i * k + j] - sq[i].0;
+                            zp.exp() / sp[i].1 * (zp.abs() + zq.abs())
+                        })
+                        .sum::<f64>()
+                })
+                .collect(),
+        };
+        let got = b
+            .kl_div(&p.up(b, &ctx)?, &q.up(b, &ctx)?)
+            .backend(&ctx, op)?;
+        expect_close(b, &ctx, &got, &want, Some(&mag), tol)?;
+        let v = b.to_vec(&got).backend(&ctx, "to_vec")?;
+        if !v.iter().all(|&x| x >= -1e-6) {
+            return Err(format!("{ctx}: a divergence is negative: {v:?}"));
+        }
+    }
+    let ctx = format!("[{name}] {op} errors");
+    let a = Host::new(&[2, 4], vec![0.5; 8]).up(b, &ctx)?;
+    let c = Host::new(&[2, 3], vec![0.5; 6]).up(b, &ctx)?;
+    let d = Host::new(&[8], vec![0.5; 8]).up(b, &ctx)?;
+    expect_err(&ctx, op, true, "[2, 4] against [2, 3]", || b.kl_div(&a, &c))?;
+    expect_err(&ctx, op, true, "1-D logits", || b.kl_div(&d, &d))
+}
+
+/// `kl_div_backward` against finite differences of [`reference::kl_div`], with respect to each
+/// argument; `mag_ij = |gy_i|·(P_ij·(1 + |z_pj − m_p| + |z_qj − m_q|) + Q_ij)`.
+pub fn check_kl_div_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "kl_div_backward";
+    let mut rng = SplitMix64::new(0x4B1B);
+    for (n, k, lo, hi) in LOSS_CASES {
+        if k > 100 {
+            continue; // finite differences over 2,000 logits twice: slow, nothing new
+        }
+        let ctx =
+            format!("[{name}] {op} (logits [{n}, {k}] in [{lo}, {hi}]) vs finite differences");
+        let p = Host::random(&mut rng, &[n, k], lo, hi);
+        let q = Host::random(&mut rng, &[n, k], lo, hi);
+        let gy = Host::random(&mut rng, &[n], -2.0, 2.0);
+        let (rp, rq) = (p.r(), q.r());
+        let (want_p, noise_p) = fd_grad(&ctx, &rp, &gy.r(), |z| reference::kl_div(z, &rq))?;
+        let (want_q, noise_q) = fd_grad(&ctx, &rq, &gy.r(), |z| reference::kl_div(&rp, z))?;
+        let (sp, sq) = (row_stats(&rp), row_stats(&rq));
+        let mut mag = RefTensor::full(&[n, k], 0.0);
+        for i in 0..n {
+            for j in 0..k {
+                let zp = rp.data[i * k + j] - sp[i].0;
+                let zq = rq.data[i * k + j] - sq[i].0;
+                let (pj, qj) = (zp.exp() / sp[i].1, zq.exp() / sq[i].1);
+                mag.data[i * k + j] =
+                    f64::from(gy.data[i]).abs() * (pj * (1.0 + zp.abs() + zq.abs()) + qj);
+            }
+        }
+        let (gp, gq) = b
+            .kl_div_backward(&p.up(b, &ctx)?, &q.up(b, &ctx)?, &gy.up(b, &ctx)?)
+            .backend(&ctx, op)?;
+        expect_close(
+            b,
+            &format!("{ctx}, ∂/∂p"),
+            &gp,
+            &want_p,
+            Some(&mag),
+            tol.plus_atol(noise_p),
+        )?;
+        expect_close(
+            b,
+            &format!("{ctx}, ∂/∂q"),
+            &gq,
+            &want_q,
+            Some(&mag),
+            tol.plus_atol(noise_q),
+        )?;
+    }
+    let ctx = format!("[{name}] {op} errors");
+    let a = Host::new(&[2, 4], vec![0.5; 8]).up(b, &ctx)?;
+    let g3 = Host::new(&[3], vec![1.0; 3]).up(b, &ctx)?;
+    expect_err(&ctx, op, true, "gy [3] for 2 rows", || {
+        b.kl_div_backward(&a, &a, &g3)
+    })
+}
+
 /// `(n, k, κ)` for the CW loss: κ = 0, 0.5 and the MNIST challenge's 50.
 const CW_CASES: [(usize, usize, f32); 6] = [
     (5, 10, 0.0),
@@ -2559,6 +2666,8 @@ macro_rules! op_suite {
             cross_entropy_backward => check_cross_entropy_backward,
             cw_loss => check_cw_loss,
             cw_loss_backward => check_cw_loss_backward,
+            kl_div => check_kl_div,
+            kl_div_backward => check_kl_div_backward,
             batch_norm_train => check_batch_norm_train,
             batch_norm_eval => check_batch_norm_eval,
             batch_norm_train_backward => check_batch_norm_train_backward,

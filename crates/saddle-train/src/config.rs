@@ -152,6 +152,41 @@ impl TrainConfig {
         Self::default()
     }
 
+    /// The paper's CIFAR-10 recipe (MadryLab `cifar10_challenge`): `wrn-madry-34-10`, 80,000
+    /// steps of batch 128, SGD 0.1 with momentum 0.9 and weight decay 2e-4, learning rate ÷10
+    /// at 40,000 and 60,000, PGD-7 of 2/255 from a random start at ε = 8/255, the pad-4 crop
+    /// and flip, the training attack crafting in batch-norm training mode as MadryLab's did.
+    pub fn cifar_paper() -> Self {
+        TrainConfig {
+            dataset: "cifar10".into(),
+            arch: "wrn-madry-34-10".into(),
+            augment: Augmentation::CropFlip,
+            attack_bn_mode: BnMode::Train,
+            max_num_training_steps: 80_000,
+            num_output_steps: 100,
+            num_summary_steps: 100,
+            num_checkpoint_steps: 300,
+            training_batch_size: 128,
+            num_eval_examples: 10_000,
+            eval_batch_size: 100,
+            epsilon: 8.0 / 255.0,
+            k: 7,
+            a: 2.0 / 255.0,
+            random_start: true,
+            loss_func: LossFunc::Xent,
+            training: TrainingMode::Pgd,
+            optimizer: OptimizerKind::Sgd {
+                momentum: 0.9,
+                weight_decay: 2e-4,
+            },
+            learning_rate: Schedule::Piecewise {
+                boundaries: vec![40_000, 60_000],
+                values: vec![0.1, 0.01, 0.001],
+            },
+            ..TrainConfig::default()
+        }
+    }
+
     /// The ε of the training attack at `step` (with the ramp applied).
     pub fn epsilon_at(&self, step: u64) -> f32 {
         if self.epsilon_ramp_steps == 0 || step >= self.epsilon_ramp_steps {
@@ -224,17 +259,70 @@ impl TrainConfig {
 }
 
 /// Names of the built-in presets.
-pub const PRESETS: &[&str] = &["mnist-paper", "mnist-quick", "mnist-natural", "mnist-smoke"];
+pub const PRESETS: &[&str] = &[
+    "mnist-paper",
+    "mnist-quick",
+    "mnist-natural",
+    "mnist-smoke",
+    "cifar-paper",
+    "cifar-quick",
+    "cifar-smoke",
+];
 
 impl TrainConfig {
     /// A built-in recipe by name:
     /// - `mnist-paper`: the paper's recipe ([`TrainConfig::mnist_paper`]), ~20 h on 2 cores;
     /// - `mnist-quick`: the best robust recipe found for a 2-core CPU within an hour;
     /// - `mnist-natural`: natural training of the paper's network (2 epochs);
-    /// - `mnist-smoke`: a small PGD run (scale 4, 300 steps, 2,000 images) for checks in minutes.
+    /// - `mnist-smoke`: a small PGD run (scale 4, 300 steps, 2,000 images) for checks in minutes;
+    /// - `cifar-paper`: the paper's CIFAR-10 recipe ([`TrainConfig::cifar_paper`]), GPU-scale;
+    /// - `cifar-quick`: the most robust CIFAR-10 recipe found for a 2-core CPU within two hours;
+    /// - `cifar-smoke`: a few minutes of CIFAR-10 adversarial training on a small network.
     pub fn preset(name: &str) -> Option<TrainConfig> {
         let paper = TrainConfig::mnist_paper();
+        let cifar = TrainConfig::cifar_paper();
         Some(match name {
+            "cifar-paper" => cifar,
+            "cifar-quick" => TrainConfig {
+                // Fast FGSM (Wong, Rice & Kolter 2020: random start, one step of 1.25ε) on the
+                // RobustBench-style wrn-16-4, one-cycle SGD, 10 epochs of batch 128.
+                arch: "wrn-16-4".into(),
+                training: TrainingMode::FastFgsm,
+                k: 1,
+                a: 10.0 / 255.0,
+                max_num_training_steps: 3900,
+                optimizer: OptimizerKind::Sgd {
+                    momentum: 0.9,
+                    weight_decay: 5e-4,
+                },
+                learning_rate: Schedule::OneCycle {
+                    max: 0.2,
+                    total: 3900,
+                    warmup: 0.4,
+                    div: 25.0,
+                },
+                num_checkpoint_steps: 100,
+                num_output_steps: 20,
+                num_eval_examples: 1000,
+                ..cifar
+            },
+            "cifar-smoke" => TrainConfig {
+                arch: "wrn-10-1".into(),
+                k: 3,
+                a: 4.0 / 255.0,
+                max_num_training_steps: 200,
+                training_batch_size: 64,
+                train_limit: 5000,
+                optimizer: OptimizerKind::Sgd {
+                    momentum: 0.9,
+                    weight_decay: 5e-4,
+                },
+                learning_rate: Schedule::Constant { value: 0.05 },
+                num_checkpoint_steps: 100,
+                num_output_steps: 10,
+                num_eval_examples: 500,
+                ..cifar
+            },
             "mnist-paper" => paper,
             "mnist-quick" => TrainConfig {
                 // 13 epochs of PGD-10 (step 0.04: a path of 0.4 = 1.33 ε, as the paper's

@@ -105,6 +105,14 @@ pub fn direct(
     let tab: &[u32] = tab;
     let wp = d.wp();
     let bias = bias.map(|b| P(b.as_ptr() as *mut f32));
+    // The AVX2 kernel reads the weights as 16-column slabs (see `kernel::wants_slabs`).
+    let slabs = kernel::wants_slabs().then(|| {
+        let mut s = Scratch::new(ckk * kp);
+        // SAFETY: `wt` holds ckk rows of kp columns.
+        unsafe { kernel::to_slabs(wt.as_ptr(), kp, ckk, kp / 16, &mut s) };
+        s
+    });
+    let slabs = slabs.as_deref();
     out.par_chunks_mut(d.k * ohw)
         .enumerate()
         .for_each(|(img, o)| {
@@ -134,7 +142,19 @@ pub fn direct(
                         // SAFETY: window offsets stay inside the padded image for every valid
                         // output pixel; the weight panel has ckk rows of kp ≥ j0 + 16·nv.
                         unsafe {
-                            kernel::tile(nv, ckk, &rows, Offs::Table(tab), bp, kp, &mut acc);
+                            match slabs {
+                                Some(sl) => kernel::tile_slabs(
+                                    nv,
+                                    ckk,
+                                    &rows,
+                                    Offs::Table(tab),
+                                    sl[j0 * ckk..].as_ptr(),
+                                    &mut acc,
+                                ),
+                                None => {
+                                    kernel::tile(nv, ckk, &rows, Offs::Table(tab), bp, kp, &mut acc)
+                                }
+                            }
                             kernel::store(&dst, &acc, oi * d.ow + oj0, mr, j0, nr, true, true);
                         }
                     }

@@ -1,5 +1,5 @@
-//! The CPU backend's compute kernels: one register-blocked micro-kernel (AVX-512 where the CPU
-//! has it, portable Rust elsewhere), the matrix product built on it, and direct convolution that
+//! The CPU backend's compute kernels: one register-blocked micro-kernel (AVX-512 or AVX2 + FMA
+//! where the CPU has them, portable Rust elsewhere; see [`Isa`]), the matrix product built on it, and direct convolution that
 //! feeds the micro-kernel straight from the (padded) image, without an im2col matrix.
 //!
 //! **The micro-kernel** computes a tile of `MR` rows × `16·NV` columns of `C = A·B`:
@@ -50,20 +50,95 @@ impl<T> P<T> {
     }
 }
 
+/// The instruction set the CPU kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512F: 16-lane micro-kernel with FMA.
+    Avx512,
+    /// x86-64 with AVX2 and FMA: 8-lane micro-kernel with FMA. Its sums are fused
+    /// multiply-adds in the same order as the AVX-512 kernel's, so the two agree bit for bit.
+    Avx2,
+    /// Plain Rust, vectorised by the compiler for the build target (no FMA on x86-64).
+    Portable,
+}
+
+impl Isa {
+    /// The name `SADDLE_CPU_ISA` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest set this CPU runs.
+    pub fn detect() -> Isa {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.supported())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// The set asked for by `SADDLE_CPU_ISA` (`avx512`, `avx2` or `portable`; the older
+    /// `SADDLE_CPU_PORTABLE` means `portable`), or the fastest this CPU runs when neither is
+    /// set. An unknown name, or a set this CPU cannot run, is an error that says so.
+    pub fn from_env() -> Result<Isa, String> {
+        let want = match std::env::var("SADDLE_CPU_ISA") {
+            Ok(v) if !v.is_empty() => v,
+            _ if std::env::var_os("SADDLE_CPU_PORTABLE").is_some() => "portable".into(),
+            _ => return Ok(Isa::detect()),
+        };
+        let isa = match want.to_ascii_lowercase().as_str() {
+            "avx512" => Isa::Avx512,
+            "avx2" => Isa::Avx2,
+            "portable" => Isa::Portable,
+            _ => {
+                return Err(format!(
+                    "SADDLE_CPU_ISA={want} is not an instruction set saddle knows: use avx512, \
+                     avx2 or portable (or unset it to pick the fastest this CPU runs)"
+                ))
+            }
+        };
+        if !isa.supported() {
+            return Err(format!(
+                "SADDLE_CPU_ISA={want}: this CPU cannot run {} kernels (the fastest it runs is \
+                 {}); unset SADDLE_CPU_ISA or choose a set the CPU has",
+                isa.name(),
+                Isa::detect().name()
+            ));
+        }
+        Ok(isa)
+    }
+}
+
+/// The instruction set in use, fixed at the first call: [`Isa::from_env`], or where that is an
+/// error (reported to the user by [`crate::cpu::cpu_isa`], which the CLI calls at startup) the
+/// fastest this CPU runs.
+pub fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| Isa::from_env().unwrap_or_else(|_| Isa::detect()))
+}
+
 pub fn use_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| {
-            std::env::var_os("SADDLE_CPU_PORTABLE").is_none()
-                && std::arch::is_x86_feature_detected!("avx512f")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    isa() == Isa::Avx512
 }
 
 /// Reinterprets `f32` scratch as `u32` offsets (both plain 4-byte values).
@@ -144,6 +219,24 @@ pub unsafe fn tile(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (checked when the set was chosen); the caller vouches
+        // for the memory. Passes of 16 columns: 7 rows × 2 vectors = 14 accumulators of the 16
+        // registers.
+        unsafe {
+            for c0 in (0..nv).map(|v| 16 * v) {
+                let bb = b.wrapping_add(c0);
+                match offs {
+                    Offs::Affine(cs) => avx2::tile(k, rows, |p| p * cs, bb, ldb, out, c0),
+                    Offs::Table(t) => {
+                        avx2::tile(k, rows, |p| *t.get_unchecked(p) as usize, bb, ldb, out, c0)
+                    }
+                }
+            }
+        }
+        return;
+    }
     // SAFETY: forwarded.
     unsafe {
         match offs {
@@ -151,6 +244,72 @@ pub unsafe fn tile(
             Offs::Table(t) => portable_tile(nv, k, rows, |p| t[p] as usize, b, ldb, out),
         }
     }
+}
+
+/// Whether the kernels want `B` in slabs (see [`to_slabs`]): the AVX2 kernel reads one 16-column
+/// slab per pass, and a slab read contiguously stays in L1 where a 16-column stripe of a wide
+/// row-major panel (rows 256 bytes or more apart, all in a few cache sets) does not.
+pub fn wants_slabs() -> bool {
+    isa() == Isa::Avx2
+}
+
+/// Copies `k` rows of a `16·nv`-column panel (`b[p·ldb + j]`) into `nv` slabs of `k × 16`:
+/// `dst[(v·k + p)·16 + j] = b[p·ldb + 16·v + j]`.
+///
+/// # Safety
+/// `b[p·ldb + j]` must be readable for `p < k`, `j < 16·nv`; `dst` holds `k·16·nv` values.
+pub unsafe fn to_slabs(b: *const f32, ldb: usize, k: usize, nv: usize, dst: &mut [f32]) {
+    assert!(dst.len() >= k * 16 * nv);
+    for p in 0..k {
+        if ldb > 16 * nv {
+            // Rows far apart: ask for a later row's lines ahead of time.
+            prefetch_row(b.wrapping_add((p + 16).min(k - 1) * ldb), 16 * nv);
+        }
+        // SAFETY: the caller vouches for row p's 16·nv values.
+        let src = unsafe { std::slice::from_raw_parts(b.add(p * ldb), 16 * nv) };
+        for v in 0..nv {
+            dst[(v * k + p) * 16..(v * k + p + 1) * 16].copy_from_slice(&src[16 * v..16 * v + 16]);
+        }
+    }
+}
+
+/// [`tile`] on `B` in slabs ([`to_slabs`] with the same `k`): the same sums, in the same order.
+///
+/// # Safety
+/// As [`tile`]; `b` holds `nv` slabs of `k × 16`. Only for [`wants_slabs`] (AVX2).
+#[inline]
+pub unsafe fn tile_slabs(
+    nv: usize,
+    k: usize,
+    rows: &[*const f32; MR],
+    offs: Offs<'_>,
+    b: *const f32,
+    out: &mut [f32; TILE],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA; the caller vouches for the memory.
+        unsafe {
+            for v in 0..nv {
+                let bb = b.wrapping_add(v * k * 16);
+                match offs {
+                    Offs::Affine(cs) => avx2::tile(k, rows, |p| p * cs, bb, 16, out, 16 * v),
+                    Offs::Table(t) => avx2::tile(
+                        k,
+                        rows,
+                        |p| *t.get_unchecked(p) as usize,
+                        bb,
+                        16,
+                        out,
+                        16 * v,
+                    ),
+                }
+            }
+        }
+        return;
+    }
+    let _ = (nv, k, rows, offs, b, out);
+    unreachable!("slabs are only made for the AVX2 kernel");
 }
 
 /// The portable micro-kernel (plain Rust; the compiler vectorises the inner loop).
@@ -241,6 +400,112 @@ mod avx512 {
                 unsafe {
                     _mm512_storeu_ps(out.as_mut_ptr().add(r * 64 + col0 + 16 * v), acc[r][v])
                 };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, TILE};
+    use std::arch::x86_64::*;
+
+    /// The AVX2 micro-kernel: `MR` rows × 16 columns (two 8-lane vectors), one broadcast of `A`
+    /// per row and two loads of `B` per step of the reduction; each element is a chain of
+    /// fused multiply-adds over `p` in order, as in the AVX-512 kernel.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; memory as [`super::tile`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<F: Fn(usize) -> usize>(
+        k: usize,
+        rows: &[*const f32; MR],
+        off: F,
+        b: *const f32,
+        ldb: usize,
+        out: &mut [f32; TILE],
+        col0: usize,
+    ) {
+        // Fourteen accumulators pinned to ymm0–13, B's first vector in ymm14, the broadcast in
+        // ymm15 and B's second vector read from memory by its FMAs: written in assembly because
+        // the compiler, given the same loop in intrinsics, spilled accumulators and shuffled
+        // registers every step (a third of the kernel's time).
+        let z = _mm256_setzero_ps();
+        let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30) = (z, z, z, z, z, z, z);
+        let (mut c31, mut c40, mut c41, mut c50, mut c51, mut c60, mut c61) = (z, z, z, z, z, z, z);
+        let [r0, r1, r2, r3, r4, r5, r6] = *rows;
+        let mut bp = b;
+        for p in 0..k {
+            let o = off(p);
+            // SAFETY: the caller vouches for `b[p·ldb .. p·ldb + 16]` and `rows[r] + off(p)`;
+            // the block reads only those and writes only its declared registers.
+            unsafe {
+                std::arch::asm!(
+                    "vmovups ymm14, ymmword ptr [{bp}]",
+                    "vbroadcastss ymm15, dword ptr [{r0} + {o}*4]",
+                    "vfmadd231ps ymm0, ymm15, ymm14",
+                    "vfmadd231ps ymm1, ymm15, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm15, dword ptr [{r1} + {o}*4]",
+                    "vfmadd231ps ymm2, ymm15, ymm14",
+                    "vfmadd231ps ymm3, ymm15, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm15, dword ptr [{r2} + {o}*4]",
+                    "vfmadd231ps ymm4, ymm15, ymm14",
+                    "vfmadd231ps ymm5, ymm15, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm15, dword ptr [{r3} + {o}*4]",
+                    "vfmadd231ps ymm6, ymm15, ymm14",
+                    "vfmadd231ps ymm7, ymm15, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm15, dword ptr [{r4} + {o}*4]",
+                    "vfmadd231ps ymm8, ymm15, ymm14",
+                    "vfmadd231ps ymm9, ymm15, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm15, dword ptr [{r5} + {o}*4]",
+                    "vfmadd231ps ymm10, ymm15, ymm14",
+                    "vfmadd231ps ymm11, ymm15, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm15, dword ptr [{r6} + {o}*4]",
+                    "vfmadd231ps ymm12, ymm15, ymm14",
+                    "vfmadd231ps ymm13, ymm15, ymmword ptr [{bp} + 32]",
+                    bp = in(reg) bp,
+                    o = in(reg) o,
+                    r0 = in(reg) r0,
+                    r1 = in(reg) r1,
+                    r2 = in(reg) r2,
+                    r3 = in(reg) r3,
+                    r4 = in(reg) r4,
+                    r5 = in(reg) r5,
+                    r6 = in(reg) r6,
+                    inout("ymm0") c00,
+                    inout("ymm1") c01,
+                    inout("ymm2") c10,
+                    inout("ymm3") c11,
+                    inout("ymm4") c20,
+                    inout("ymm5") c21,
+                    inout("ymm6") c30,
+                    inout("ymm7") c31,
+                    inout("ymm8") c40,
+                    inout("ymm9") c41,
+                    inout("ymm10") c50,
+                    inout("ymm11") c51,
+                    inout("ymm12") c60,
+                    inout("ymm13") c61,
+                    out("ymm14") _,
+                    out("ymm15") _,
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+            bp = bp.wrapping_add(ldb);
+        }
+        let acc = [
+            [c00, c01],
+            [c10, c11],
+            [c20, c21],
+            [c30, c31],
+            [c40, c41],
+            [c50, c51],
+            [c60, c61],
+        ];
+        for (r, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                // SAFETY: `out` holds MR rows of 64.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(r * 64 + col0 + 8 * v), *x) };
             }
         }
     }
@@ -553,12 +818,19 @@ pub unsafe fn gemm(
         let w = 16 * pl.nv;
         // A strided panel read by several tiles is copied to a contiguous block first (one
         // pass over B instead of one per tile, and no stride across pages in the kernel).
-        let mut local = (ldb != w && tile1 - tile0 >= 2).then(|| Scratch::new(KC.min(k) * w));
+        let slabs = wants_slabs() && tile1 - tile0 >= 2;
+        let mut local =
+            ((ldb != w || slabs) && tile1 - tile0 >= 2).then(|| Scratch::new(KC.min(k) * w));
         let mut acc = [0.0f32; TILE];
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
             let (bblk, ldb_blk) = match local.as_mut() {
+                Some(buf) if slabs => {
+                    // SAFETY: the panel has `w` valid columns in each of its rows.
+                    unsafe { to_slabs(bp.wrapping_add(k0 * ldb), ldb, kc, pl.nv, buf) };
+                    (buf.as_ptr(), 16)
+                }
                 Some(buf) => {
                     for p in 0..kc {
                         // The rows are far apart: ask for a later row's lines ahead of time.
@@ -589,7 +861,11 @@ pub unsafe fn gemm(
                 }
                 // SAFETY: rows and panel are in bounds by the caller's contract.
                 unsafe {
-                    tile(pl.nv, kc, &rows, offs_k.0, bblk, ldb_blk, &mut acc);
+                    if slabs {
+                        tile_slabs(pl.nv, kc, &rows, offs_k.0, bblk, &mut acc);
+                    } else {
+                        tile(pl.nv, kc, &rows, offs_k.0, bblk, ldb_blk, &mut acc);
+                    }
                     store(&out, &acc, i0, mr, pl.j0, pl.nr, k0 == 0, k0 + kc == k);
                 }
             }
@@ -699,6 +975,52 @@ mod tests {
     use crate::cpu::Cpu;
     use crate::rng::Rng;
     use crate::{Backend, Conv2dParams};
+
+    /// Each element of a product is, bit for bit, the chain the module documents: per block of
+    /// `KC` a sum over `p` in order — one rounding per step with a fused multiply-add on the
+    /// AVX-512 and AVX2 kernels, two (product, then sum) on the portable one — and the blocks
+    /// added in order. Checked against that chain computed here in scalar code, on the
+    /// instruction set this process uses (CI runs it under each `SADDLE_CPU_ISA`).
+    #[test]
+    fn products_are_the_documented_chain_of_sums() {
+        use super::{isa, Isa, KC};
+        let fused = isa() != Isa::Portable;
+        let b = Cpu::new();
+        let mut r = Rng::new(11);
+        // k spans one block, a partial second one and three; n and m leave partial tiles.
+        for &(m, k, n) in &[
+            (9, 37, 23),
+            (15, KC + 100, 70),
+            (8, 3 * KC, 130),
+            (50, 800, 64),
+        ] {
+            let av: Vec<f32> = (0..m * k).map(|_| r.uniform(-1.0, 1.0)).collect();
+            let bv: Vec<f32> = (0..k * n).map(|_| r.uniform(-1.0, 1.0)).collect();
+            let at = b.from_vec(&[m, k], av.clone()).unwrap();
+            let bt = b.from_vec(&[k, n], bv.clone()).unwrap();
+            let c = b.matmul(&at, &bt, false, false).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let mut total = 0.0f32;
+                    for k0 in (0..k).step_by(KC) {
+                        let mut s = 0.0f32;
+                        for p in k0..(k0 + KC).min(k) {
+                            let (x, y) = (av[i * k + p], bv[p * n + j]);
+                            s = if fused { x.mul_add(y, s) } else { s + x * y };
+                        }
+                        total = if k0 == 0 { s } else { total + s };
+                    }
+                    let got = c.as_slice()[i * n + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        total.to_bits(),
+                        "{isa:?} kernel, {m}×{k}·{k}×{n}, element ({i}, {j}): {got} vs {total}",
+                        isa = isa()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {

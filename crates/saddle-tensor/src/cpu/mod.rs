@@ -8,12 +8,18 @@
 //! iteration. Work is split into fixed-size chunks whose partial results are combined in a fixed
 //! order, so results do not depend on the number of threads.
 //!
-//! The AVX-512 kernels are chosen at run time when the CPU has AVX-512F; set the environment
-//! variable `SADDLE_CPU_PORTABLE` to use the portable kernels instead (for testing them).
+//! The kernels' instruction set is chosen at run time: AVX-512F where the CPU has it, else AVX2
+//! with FMA, else portable Rust. `SADDLE_CPU_ISA=avx512|avx2|portable` forces one (for tests and
+//! benchmarks); [`cpu_isa`] reports which is used, or why the one asked for cannot be. The
+//! AVX-512 and AVX2 kernels compute every sum as the same chain of fused multiply-adds, so their
+//! results agree bit for bit; the portable kernels round each product (no FMA on baseline
+//! x86-64) and differ in the last bits.
 
 mod conv;
 mod kernel;
 pub mod pool;
+
+pub use kernel::Isa;
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
@@ -185,6 +191,19 @@ impl Cpu {
     /// The CPU backend.
     pub fn new() -> Self {
         Cpu
+    }
+}
+
+/// The instruction set the CPU kernels use: the one `SADDLE_CPU_ISA` asks for, or the fastest
+/// this CPU runs. An unknown name or a set this CPU lacks is an error (the kernels then use the
+/// fastest set; call this at startup to refuse instead, as the `saddle` CLI does).
+pub fn cpu_isa() -> Result<Isa> {
+    match Isa::from_env() {
+        Ok(_) => Ok(kernel::isa()),
+        Err(detail) => Err(TensorError::InvalidArgument {
+            op: "cpu backend",
+            detail,
+        }),
     }
 }
 
