@@ -872,6 +872,25 @@ impl<B: Backend> Graph<B> {
         }))
     }
 
+    /// Per-example `KL(softmax(p_i) ‖ softmax(q_i))` of logits `p`, `q` `[n, k]`: shape `[n]`
+    /// (TRADES' robust loss, `p` the clean logits). Gradients reach both arguments.
+    pub fn kl_div(&self, p: Var, q: Var) -> Result<Var> {
+        let (vp, vq) = (self.value(p), self.value(q));
+        let y = self.backend.kl_div(&vp, &vq)?;
+        let (rp, rq) = (self.requires_grad(p), self.requires_grad(q));
+        Ok(self.record(y, &[p, q], move |be, gy| {
+            let (gp, gq) = be.kl_div_backward(&vp, &vq, gy)?;
+            let mut out = Vec::new();
+            if rp {
+                out.push((p, gp));
+            }
+            if rq {
+                out.push((q, gq));
+            }
+            Ok(out)
+        }))
+    }
+
     /// Per-example CW margin loss `−relu(z_y − max_{j≠y} z_j + κ)`: shape `[n]`.
     pub fn cw_loss(&self, logits: Var, labels: &Tensor<B>, kappa: f32) -> Result<Var> {
         let vz = self.value(logits);

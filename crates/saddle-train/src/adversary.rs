@@ -2,8 +2,9 @@
 //! saddle-attacks as the configuration asks.
 
 use saddle_attacks::{Attack, Fgsm, Pgd};
+use saddle_autograd::Graph;
 use saddle_models::{Classifier, Loss};
-use saddle_tensor::{rng::Rng, Backend};
+use saddle_tensor::{rng::Rng, Backend, TensorLike};
 
 use crate::config::{BnMode, LossFunc, TrainConfig, TrainingMode};
 use crate::error::{Result, TrainError};
@@ -46,6 +47,10 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
             .seed(seed)
             .model_in_training_mode(train_mode)
             .perturb(model, x, y),
+        TrainingMode::Trades => {
+            let mut noise = Rng::new(seed);
+            return trades_batch(model, cfg, eps, x, &mut noise, train_mode);
+        }
         TrainingMode::FastFgsm => Pgd::linf(eps, cfg.a, 1)
             .map_err(err)?
             .random_start(true)
@@ -55,4 +60,42 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
             .perturb(model, x, y),
     };
     Ok(out.map_err(err)?.x_adv)
+}
+
+/// TRADES' inner maximisation (Zhang et al. 2019, Algorithm 1): from `x + 0.001·N(0, I)`
+/// (clipped to `[0, 1]`), `k` steps `x' ← Π(x' + a·sign(∇ₓ' Σ_i KL(f(x_i) ‖ f(x'_i))))` onto the
+/// ε-ball around `x` and `[0, 1]`, the clean logits `f(x)` computed once and held fixed. The
+/// model runs in batch-norm training mode if `train_mode`, evaluation mode otherwise (TRADES'
+/// code: evaluation); the caller sets the mode it needs afterwards.
+fn trades_batch<B: Backend, M: Classifier<B>>(
+    model: &mut M,
+    cfg: &TrainConfig,
+    eps: f32,
+    x: &B::Tensor,
+    rng: &mut Rng,
+    train_mode: bool,
+) -> Result<B::Tensor> {
+    let be = model.backend().clone();
+    model.set_training(train_mode);
+    let clean = model.logits(x)?;
+    let start: Vec<f32> = be
+        .to_vec(x)?
+        .iter()
+        .map(|&v| (v + 0.001 * rng.normal()).clamp(0.0, 1.0))
+        .collect();
+    let mut xa = be.from_vec(x.dims(), start)?;
+    for _ in 0..cfg.k {
+        let g = Graph::new(be.clone());
+        let xv = g.leaf(xa.clone());
+        let f = model.forward(&g, xv, false)?;
+        let p = g.input(clean.clone());
+        let kl = g.kl_div(p, f.logits)?;
+        let total = g.sum_all(kl)?;
+        let gx = g
+            .backward(total)?
+            .take(xv)
+            .ok_or_else(|| TrainError::Attack("TRADES: no gradient reached the input".into()))?;
+        xa = be.pgd_step_linf(&xa, x, &gx, cfg.a, eps)?;
+    }
+    Ok(xa)
 }

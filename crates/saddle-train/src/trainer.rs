@@ -17,7 +17,7 @@ use saddle_models::{
 use saddle_tensor::{rng::Rng, Backend};
 
 use crate::adversary::adversarial_batch;
-use crate::config::{Augmentation, TrainConfig};
+use crate::config::{Augmentation, TrainConfig, TrainingMode};
 use crate::error::{Result, TrainError};
 use crate::optim::Optimizer;
 
@@ -165,34 +165,69 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
 
         self.model.set_training(true);
         let g = Graph::new(self.backend.clone());
-        let xv = g.input(x_adv);
-        let f = self.model.forward(&g, xv, true)?;
-        let per = g.cross_entropy(f.logits, y)?;
-        let loss = g.mean_all(per)?;
+        let trades = self.config.training == TrainingMode::Trades;
+        // Batch norm's running statistics move as in PyTorch's training-mode forward passes,
+        // one pass after the other; kept here to undo them if the loss is not finite.
+        let set = self.model.params();
+        let before: Vec<(usize, B::Tensor)> = (0..set.len())
+            .filter(|&i| !set.role(i).trainable())
+            .map(|i| (i, set.tensors()[i].clone()))
+            .collect();
+        let mut passes = Vec::with_capacity(2);
+        let loss = if trades {
+            // TRADES: CE on the clean batch plus β·KL(clean ‖ adversarial), both passes in
+            // training mode; the running statistics see the clean batch, then the adversarial.
+            let nat = self.model.forward(&g, g.input(x.clone()), true)?;
+            self.model.commit_state(&g, &nat)?;
+            let adv = self.model.forward(&g, g.input(x_adv), true)?;
+            self.model.commit_state(&g, &adv)?;
+            let ce = g.mean_all(g.cross_entropy(nat.logits, y)?)?;
+            let kl = g.mean_all(g.kl_div(nat.logits, adv.logits)?)?;
+            let robust = g.affine(kl, self.config.trades_beta, 0.0)?;
+            passes.push(nat);
+            passes.push(adv);
+            g.add(ce, robust)?
+        } else {
+            let f = self.model.forward(&g, g.input(x_adv), true)?;
+            self.model.commit_state(&g, &f)?;
+            let loss = g.mean_all(g.cross_entropy(f.logits, y)?)?;
+            passes.push(f);
+            loss
+        };
         let loss_value = self.backend.to_vec(&g.value(loss))?[0];
         if !loss_value.is_finite() {
+            let state = self.model.params_mut().tensors_mut();
+            for (i, t) in before {
+                state[i] = t;
+            }
             return Err(TrainError::NonFinite {
                 step: step + 1,
                 value: loss_value,
                 last_good: step,
             });
         }
+        drop(before);
         let mut grads = g.backward(loss)?;
-        let gs: Vec<(usize, B::Tensor)> = f
-            .params
-            .iter()
-            .map(|&(i, p)| {
-                grads.take(p).map(|t| (i, t)).ok_or_else(|| {
+        // One gradient per parameter: the sum over the passes that used it.
+        let mut gs: Vec<(usize, B::Tensor)> = Vec::new();
+        for f in &passes {
+            for &(i, p) in f.params.iter() {
+                let t = grads.take(p).ok_or_else(|| {
                     TrainError::Config(format!(
                         "the parameter {} got no gradient",
                         self.model.params().names()[i]
                     ))
-                })
-            })
-            .collect::<Result<_>>()?;
-        let z = self.backend.to_vec(&g.value(f.logits))?;
-        // Batch norm's running statistics move as in PyTorch's training-mode forward pass.
-        self.model.commit_state(&g, &f)?;
+                })?;
+                match gs.iter_mut().find(|(j, _)| *j == i) {
+                    Some((_, acc)) => *acc = self.backend.add(acc, &t)?,
+                    None => gs.push((i, t)),
+                }
+            }
+        }
+        // The accuracy reported is that on the batch the attack made.
+        let z = self
+            .backend
+            .to_vec(&g.value(passes.last().expect("one pass at least").logits))?;
         drop(g);
         self.optimizer
             .step(&self.backend, self.model.params_mut(), &gs, lr)?;

@@ -88,6 +88,7 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
         (TrainingMode::FastFgsm, Augmentation::None),
         (TrainingMode::Natural, Augmentation::None),
         (TrainingMode::Pgd, Augmentation::CropFlip),
+        (TrainingMode::Trades, Augmentation::None),
     ] {
         let cfg = |steps| TrainConfig {
             augment,
@@ -209,7 +210,9 @@ fn adversarial_training_beats_natural_training_under_pgd_on_mnist() {
     cfg.a = 0.05;
     cfg.epsilon = 0.2;
     cfg.epsilon_ramp_steps = 60;
-    let robust = train(cfg, &train_set);
+    let robust = train(cfg.clone(), &train_set);
+    cfg.training = TrainingMode::Trades;
+    let trades = train(cfg, &train_set);
 
     let b = Cpu::new();
     let idx: Vec<usize> = (0..test_set.len()).collect();
@@ -222,11 +225,19 @@ fn adversarial_training_beats_natural_training_under_pgd_on_mnist() {
         1.0 - r.success.iter().filter(|&&s| s).count() as f32 / r.success.len() as f32
     };
     let (mut nat_m, mut rob_m) = (natural.into_model(), robust.into_model());
+    let mut trades_m = trades.into_model();
     let nat_clean = eval_accuracy(&nat_m, &test_set);
     let rob_clean = eval_accuracy(&rob_m, &test_set);
+    let trades_clean = eval_accuracy(&trades_m, &test_set);
     let nat_pgd = robust_acc(&mut nat_m);
     let rob_pgd = robust_acc(&mut rob_m);
-    println!("natural training: clean {nat_clean:.3}, PGD-20 {nat_pgd:.3}; PGD training: clean {rob_clean:.3}, PGD-20 {rob_pgd:.3}");
+    let trades_pgd = robust_acc(&mut trades_m);
+    println!("natural training: clean {nat_clean:.3}, PGD-20 {nat_pgd:.3}; PGD training: clean {rob_clean:.3}, PGD-20 {rob_pgd:.3}; TRADES (β = 6): clean {trades_clean:.3}, PGD-20 {trades_pgd:.3}");
+    assert!(
+        trades_clean > 0.5 && trades_pgd > nat_pgd + 0.2,
+        "TRADES training should learn and be clearly more robust than natural training: clean \
+         {trades_clean:.3}, PGD-20 {trades_pgd:.3} vs natural {nat_pgd:.3}"
+    );
     assert!(
         nat_clean > 0.8,
         "natural training should learn MNIST ({nat_clean:.3})"
@@ -335,4 +346,50 @@ fn a_batch_norm_network_trains_with_its_running_statistics() {
             "{name} differs after resume"
         );
     }
+}
+
+/// TRADES' loss is `CE(f(x), y) + β·KL(f(x) ‖ f(x'))`: with β = 0 only the clean cross-entropy
+/// is left, so a step equals a natural-training step bit for bit (the adversarial pass adds
+/// exact zeros to every gradient); with β > 0 the robust term moves the weights elsewhere.
+#[test]
+fn trades_is_clean_cross_entropy_plus_beta_times_kl() {
+    let data = synthetic(100, 4);
+    let b = Cpu::new();
+    let weights = |t: &Trainer<Cpu, MnistNet<Cpu>>| {
+        t.model()
+            .params()
+            .tensors()
+            .iter()
+            .flat_map(|x| b.to_vec(x).unwrap())
+            .map(f32::to_bits)
+            .collect::<Vec<_>>()
+    };
+    let natural = train(small(TrainingMode::Natural, 2), &data);
+    let beta0 = train(
+        TrainConfig {
+            trades_beta: 0.0,
+            ..small(TrainingMode::Trades, 2)
+        },
+        &data,
+    );
+    let beta6 = train(small(TrainingMode::Trades, 2), &data);
+    assert_eq!(
+        weights(&natural),
+        weights(&beta0),
+        "TRADES with β = 0 is not natural training"
+    );
+    assert_ne!(
+        weights(&natural),
+        weights(&beta6),
+        "TRADES' robust term changed nothing"
+    );
+    let bad = TrainConfig {
+        trades_beta: -1.0,
+        ..small(TrainingMode::Trades, 2)
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("trades_beta"));
 }
