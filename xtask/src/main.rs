@@ -3,7 +3,8 @@
 //! * `cargo xtask download <mnist|fashion-mnist|cifar10|all> [--dir DIR]`: fetch and verify
 //!   the data sets (see `datasets/README.md`).
 //! * `cargo xtask proptest [--cases N]`: the attack invariants' property tests, 10,000 cases each.
-//! * `cargo xtask repro mnist [--quick]`: train, evaluate, and report beside the paper's Table 1.
+//! * `cargo xtask repro <mnist|cifar10> [--quick]`: train, evaluate, and report beside the
+//!   paper's Table 1 (MNIST) or Table 2 (CIFAR-10).
 //! * `cargo xtask bench [--peer]`: saddle's speed, and with `--peer` PyTorch's beside it.
 //!
 //! Each subcommand lives in its own module; add a new one by adding a module, a variant of
@@ -36,7 +37,7 @@ enum Command {
     Download(download::Args),
     /// Property tests of the attack invariants with many cases.
     Proptest(proptest::Args),
-    /// Reproduce the paper's MNIST results and write a report.
+    /// Reproduce the paper's MNIST (Table 1) or CIFAR-10 (Table 2) results and write a report.
     Repro(repro::Args),
     /// Benchmarks; with --peer, PyTorch side by side.
     Bench(bench::Args),

@@ -1,7 +1,8 @@
-//! `cargo xtask repro mnist [--quick]`: the paper's MNIST experiment end to end — download
-//! MNIST if needed, train with a preset, evaluate with the paper's white-box attacks, and write
-//! `results/mnist-<preset>/REPORT.md` with the paper's Table 1 column beside ours (plus the
-//! evaluation JSON, the training log and the model).
+//! `cargo xtask repro <mnist|cifar10> [--quick]`: one of the paper's experiments end to end —
+//! download the data set if needed, train with a preset, evaluate with the paper's white-box
+//! attacks, and write `results/<data set>-<preset>/REPORT.md` with the paper's column beside
+//! ours (Table 1 for MNIST, Table 2 for CIFAR-10), plus the evaluation JSON, the training log
+//! and the model. The two experiments share every step; an [`Experiment`] says what differs.
 //!
 //! It drives the `saddle` binary (built in release mode first), so what it does is exactly what
 //! a user can do by hand with `saddle train` and `saddle eval`.
@@ -15,26 +16,29 @@ use anyhow::{bail, Context, Result};
 /// Arguments of `cargo xtask repro`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The experiment (only `mnist` so far).
+    /// The experiment: `mnist` (Table 1) or `cifar10` (Table 2).
     pub experiment: String,
-    /// Train with the `mnist-quick` preset (≤ 60 min on 2 cores) instead of `mnist-paper`.
+    /// Train with the quick preset (`mnist-quick`: ≤ 60 min on 2 cores; `cifar-quick`: ≤ 2 h)
+    /// instead of the paper's (`mnist-paper`, `cifar-paper`).
     #[arg(long)]
     pub quick: bool,
-    /// Train with this preset instead (overrides --quick), e.g. mnist-smoke for a check.
+    /// Train with this preset instead (overrides --quick), e.g. mnist-smoke or cifar-smoke for
+    /// a check.
     #[arg(long)]
     pub preset: Option<String>,
-    /// Evaluate the cheap attacks on the first N test images (default: all 10,000).
+    /// Evaluate on the first N test images (default: all 10,000); for MNIST, the attacks
+    /// without restarts.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Evaluate the 20-restart attacks on the first N test images (default: as --limit, or
-    /// 1,000 with --quick: PGD-100 with 20 restarts costs 2,000 gradient passes per image).
+    /// MNIST: evaluate the 20-restart attacks on the first N test images (default: as --limit,
+    /// or 1,000 with --quick: PGD-100 with 20 restarts costs 2,000 gradient passes per image).
     #[arg(long)]
     pub restart_limit: Option<usize>,
     /// Reuse a trained model in the output folder instead of training again.
     #[arg(long)]
     pub skip_training: bool,
     /// Reuse an evaluation JSON already in the output folder when it is of the same model file
-    /// (not modified since), attacks, ε and number of images; evaluate otherwise.
+    /// (not modified since), data set, attacks, ε and number of images; evaluate otherwise.
     #[arg(long)]
     pub reuse_evals: bool,
     /// Worker threads.
@@ -42,11 +46,52 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
+/// Which images an evaluation pass runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Images {
+    /// The first `--limit`.
+    Limit,
+    /// The first `--restart-limit`.
+    RestartLimit,
+}
+
+/// What differs between the experiments: the data set, the presets, the evaluation passes, the
+/// paper's column and the report's words.
+#[derive(Debug)]
+struct Experiment {
+    /// The name on the command line, and the start of the output folder's name.
+    name: &'static str,
+    /// The data set: `saddle eval --data`, `cargo xtask download`.
+    data: &'static str,
+    download: crate::download::Target,
+    /// The presets of `--quick` and of the paper's recipe; every preset of this experiment
+    /// starts with `preset_prefix`.
+    quick_preset: &'static str,
+    paper_preset: &'static str,
+    preset_prefix: &'static str,
+    /// The L∞ radius of the evaluation.
+    eps: f32,
+    /// Evaluation passes: attacks (comma-separated), images, output file.
+    passes: &'static [(&'static str, Images, &'static str)],
+    /// The paper's column: (our attack name, the paper's row, accuracy %).
+    paper: &'static [(&'static str, &'static str, f64)],
+    /// The report's title before ", preset": the data set's name.
+    title: &'static str,
+    /// The paper's table, for the title.
+    table: &'static str,
+    /// The paragraph under the title: the paper's setting and ours.
+    intro: &'static str,
+    /// What follows the standard error's explanation (may be empty).
+    note: &'static str,
+    /// The files of the output folder.
+    files: &'static str,
+}
+
 /// The cheap white-box attacks, run on `--limit` images.
 const CHEAP_ATTACKS: &str = "fgsm,pgd40,pgd100,targeted,cw,cw+";
-/// The 20-restart attacks, run on `--restart-limit` images together with the cheap ones, so
-/// that pass also gives the per-example worst case over every attack.
-const RESTART_ATTACKS: &str = "pgd40x20,pgd100x20";
+/// The cheap attacks and the 20-restart ones, run on `--restart-limit` images, so that pass
+/// also gives the per-example worst case over every attack.
+const ALL_MNIST_ATTACKS: &str = "fgsm,pgd40,pgd100,targeted,cw,cw+,pgd40x20,pgd100x20";
 
 /// The paper's Table 1, MNIST, white-box (source A), ε = 0.3: (our attack name, the paper's
 /// row, accuracy %).
@@ -61,6 +106,90 @@ const PAPER_MNIST: &[(&str, &str, f64)] = &[
     ("cw", "CW, 40 steps, 1 restart", 94.0),
     ("cw+", "CW+, 40 steps, 1 restart", 93.9),
 ];
+
+/// The attacks of the paper's Table 2, in `saddle eval` names (its `--data cifar10` default).
+const CIFAR_ATTACKS: &str = "fgsm,pgd7,pgd20,cw30";
+
+/// The paper's Table 2, CIFAR-10, white-box (source A), the adversarially trained wide
+/// ResNet, ε = 8/255: (our attack name, the paper's row, accuracy %).
+const PAPER_CIFAR: &[(&str, &str, f64)] = &[
+    ("natural", "Natural", 87.3),
+    ("fgsm", "FGSM", 56.1),
+    ("pgd7", "PGD, 7 steps", 50.0),
+    ("pgd20", "PGD, 20 steps", 45.8),
+    ("cw30", "CW, 30 steps", 46.8),
+];
+
+const MNIST: Experiment = Experiment {
+    name: "mnist",
+    data: "mnist",
+    download: crate::download::Target::Mnist,
+    quick_preset: "mnist-quick",
+    paper_preset: "mnist-paper",
+    preset_prefix: "mnist-",
+    eps: 0.3,
+    passes: &[
+        (CHEAP_ATTACKS, Images::Limit, "eval.json"),
+        (
+            ALL_MNIST_ATTACKS,
+            Images::RestartLimit,
+            "eval-restarts.json",
+        ),
+    ],
+    paper: PAPER_MNIST,
+    title: "MNIST",
+    table: "Table 1",
+    intro: "Madry et al. (2018), Table 1, MNIST, white-box attacks on the adversarially trained \
+            network (source A), L∞ ε = 0.3. Ours: the model trained here, evaluated with \
+            `saddle eval` (step 0.01 for PGD, CW and targeted attacks; random starts from seed \
+            0). Accuracy is over the first *n* test images; an attack with restarts counts an \
+            image as robust only if no restart fools the model.",
+    note: " The paper's targeted attack does not say which target it aims at; ours aims at the \
+           least-likely class, so that row is not like for like.",
+    files: "`model.safetensors` (weights, PyTorch names), `checkpoint.safetensors`, \
+            `config.toml`, `metrics.jsonl` (training log), `eval.json`, `eval-restarts.json`",
+};
+
+const CIFAR10: Experiment = Experiment {
+    name: "cifar10",
+    data: "cifar10",
+    download: crate::download::Target::Cifar10,
+    quick_preset: "cifar-quick",
+    paper_preset: "cifar-paper",
+    preset_prefix: "cifar-",
+    eps: 8.0 / 255.0,
+    passes: &[(CIFAR_ATTACKS, Images::Limit, "eval.json")],
+    paper: PAPER_CIFAR,
+    title: "CIFAR-10",
+    table: "Table 2",
+    intro: "Madry et al. (2018), Table 2, CIFAR-10, white-box attacks on the adversarially \
+            trained wide ResNet (source A), L∞ ε = 8/255. Ours: the model trained here (the \
+            network and schedule of the recipe below), evaluated with `saddle eval --data \
+            cifar10` (PGD and CW — PGD on the CW margin loss, κ = 0 — with steps of 2/255 from a \
+            random start, seed 0; FGSM one step of 8/255). Accuracy is over the first *n* test \
+            images.",
+    note: " The paper's numbers are of its wide ResNet (`wrn-madry-34-10`) after 80,000 steps \
+           of PGD-7 training; a preset with another network or schedule is not like for like.",
+    files: "`model.safetensors` (weights, PyTorch names), `checkpoint.safetensors`, \
+            `config.toml`, `metrics.jsonl` (training log), `eval.json`",
+};
+
+/// The experiments `repro` knows.
+const EXPERIMENTS: &[&Experiment] = &[&MNIST, &CIFAR10];
+
+fn experiment(name: &str) -> Result<&'static Experiment> {
+    match EXPERIMENTS.iter().find(|e| e.name == name) {
+        Some(e) => Ok(e),
+        None => bail!(
+            "unknown experiment '{name}': expected {}",
+            EXPERIMENTS
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    }
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,29 +210,38 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
 
 /// Runs the experiment.
 pub fn run(args: Args) -> Result<()> {
-    if args.experiment != "mnist" {
-        bail!(
-            "unknown experiment '{}': only `mnist` is available",
-            args.experiment
-        );
-    }
+    let exp = experiment(&args.experiment)?;
     let preset = args.preset.clone().unwrap_or_else(|| {
         if args.quick {
-            "mnist-quick".into()
+            exp.quick_preset.into()
         } else {
-            "mnist-paper".into()
+            exp.paper_preset.into()
         }
     });
+    if !preset.starts_with(exp.preset_prefix) {
+        bail!(
+            "--preset {preset}: the {} experiment trains with a {}* preset",
+            exp.name,
+            exp.preset_prefix
+        );
+    }
+    let has_restart_pass = exp.passes.iter().any(|p| p.1 == Images::RestartLimit);
+    if args.restart_limit.is_some() && !has_restart_pass {
+        bail!(
+            "--restart-limit: the {} experiment has no restart attacks; use --limit",
+            exp.name
+        );
+    }
     let root = root();
     // Paths handed to `saddle` (which runs in the repository root) are relative to the root, so
     // that the evaluation JSON committed beside the report names no machine's folders.
-    let rel_out = Path::new("results").join(&preset);
+    let rel_out = Path::new("results").join(output_folder(exp, &preset));
     let out = root.join(&rel_out);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let t0 = Instant::now();
 
     crate::download::run(crate::download::Args {
-        dataset: crate::download::Target::Mnist,
+        dataset: exp.download,
         dir: None,
     })?;
 
@@ -150,15 +288,16 @@ pub fn run(args: Args) -> Result<()> {
     if limit == 0 || rlimit == 0 {
         bail!("--limit and --restart-limit must be at least 1");
     }
-    let all_attacks = format!("{CHEAP_ATTACKS},{RESTART_ATTACKS}");
+    let eps = exp.eps.to_string();
     let mut evals = Vec::new();
-    for (attacks, n, file) in [
-        (CHEAP_ATTACKS, limit, "eval.json"),
-        (all_attacks.as_str(), rlimit, "eval-restarts.json"),
-    ] {
+    for &(attacks, images, file) in exp.passes {
+        let n = match images {
+            Images::Limit => limit,
+            Images::RestartLimit => rlimit,
+        };
         let json = out.join(file);
         if args.reuse_evals {
-            if let Some(v) = reusable_eval(&root, &json, &model, attacks, n)? {
+            if let Some(v) = reusable_eval(&root, &json, &model, exp, attacks, n)? {
                 println!("== reusing {} ({attacks} on {n} images)", json.display());
                 evals.push(v);
                 continue;
@@ -171,9 +310,9 @@ pub fn run(args: Args) -> Result<()> {
                 .args([
                     "eval",
                     "--data",
-                    "mnist",
+                    exp.data,
                     "--eps",
-                    "0.3",
+                    &eps,
                     "--attacks",
                     attacks,
                     "--limit",
@@ -200,11 +339,21 @@ pub fn run(args: Args) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(0),
     };
-    let report = report(&run, &evals)?;
+    let report = report(exp, &run, &evals)?;
     let path = out.join("REPORT.md");
     crate::download::verify::write_text(&path, &report)?;
     println!("== wrote {}", path.display());
     Ok(())
+}
+
+/// The output folder under `results/`: `mnist-quick` for the MNIST experiment's presets (whose
+/// names already say the data set), `cifar10-cifar-quick` for CIFAR-10's.
+fn output_folder(exp: &Experiment, preset: &str) -> String {
+    if preset.starts_with(&format!("{}-", exp.name)) {
+        preset.to_string()
+    } else {
+        format!("{}-{preset}", exp.name)
+    }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -213,12 +362,13 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-/// An evaluation JSON that answers the same question (model file, relative to `root`, attacks,
-/// ε, images) and is newer than the model, or `None`.
+/// An evaluation JSON that answers the same question (model file, relative to `root`, data set,
+/// attacks, ε, images) and is newer than the model, or `None`.
 fn reusable_eval(
     root: &Path,
     json: &Path,
     model: &Path,
+    exp: &Experiment,
     attacks: &str,
     n: usize,
 ) -> Result<Option<serde_json::Value>> {
@@ -238,7 +388,8 @@ fn reusable_eval(
     let same = names == attacks.split(',').collect::<Vec<_>>()
         && v["examples"].as_u64() == Some(n as u64)
         && v["model"].as_str().map(Path::new) == Some(model)
-        && (v["epsilon"].as_f64().unwrap_or(f64::NAN) - 0.3).abs() < 1e-6;
+        && v["data"].as_str() == Some(exp.data)
+        && (v["epsilon"].as_f64().unwrap_or(f64::NAN) - f64::from(exp.eps)).abs() < 1e-6;
     Ok(same.then_some(v))
 }
 
@@ -272,7 +423,7 @@ fn pct(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN) * 100.0
 }
 
-fn report(run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
+fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
     // For each key, the measurement on the most images (the cheap pass beats the restart pass).
     let mut ours: Vec<(String, Measured)> = Vec::new();
     let mut put = |key: &str, m: Measured| match ours.iter_mut().find(|(k, _)| k == key) {
@@ -308,21 +459,14 @@ fn report(run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
     }
     let mut s = String::new();
     s.push_str(&format!(
-        "# MNIST, preset `{}`: saddle beside the paper's Table 1\n\n",
-        run.preset
+        "# {}, preset `{}`: saddle beside the paper's {}\n\n{}\n\n",
+        exp.title, run.preset, exp.table, exp.intro
     ));
-    s.push_str(
-        "Madry et al. (2018), Table 1, MNIST, white-box attacks on the adversarially trained \
-         network (source A), L∞ ε = 0.3. Ours: the model trained here, evaluated with \
-         `saddle eval` (step 0.01 for PGD, CW and targeted attacks; random starts from seed 0). \
-         Accuracy is over the first *n* test images; an attack with restarts counts an image as \
-         robust only if no restart fools the model.\n\n",
-    );
     s.push_str(
         "| attack | paper | saddle | ± s.e. | saddle − paper | test images | eval time |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (key, row, paper) in PAPER_MNIST {
+    for (key, row, paper) in exp.paper {
         match ours.iter().find(|(k, _)| k == key) {
             Some((_, m)) => s.push_str(&format!(
                 "| {row} | {paper:.1}% | {:.2}% | {:.2} | {:+.2} | {} | {} |\n",
@@ -343,12 +487,11 @@ fn report(run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
             std_error(acc, n)
         ));
     }
-    s.push_str(
+    s.push_str(&format!(
         "\n± s.e.: the binomial standard error of the accuracy over that many images, in points \
-         (a 95% interval is about twice it). The paper's targeted attack does not say which \
-         target it aims at; ours aims at the least-likely class, so that row is not like for \
-         like.\n",
-    );
+         (a 95% interval is about twice it).{}\n",
+        exp.note
+    ));
 
     s.push_str("\n## Training\n\n");
     let last = run
@@ -389,10 +532,7 @@ fn report(run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
         run.total_secs / 60.0,
         run.cores
     ));
-    s.push_str(
-        "\nFiles: `model.safetensors` (weights, PyTorch names), `checkpoint.safetensors`, \
-         `config.toml`, `metrics.jsonl` (training log), `eval.json`, `eval-restarts.json`.\n",
-    );
+    s.push_str(&format!("\nFiles: {}.\n", exp.files));
     Ok(s)
 }
 
@@ -431,7 +571,7 @@ mod tests {
             total_secs: 6000.0,
             cores: 2,
         };
-        let r = report(&run, &evals).unwrap();
+        let r = report(&MNIST, &run, &evals).unwrap();
         // Natural and FGSM come from the 10,000-image pass, not the 1,000-image one; the
         // s.e. of 98.5% over 10,000 images is 100·√(0.985·0.015/10⁴) = 0.12 points.
         assert!(
@@ -457,5 +597,84 @@ mod tests {
         );
         assert!(r.contains("7800 steps in 55.0 min"), "{r}");
         assert!(r.contains("```toml\nk = 10\n```"), "{r}");
+    }
+
+    #[test]
+    fn cifar_report_puts_each_table_2_attack_beside_the_paper() {
+        let evals = [eval(
+            200,
+            0.40,
+            0.20,
+            &[
+                ("fgsm", 0.30),
+                ("pgd7", 0.25),
+                ("pgd20", 0.22),
+                ("cw30", 0.215),
+            ],
+        )];
+        let run = RunInfo {
+            preset: "cifar-smoke",
+            config: "dataset = \"cifar10\"\narch = \"wrn-10-1\"",
+            metrics: "{\"step\":200,\"elapsed_sec\":300.0,\"examples_per_sec\":42.0,\
+                      \"loss\":2.1,\"nat_accuracy\":0.3,\"adv_accuracy\":0.2}\n",
+            train_secs: Some(320.0),
+            total_secs: 600.0,
+            cores: 2,
+        };
+        let r = report(&CIFAR10, &run, &evals).unwrap();
+        assert!(
+            r.starts_with("# CIFAR-10, preset `cifar-smoke`: saddle beside the paper's Table 2\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("Table 2, CIFAR-10") && r.contains("ε = 8/255"),
+            "{r}"
+        );
+        // Each of Table 2's rows beside its paper number; the s.e. of 40% over 200 images is
+        // 100·√(0.4·0.6/200) = 3.46 points, of 21.5% is 2.90.
+        for row in [
+            "| Natural | 87.3% | 40.00% | 3.46 | -47.30 | 200 | - |",
+            "| FGSM | 56.1% | 30.00% | 3.24 | -26.10 | 200 | 1.0 min |",
+            "| PGD, 7 steps | 50.0% | 25.00% | 3.06 | -25.00 | 200 | 1.0 min |",
+            "| PGD, 20 steps | 45.8% | 22.00% | 2.93 | -23.80 | 200 | 1.0 min |",
+            "| CW, 30 steps | 46.8% | 21.50% | 2.90 | -25.30 | 200 | 1.0 min |",
+            "| Worst case per image over the 4 attacks above | – | 20.00% | 2.83 | | 200 | |",
+        ] {
+            assert!(r.contains(row), "missing {row}:\n{r}");
+        }
+        // No MNIST rows or notes.
+        assert!(
+            !r.contains("restart") && !r.contains("Table 1") && !r.contains("targeted"),
+            "{r}"
+        );
+        assert!(r.contains("200 steps in 5.0 min of training"), "{r}");
+        assert!(r.contains("42 examples/s"), "{r}");
+        assert!(
+            r.contains("```toml\ndataset = \"cifar10\"\narch = \"wrn-10-1\"\n```"),
+            "{r}"
+        );
+        assert!(
+            r.contains("`eval.json`.") && !r.contains("eval-restarts"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn experiments_their_output_folders_and_evaluation_radii() {
+        assert_eq!(output_folder(&MNIST, "mnist-quick"), "mnist-quick");
+        assert_eq!(
+            output_folder(&CIFAR10, "cifar-smoke"),
+            "cifar10-cifar-smoke"
+        );
+        assert_eq!(experiment("cifar10").unwrap().data, "cifar10");
+        let e = experiment("imagenet").unwrap_err().to_string();
+        assert!(e.contains("mnist or cifar10"), "{e}");
+        // The radius handed to `saddle eval` reads back as the same f32.
+        assert_eq!(CIFAR10.eps.to_string().parse::<f32>().unwrap(), 8.0 / 255.0);
+        assert_eq!(MNIST.eps.to_string(), "0.3");
+        assert_eq!(
+            ALL_MNIST_ATTACKS,
+            format!("{CHEAP_ATTACKS},pgd40x20,pgd100x20")
+        );
     }
 }

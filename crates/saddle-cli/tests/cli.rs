@@ -522,3 +522,277 @@ fn a_pytorch_state_dict_of_the_wide_resnet_runs_with_arch() {
         want.len()
     );
 }
+
+/// The datasets root (`$SADDLE_DATASETS`, else `<workspace>/datasets`) when `name` is in it;
+/// otherwise a failure saying how to get it, unless `SADDLE_SKIP_REAL_DATA=1` skips explicitly.
+fn real_data(name: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("SADDLE_DATASETS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"));
+    if std::env::var("SADDLE_SKIP_REAL_DATA").as_deref() == Ok("1") {
+        eprintln!("SKIPPED (SADDLE_SKIP_REAL_DATA=1): needs {name}");
+        return None;
+    }
+    assert!(
+        root.join(name).is_dir(),
+        "{} is missing: run `cargo xtask download {name}` (or set SADDLE_SKIP_REAL_DATA=1 to \
+         skip the real-data tests explicitly)",
+        root.join(name).display()
+    );
+    Some(root)
+}
+
+/// An untrained `wrn-10-1` (the smallest CIFAR-10 network) in `d`.
+fn tiny_cifar_model(d: &Path) -> PathBuf {
+    let wrn = d.join("wrn.safetensors");
+    let arch: saddle_models::Arch = "wrn-10-1".parse().unwrap();
+    let net = saddle_models::Model::build(&arch, Cpu::new(), 7).unwrap();
+    std::fs::write(&wrn, net.to_safetensors().unwrap()).unwrap();
+    wrn
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn close(v: &serde_json::Value, want: f32) -> bool {
+    v.as_f64()
+        .is_some_and(|v| (v - f64::from(want)).abs() < 1e-7)
+}
+
+/// Each attack row of an evaluation JSON as (name, steps, restarts, loss, random start).
+fn attack_rows(j: &serde_json::Value) -> Vec<(String, u64, u64, String, bool)> {
+    j["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["steps"].as_u64().unwrap(),
+                a["restarts"].as_u64().unwrap(),
+                a["loss"].as_str().unwrap().to_string(),
+                a["random_start"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The worst case per image is at most the natural accuracy and every attack's accuracy.
+fn worst_case_is_below_every_row(j: &serde_json::Value) {
+    let worst = j["worst_case_accuracy"].as_f64().unwrap();
+    assert!(worst <= j["natural_accuracy"].as_f64().unwrap(), "{j}");
+    for a in j["attacks"].as_array().unwrap() {
+        assert!(worst <= a["accuracy"].as_f64().unwrap(), "{j}");
+    }
+}
+
+/// `saddle eval --data cifar10` with no `--eps`, `--alpha` or `--attacks` is the paper's Table 2
+/// setting: ε = 8/255, steps of 2/255, FGSM, PGD-7, PGD-20 and CW-30 (κ = 0) from random starts,
+/// every hyperparameter in the JSON, and the worst case per image over the four.
+#[test]
+fn eval_on_cifar10_defaults_to_the_papers_table_2_attacks() {
+    let Some(root) = real_data("cifar10") else {
+        return;
+    };
+    let d = dir("cifar-eval");
+    let wrn = tiny_cifar_model(&d);
+    let out = d.join("eval.json");
+    let (code, stdout, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&wrn),
+        "--data",
+        "cifar10",
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "20",
+        "--batch-size",
+        "10",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out);
+    assert_eq!(j["data"], "cifar10");
+    assert_eq!(j["examples"], 20);
+    assert!(close(&j["epsilon"], 8.0 / 255.0), "{j}");
+    assert!(close(&j["alpha"], 2.0 / 255.0), "{j}");
+    let rows = attack_rows(&j);
+    let want = [
+        ("fgsm", 1, 1, "xent", false),
+        ("pgd7", 7, 1, "xent", true),
+        ("pgd20", 20, 1, "xent", true),
+        ("cw30", 30, 1, "cw", true),
+    ];
+    assert_eq!(rows.len(), want.len(), "{j}");
+    for (got, want) in rows.iter().zip(want) {
+        assert_eq!(
+            (got.0.as_str(), got.1, got.2, got.3.as_str(), got.4),
+            want,
+            "{j}"
+        );
+    }
+    for a in j["attacks"].as_array().unwrap() {
+        assert!(close(&a["epsilon"], 8.0 / 255.0), "{a}");
+        let step = if a["name"] == "fgsm" {
+            8.0 / 255.0
+        } else {
+            2.0 / 255.0
+        };
+        assert!(close(&a["alpha"], step), "{a}");
+        assert_eq!(a["seed"], 0, "{a}");
+        assert!(a["seconds"].as_f64().is_some(), "{a}");
+    }
+    assert_eq!(j["attacks"][3]["kappa"], 0.0);
+    assert_eq!(
+        j["worst_case_over"],
+        serde_json::json!(["fgsm", "pgd7", "pgd20", "cw30"])
+    );
+    worst_case_is_below_every_row(&j);
+    for name in ["natural", "fgsm", "pgd7", "pgd20", "cw30", "worst-case"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "no {name} row: {stdout}"
+        );
+    }
+}
+
+/// Explicit `--eps`, `--alpha` and `--attacks` win over the data set's defaults; `paper` in the
+/// list is the data set's default list, and `cwKxR` is PGD-K on the CW loss with R restarts.
+#[test]
+fn eval_flags_win_over_the_data_sets_defaults() {
+    let Some(root) = real_data("cifar10") else {
+        return;
+    };
+    let d = dir("cifar-flags");
+    let wrn = tiny_cifar_model(&d);
+    let out = d.join("eval.json");
+    let base = [
+        "eval",
+        "--model",
+        s(&wrn),
+        "--data",
+        "cifar10",
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "4",
+        "--out",
+        s(&out),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--eps", "0.02", "--attacks", "paper,cw3x2", "--seed", "5"]);
+    let (code, _, err) = saddle(&args);
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out);
+    // α follows an explicit ε as ε/4 (the paper's 2/255 at 8/255).
+    assert!(
+        close(&j["epsilon"], 0.02) && close(&j["alpha"], 0.005),
+        "{j}"
+    );
+    let names: Vec<String> = attack_rows(&j).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["fgsm", "pgd7", "pgd20", "cw30", "cw3x2"], "{j}");
+    let cw = &j["attacks"][4];
+    assert_eq!(
+        (&cw["steps"], &cw["restarts"], &cw["loss"], &cw["seed"]),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(2),
+            &serde_json::json!("cw"),
+            &serde_json::json!(5)
+        ),
+        "{cw}"
+    );
+    worst_case_is_below_every_row(&j);
+
+    let mut args = base.to_vec();
+    args.extend(["--alpha", "0.001", "--attacks", "pgd2"]);
+    let (code, _, err) = saddle(&args);
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out);
+    assert!(
+        close(&j["epsilon"], 8.0 / 255.0) && close(&j["alpha"], 0.001),
+        "{j}"
+    );
+    assert!(close(&j["attacks"][0]["alpha"], 0.001), "{j}");
+    assert_eq!(
+        attack_rows(&j),
+        [("pgd2".into(), 2, 1, "xent".into(), true)]
+    );
+}
+
+/// MNIST keeps Table 1's defaults: ε = 0.3, step 0.01, and its six attacks.
+#[test]
+fn eval_on_mnist_keeps_the_papers_table_1_defaults() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("mnist-eval");
+    let (m, _, _) = fixture(&d);
+    let out = d.join("eval.json");
+    let (code, _, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "4",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out);
+    assert!(
+        close(&j["epsilon"], 0.3) && close(&j["alpha"], 0.3 / 30.0),
+        "{j}"
+    );
+    let rows = attack_rows(&j);
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["fgsm", "pgd40", "pgd100", "cw", "cw+", "targeted"]);
+    let cw: Vec<(u64, &str)> = rows[3..5].iter().map(|r| (r.1, r.3.as_str())).collect();
+    assert_eq!(cw, [(40, "cw"), (40, "cw")]);
+    assert_eq!(
+        (&j["attacks"][3]["kappa"], &j["attacks"][4]["kappa"]),
+        (&serde_json::json!(0.0), &serde_json::json!(50.0))
+    );
+    assert_eq!(j["attacks"][5]["targeting"], "least-likely");
+    worst_case_is_below_every_row(&j);
+}
+
+/// Bad `saddle eval` flags are one line each, before any data is read.
+#[test]
+fn eval_rejects_bad_radii_steps_and_attack_names() {
+    let d = dir("eval-bad");
+    let (m, _, _) = fixture(&d);
+    let eval = |extra: &[&str], want: &str| {
+        let mut a = vec!["eval", "--model", s(&m), "--data-dir", s(&d)];
+        a.extend(extra);
+        fails_with(&a, want);
+    };
+    for data in ["mnist", "cifar10"] {
+        eval(
+            &["--data", data, "--eps", "NaN"],
+            "--eps NaN: expected a number in [0, 1]",
+        );
+        eval(
+            &["--data", data, "--eps", "-0.1"],
+            "--eps -0.1: expected a number in [0, 1]",
+        );
+        eval(&["--data", data, "--eps", "1.5"], "[0, 1]");
+        eval(&["--data", data, "--alpha", "-1"], "--alpha");
+        eval(&["--data", data, "--alpha", "NaN"], "--alpha");
+        eval(
+            &["--data", data, "--attacks", "cw3O"],
+            "unknown attack 'cw3O'",
+        );
+        eval(
+            &["--data", data, "--attacks", "pgd7,deepfool"],
+            "known: fgsm, pgdK",
+        );
+    }
+    eval(&["--data", "imagenet"], "--data imagenet");
+}

@@ -23,17 +23,22 @@ pub struct EvalArgs {
     /// without `arch` metadata (a state_dict saved from PyTorch), checked against it otherwise.
     #[arg(long)]
     arch: Option<String>,
-    /// Test set: mnist, fashion-mnist or cifar10.
+    /// Test set: mnist, fashion-mnist or cifar10. It sets the defaults of --eps, --alpha and
+    /// --attacks to the paper's for that data set.
     #[arg(long, default_value = "mnist")]
     data: String,
-    /// Comma-separated attacks: fgsm, pgd40, pgd40x20, pgd100, pgd100x20, cw, cw+, targeted
-    /// (PGD with K steps and R restarts: pgdK or pgdKxR).
-    #[arg(long, default_value = "fgsm,pgd40,pgd100,cw,cw+,targeted")]
-    attacks: String,
-    /// L∞ radius in [0, 1] pixel units.
-    #[arg(long, default_value_t = 0.3, allow_hyphen_values = true)]
-    eps: f32,
-    /// PGD step size (default ε/30, the paper's 0.01 at ε = 0.3).
+    /// Comma-separated attacks: fgsm; pgdK or pgdKxR (PGD, K steps, R restarts: pgd40,
+    /// pgd100x20); cwK or cwKxR (PGD on the CW loss, κ = 0; cw = cw40); cw+ (PGD-40, CW loss
+    /// with κ = 50); targeted (PGD-40 to the least-likely class); paper (the data set's default
+    /// list). Default: MNIST fgsm,pgd40,pgd100,cw,cw+,targeted (Table 1); CIFAR-10
+    /// fgsm,pgd7,pgd20,cw30 (Table 2).
+    #[arg(long)]
+    attacks: Option<String>,
+    /// L∞ radius in [0, 1] pixel units (default: 0.3 for MNIST, 8/255 for CIFAR-10).
+    #[arg(long, allow_hyphen_values = true)]
+    eps: Option<f32>,
+    /// Step size of PGD, CW and targeted attacks (default: ε/30 for MNIST, the paper's 0.01 at
+    /// ε = 0.3; ε/4 for CIFAR-10, the paper's 2/255 at ε = 8/255).
     #[arg(long, allow_hyphen_values = true)]
     alpha: Option<f32>,
     /// Evaluate on the first N test images only.
@@ -59,21 +64,89 @@ pub struct EvalArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The paper's evaluation setting of a data set: what `saddle eval --data D` uses when
+/// `--eps`, `--alpha` or `--attacks` is not given.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Defaults {
+    /// L∞ radius.
+    pub eps: f32,
+    /// The step size as a fraction of ε.
+    pub alpha_over_eps: f32,
+    /// The attacks of the paper's table, comma-separated (what `--attacks paper` means).
+    pub attacks: &'static str,
+}
+
+/// The paper's evaluation setting for `data`: MNIST and Fashion-MNIST as Table 1 (ε = 0.3,
+/// step 0.01 = ε/30; FGSM, PGD-40, PGD-100, CW, CW+, targeted), CIFAR-10 as Table 2
+/// (ε = 8/255, step 2/255 = ε/4; FGSM, PGD-7, PGD-20, CW-30).
+pub fn defaults(data: &str) -> Result<Defaults> {
+    Ok(match data {
+        "mnist" | "fashion-mnist" => Defaults {
+            eps: 0.3,
+            alpha_over_eps: 1.0 / 30.0,
+            attacks: "fgsm,pgd40,pgd100,cw,cw+,targeted",
+        },
+        "cifar10" => Defaults {
+            eps: 8.0 / 255.0,
+            alpha_over_eps: 0.25,
+            attacks: "fgsm,pgd7,pgd20,cw30",
+        },
+        other => bail!("--data {other}: expected mnist, fashion-mnist or cifar10"),
+    })
+}
+
+/// The attack names of `list` (comma-separated), with `paper` replaced by `paper_list`.
+pub fn attack_names(list: &str, paper_list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| {
+            if s == "paper" {
+                paper_list.split(',').map(str::to_string).collect()
+            } else {
+                vec![s.to_string()]
+            }
+        })
+        .collect()
+}
+
 /// A named attack of the evaluation suite.
 pub struct NamedAttack<B: Backend> {
     /// Name as given on the command line.
     pub name: String,
     /// What it is, for the table.
     pub description: String,
+    /// Its hyperparameters, for the JSON: epsilon, alpha, steps, restarts, random_start, loss,
+    /// kappa, targeting, seed.
+    pub params: serde_json::Value,
     /// The attack.
     pub attack: Box<dyn Attack<B>>,
 }
 
-/// A short decimal for tables (0.3/30 prints as 0.01, not 0.010000001).
+/// A short decimal for tables (0.3/30 prints as 0.01, not 0.010000001), or k/255 for a
+/// multiple of 1/255 that needs more than two decimals (8/255, not 0.0314).
 fn short(v: f32) -> String {
     let s = format!("{v:.4}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    let k = (v * 255.0).round();
+    let decimals = s.split_once('.').map_or(0, |(_, d)| d.len());
+    if decimals > 2 && k >= 1.0 && (v * 255.0 - k).abs() < 1e-3 {
+        format!("{k}/255")
+    } else {
+        s.to_string()
+    }
 }
+
+/// Steps and restarts of `pgdK` / `pgdKxR` / `cwK` / `cwKxR` (`rest` is what follows the prefix).
+fn steps_and_restarts(rest: &str) -> Option<(usize, usize)> {
+    let (k, r) = rest.split_once('x').unwrap_or((rest, "1"));
+    match (k.parse(), r.parse()) {
+        (Ok(k), Ok(r)) if k > 0 && r > 0 => Some((k, r)),
+        _ => None,
+    }
+}
+
+const KNOWN: &str = "fgsm, pgdK, pgdKxR, cw, cwK, cwKxR, cw+, targeted, paper";
 
 /// Parses one attack name of the suite.
 pub fn parse_attack<B: Backend>(
@@ -86,31 +159,43 @@ pub fn parse_attack<B: Backend>(
     let pgd = |steps: usize| -> Result<Pgd> {
         Ok(Pgd::linf(eps, alpha, steps)?.random_start(true).seed(seed))
     };
-    let (description, attack): (String, Box<dyn Attack<B>>) = match name {
-        "fgsm" => (format!("FGSM, ε={e}"), Box::new(Fgsm::new(eps)?)),
+    let restarts = |r: usize| {
+        if r > 1 {
+            format!(", {r} restarts")
+        } else {
+            String::new()
+        }
+    };
+    // (steps, restarts, random start, κ of the CW loss or None for cross-entropy, targeting)
+    type Setting = (usize, usize, bool, Option<f32>, &'static str);
+    let (description, attack, (steps, nrestarts, random, kappa, targeting)): (
+        String,
+        Box<dyn Attack<B>>,
+        Setting,
+    ) = match name {
+        "fgsm" => (
+            format!("FGSM, ε={e}"),
+            Box::new(Fgsm::new(eps)?),
+            (1, 1, false, None, "untargeted"),
+        ),
         "cw" => (
             format!("PGD-40 on the CW loss (κ=0), ε={e}, α={al}"),
             Box::new(pgd(40)?.loss(Loss::Cw { kappa: 0.0 })),
+            (40, 1, true, Some(0.0), "untargeted"),
         ),
         "cw+" => (
             format!("PGD-40 on the CW loss (κ=50), ε={e}, α={al}"),
             Box::new(pgd(40)?.loss(CW_PLUS)),
+            (40, 1, true, Some(50.0), "untargeted"),
         ),
         "targeted" => (
             format!("targeted PGD-40 to the least-likely class, ε={e}, α={al}"),
             Box::new(pgd(40)?.targeting(Targeting::LeastLikely)),
+            (40, 1, true, None, "least-likely"),
         ),
         s if s.starts_with("pgd") => {
-            let rest = &s[3..];
-            let (k, r) = match rest.split_once('x') {
-                Some((k, r)) => (k, r),
-                None => (rest, "1"),
-            };
-            let (k, r): (usize, usize) = match (k.parse(), r.parse()) {
-                (Ok(k), Ok(r)) if k > 0 && r > 0 => (k, r),
-                _ => bail!(
-                    "unknown attack '{s}': PGD is written pgdK or pgdKxR (e.g. pgd40, pgd100x20)"
-                ),
+            let Some((k, r)) = steps_and_restarts(&s[3..]) else {
+                bail!("unknown attack '{s}': PGD is written pgdK or pgdKxR (e.g. pgd40, pgd100x20); known: {KNOWN}")
             };
             (
                 format!(
@@ -118,13 +203,34 @@ pub fn parse_attack<B: Backend>(
                     if r > 1 { "s" } else { "" }
                 ),
                 Box::new(pgd(k)?.restarts(r)),
+                (k, r, true, None, "untargeted"),
             )
         }
-        other => bail!("unknown attack '{other}'; known: fgsm, pgdK, pgdKxR, cw, cw+, targeted"),
+        s if s.starts_with("cw") => {
+            let Some((k, r)) = steps_and_restarts(&s[2..]) else {
+                bail!("unknown attack '{s}': PGD on the CW loss is written cwK or cwKxR (e.g. cw30); known: {KNOWN}")
+            };
+            (
+                format!(
+                    "PGD-{k} on the CW loss (κ=0){}, ε={e}, α={al}, random start",
+                    restarts(r)
+                ),
+                Box::new(pgd(k)?.restarts(r).loss(Loss::Cw { kappa: 0.0 })),
+                (k, r, true, Some(0.0), "untargeted"),
+            )
+        }
+        other => bail!("unknown attack '{other}'; known: {KNOWN}"),
     };
+    let step = if name == "fgsm" { eps } else { alpha };
+    let params = serde_json::json!({
+        "epsilon": eps, "alpha": step, "steps": steps, "restarts": nrestarts,
+        "random_start": random, "loss": if kappa.is_some() { "cw" } else { "xent" },
+        "kappa": kappa, "targeting": targeting, "seed": seed,
+    });
     Ok(NamedAttack {
         name: name.to_string(),
         description,
+        params,
         attack,
     })
 }
@@ -146,32 +252,32 @@ pub fn load_test_set(data: &str, data_dir: Option<&Path>) -> Result<saddle_data:
 
 /// `saddle eval`.
 pub fn run(a: EvalArgs) -> Result<()> {
-    if !(a.eps.is_finite() && (0.0..=1.0).contains(&a.eps)) {
-        bail!("--eps {}: expected a number in [0, 1]", a.eps);
+    let d = defaults(&a.data)?;
+    let eps = a.eps.unwrap_or(d.eps);
+    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
+        bail!("--eps {eps}: expected a number in [0, 1]");
     }
-    let alpha = a.alpha.unwrap_or(a.eps / 30.0);
+    let alpha = a.alpha.unwrap_or(eps * d.alpha_over_eps);
+    if a.alpha.is_some() && !(alpha.is_finite() && alpha > 0.0) {
+        bail!("--alpha {alpha}: the step size must be a positive number");
+    }
+    let names = attack_names(a.attacks.as_deref().unwrap_or(d.attacks), d.attacks);
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     in_pool(a.threads, || {
-        crate::with_backend!(a.device, |b| eval_on(b, &a, alpha))
+        crate::with_backend!(a.device, |b| eval_on(b, &a, &names, eps, alpha))
     })
 }
 
-fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
-    let names: Vec<&str> = a
-        .attacks
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f32) -> Result<()> {
     let attacks: Vec<NamedAttack<B>> = names
         .iter()
         .map(|n| {
-            if a.eps == 0.0 {
+            if eps == 0.0 {
                 bail!("--eps 0 leaves nothing to attack; use --attacks '' for natural accuracy")
             } else {
-                parse_attack(n, a.eps, alpha, a.seed)
+                parse_attack(n, eps, alpha, a.seed)
             }
         })
         .collect::<Result<_>>()?;
@@ -228,7 +334,7 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
         "model {}  data {} (first {n} test images)  ε = {}",
         a.model.display(),
         a.data,
-        a.eps
+        short(eps)
     );
     println!("{:<12} {:>9}  details", "attack", "accuracy");
     println!(
@@ -245,7 +351,11 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
             at.description,
             seconds[k]
         );
-        rows.push(serde_json::json!({"name": at.name, "description": at.description, "accuracy": pct(&robust_ok[k]) / 100.0, "seconds": seconds[k]}));
+        let mut row = serde_json::json!({"name": at.name, "description": at.description, "accuracy": pct(&robust_ok[k]) / 100.0, "seconds": seconds[k]});
+        if let (Some(row), Some(p)) = (row.as_object_mut(), at.params.as_object()) {
+            row.extend(p.clone());
+        }
+        rows.push(row);
     }
     if !attacks.is_empty() {
         println!(
@@ -255,9 +365,9 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
         );
     }
     let report = serde_json::json!({
-        "model": a.model.display().to_string(), "data": a.data, "examples": n, "epsilon": a.eps, "alpha": alpha,
+        "model": a.model.display().to_string(), "data": a.data, "examples": n, "epsilon": eps, "alpha": alpha,
         "seed": a.seed, "natural_accuracy": pct(&natural_ok) / 100.0, "attacks": rows,
-        "worst_case_accuracy": pct(&worst) / 100.0,
+        "worst_case_accuracy": pct(&worst) / 100.0, "worst_case_over": names,
     });
     let out = a
         .out
@@ -266,4 +376,34 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, alpha: f32) -> Result<()> {
     fsutil::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn radii_print_as_short_decimals_or_multiples_of_1_255() {
+        assert_eq!(short(0.3), "0.3");
+        assert_eq!(short(0.3 / 30.0), "0.01");
+        assert_eq!(short(0.2), "0.2");
+        assert_eq!(short(8.0 / 255.0), "8/255");
+        assert_eq!(short(8.0 / 255.0 * 0.25), "2/255");
+        assert_eq!(short(0.005), "0.005");
+    }
+
+    #[test]
+    fn paper_in_a_list_is_the_data_sets_default_list() {
+        let cifar = defaults("cifar10").unwrap();
+        assert_eq!(
+            attack_names(" paper, pgd40x2 ,", cifar.attacks),
+            ["fgsm", "pgd7", "pgd20", "cw30", "pgd40x2"]
+        );
+        assert_eq!(
+            defaults("fashion-mnist").unwrap(),
+            defaults("mnist").unwrap()
+        );
+        assert_eq!(cifar.eps * cifar.alpha_over_eps, 2.0 / 255.0);
+        assert!(defaults("svhn").is_err());
+    }
 }
