@@ -796,3 +796,78 @@ fn eval_rejects_bad_radii_steps_and_attack_names() {
     }
     eval(&["--data", "imagenet"], "--data imagenet");
 }
+
+/// `--split train --offset N` evaluates the held-out tail of the training set that recipes are
+/// chosen on: the JSON says which images, the count stops at the split's end, the natural
+/// accuracy is the model's on exactly those images (computed here directly), and an offset
+/// past the end is a one-line error.
+#[test]
+fn eval_on_the_held_out_tail_of_the_training_set() {
+    use saddle_tensor::Backend;
+    let Some(root) = real_data("cifar10") else {
+        return;
+    };
+    let d = dir("cifar-holdout");
+    let wrn = tiny_cifar_model(&d);
+    let out = d.join("eval.json");
+    let args = |offset: &str| {
+        vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(&wrn).into(),
+            "--data".into(),
+            "cifar10".into(),
+            "--data-dir".into(),
+            s(&root).into(),
+            "--split".into(),
+            "train".into(),
+            "--offset".into(),
+            offset.into(),
+            "--limit".into(),
+            "40".into(),
+            "--attacks".into(),
+            "fgsm".into(),
+            "--out".into(),
+            s(&out).into(),
+        ]
+    };
+    let a: Vec<String> = args("49970");
+    let (code, _, err) = saddle(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out);
+    assert_eq!(
+        (j["split"].as_str(), j["offset"].as_u64()),
+        (Some("train"), Some(49970))
+    );
+    assert_eq!(
+        j["examples"], 30,
+        "40 asked from 49,970: 30 images are left"
+    );
+
+    let train =
+        saddle_data::cifar10::load(root.join("cifar10"), saddle_data::Split::Train).unwrap();
+    let idx: Vec<usize> = (49970..50000).collect();
+    let (xs, ys) = train.batch(&idx).unwrap();
+    let b = Cpu::new();
+    let x = b.from_vec(&train.batch_shape(idx.len()), xs).unwrap();
+    let bytes = std::fs::read(&wrn).unwrap();
+    let net = saddle_models::Model::load(b, &bytes, None).unwrap();
+    let z = b.to_vec(&net.logits(&x).unwrap()).unwrap();
+    let hits = saddle_models::argmax_rows(&z, 10)
+        .iter()
+        .zip(&ys)
+        .filter(|(p, y)| **p as f32 == **y)
+        .count();
+    assert!(
+        (j["natural_accuracy"].as_f64().unwrap() - hits as f64 / 30.0).abs() < 1e-9,
+        "{j}"
+    );
+
+    let a = args("50000");
+    let (code, _, err) = saddle(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--offset 50000") && err.lines().count() == 1,
+        "{err}"
+    );
+}

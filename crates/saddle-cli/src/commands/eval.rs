@@ -44,6 +44,14 @@ pub struct EvalArgs {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     limit: Option<usize>,
+    /// Which split to evaluate on: test (the default, for reports) or train (with --offset, the
+    /// held-out tail of the training set that recipes are chosen on: train with
+    /// `train_limit = 45000`, evaluate with `--split train --offset 45000`).
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Skip the first N images of the split (then --limit counts from there).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
     /// Images per attack batch.
     #[arg(long, default_value_t = 200)]
     batch_size: usize,
@@ -235,17 +243,19 @@ pub fn parse_attack<B: Backend>(
     })
 }
 
-/// Loads the test split of `data`.
-pub fn load_test_set(data: &str, data_dir: Option<&Path>) -> Result<saddle_data::Dataset> {
+/// Loads `split` of `data`.
+pub fn load_split(
+    data: &str,
+    split: Split,
+    data_dir: Option<&Path>,
+) -> Result<saddle_data::Dataset> {
     let root = data_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(saddle_data::datasets_dir);
     Ok(match data {
-        "mnist" => saddle_data::mnist::load(root.join("mnist"), Split::Test)?,
-        "fashion-mnist" => {
-            saddle_data::fashion_mnist::load(root.join("fashion-mnist"), Split::Test)?
-        }
-        "cifar10" => saddle_data::cifar10::load(root.join("cifar10"), Split::Test)?,
+        "mnist" => saddle_data::mnist::load(root.join("mnist"), split)?,
+        "fashion-mnist" => saddle_data::fashion_mnist::load(root.join("fashion-mnist"), split)?,
+        "cifar10" => saddle_data::cifar10::load(root.join("cifar10"), split)?,
         other => bail!("--data {other}: expected mnist, fashion-mnist or cifar10"),
     })
 }
@@ -282,12 +292,29 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
         })
         .collect::<Result<_>>()?;
     let mut model = load_model(&b, &a.model, a.arch.as_deref())?;
-    let mut data = load_test_set(&a.data, a.data_dir.as_deref())?;
-    if let Some(n) = a.limit {
-        if n == 0 {
-            bail!("--limit must be at least 1");
-        }
-        data = data.subset_first(n.min(data.len()));
+    let split = match a.split.as_str() {
+        "test" => Split::Test,
+        "train" => Split::Train,
+        other => bail!("--split {other}: expected test or train"),
+    };
+    let mut data = load_split(&a.data, split, a.data_dir.as_deref())?;
+    if a.offset >= data.len() {
+        bail!(
+            "--offset {}: the {} split of {} has only {} images",
+            a.offset,
+            a.split,
+            a.data,
+            data.len()
+        );
+    }
+    let count = match a.limit {
+        Some(0) => bail!("--limit must be at least 1"),
+        Some(n) => n.min(data.len() - a.offset),
+        None => data.len() - a.offset,
+    };
+    if a.offset > 0 || count < data.len() {
+        let idx: Vec<usize> = (a.offset..a.offset + count).collect();
+        data = data.select(&idx)?;
     }
     let n = data.len();
     let classes = model.num_classes();
@@ -337,11 +364,7 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
         short(eps)
     );
     println!("{:<12} {:>9}  details", "attack", "accuracy");
-    println!(
-        "{:<12} {:>8.2}%  clean test images",
-        "natural",
-        pct(&natural_ok)
-    );
+    println!("{:<12} {:>8.2}%  clean images", "natural", pct(&natural_ok));
     let mut rows = Vec::new();
     for (k, at) in attacks.iter().enumerate() {
         println!(
@@ -365,7 +388,7 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
         );
     }
     let report = serde_json::json!({
-        "model": a.model.display().to_string(), "data": a.data, "examples": n, "epsilon": eps, "alpha": alpha,
+        "model": a.model.display().to_string(), "data": a.data, "split": a.split, "offset": a.offset, "examples": n, "epsilon": eps, "alpha": alpha,
         "seed": a.seed, "natural_accuracy": pct(&natural_ok) / 100.0, "attacks": rows,
         "worst_case_accuracy": pct(&worst) / 100.0, "worst_case_over": names,
     });
