@@ -221,20 +221,9 @@ pub unsafe fn tile(
     }
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx2 {
-        // SAFETY: the CPU has AVX2 and FMA (checked when the set was chosen); the caller vouches
-        // for the memory. Passes of 16 columns: 7 rows × 2 vectors = 14 accumulators of the 16
-        // registers.
-        unsafe {
-            for c0 in (0..nv).map(|v| 16 * v) {
-                let bb = b.wrapping_add(c0);
-                match offs {
-                    Offs::Affine(cs) => avx2::tile(k, rows, |p| p * cs, bb, ldb, out, c0),
-                    Offs::Table(t) => {
-                        avx2::tile(k, rows, |p| *t.get_unchecked(p) as usize, bb, ldb, out, c0)
-                    }
-                }
-            }
-        }
+        // SAFETY: the CPU has AVX2 and FMA (checked when the set was chosen); vector group v
+        // of row p is at b + p·ldb + 16·v, which the caller vouches for.
+        unsafe { avx2_passes(nv, k, rows, offs, b, ldb, 16, out) };
         return;
     }
     // SAFETY: forwarded.
@@ -288,24 +277,9 @@ pub unsafe fn tile_slabs(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx2 {
-        // SAFETY: the CPU has AVX2 and FMA; the caller vouches for the memory.
-        unsafe {
-            for v in 0..nv {
-                let bb = b.wrapping_add(v * k * 16);
-                match offs {
-                    Offs::Affine(cs) => avx2::tile(k, rows, |p| p * cs, bb, 16, out, 16 * v),
-                    Offs::Table(t) => avx2::tile(
-                        k,
-                        rows,
-                        |p| *t.get_unchecked(p) as usize,
-                        bb,
-                        16,
-                        out,
-                        16 * v,
-                    ),
-                }
-            }
-        }
+        // SAFETY: the CPU has AVX2 and FMA; slab v (rows of 16 at b + v·k·16) is what the
+        // caller vouches for.
+        unsafe { avx2_passes(nv, k, rows, offs, b, 16, k * 16, out) };
         return;
     }
     let _ = (nv, k, rows, offs, b, out);
@@ -400,6 +374,43 @@ mod avx512 {
                 unsafe {
                     _mm512_storeu_ps(out.as_mut_ptr().add(r * 64 + col0 + 16 * v), acc[r][v])
                 };
+            }
+        }
+    }
+}
+
+/// The AVX2 kernel over `nv` passes of 16 columns: pass `v` reads row `p` of its 16 columns at
+/// `b + v·vstride + p·ldb` and writes tile columns `16·v ..`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; those reads and `rows[r] + off(p)` must be valid.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2_passes(
+    nv: usize,
+    k: usize,
+    rows: &[*const f32; MR],
+    offs: Offs<'_>,
+    b: *const f32,
+    ldb: usize,
+    vstride: usize,
+    out: &mut [f32; TILE],
+) {
+    for v in 0..nv {
+        let bb = b.wrapping_add(v * vstride);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match offs {
+                Offs::Affine(cs) => avx2::tile(k, rows, |p| p * cs, bb, ldb, out, 16 * v),
+                Offs::Table(t) => avx2::tile(
+                    k,
+                    rows,
+                    |p| *t.get_unchecked(p) as usize,
+                    bb,
+                    ldb,
+                    out,
+                    16 * v,
+                ),
             }
         }
     }
