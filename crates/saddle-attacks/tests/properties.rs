@@ -483,6 +483,23 @@ proptest! {
         prop_assert_eq!(f.loss, p.loss);
         prop_assert_eq!(f.success, p.success);
         check_linf(&b.to_vec(&x).unwrap(), &b.to_vec(&f.x_adv).unwrap(), eps)?;
+        // FGSM is built on PGD, so the comparison above cannot catch a fault they share: check
+        // the untargeted attack against an oracle written here, clip(x + ε·sign(∇ₓL), 0, 1),
+        // from the model's input gradient and a sign taken on the host.
+        if targeting == Targeting::Untargeted {
+            let (_, g, _) = saddle_models::loss_and_input_grad(&net, &x, &y, loss).unwrap();
+            let oracle: Vec<f32> = b
+                .to_vec(&x)
+                .unwrap()
+                .iter()
+                .zip(b.to_vec(&g).unwrap())
+                .map(|(&xi, gi)| {
+                    let s = if gi > 0.0 { 1.0 } else if gi < 0.0 { -1.0 } else { 0.0 };
+                    (xi + eps * s).clamp(0.0, 1.0)
+                })
+                .collect();
+            prop_assert_eq!(b.to_vec(&f.x_adv).unwrap(), oracle);
+        }
     }
 }
 

@@ -1,11 +1,8 @@
 //! Checks on the real data sets, found under `$SADDLE_DATASETS` or `<workspace>/datasets`.
 //!
-//! * MNIST is required: when `datasets/mnist` is missing the test FAILS and says to run
-//!   `cargo xtask download mnist`, unless `SADDLE_SKIP_REAL_DATA=1` (explicit opt-out).
-//! * Fashion-MNIST and CIFAR-10 run when their folder exists, or are required (fail when
-//!   missing) with `SADDLE_FASHION_MNIST_TESTS=1` / `SADDLE_CIFAR10_TESTS=1`; otherwise they
-//!   print that they were skipped.
-//! * `SADDLE_SKIP_REAL_DATA=1` skips all of them.
+//! All three data sets are required: when one is missing its test FAILS and says to run
+//! `cargo xtask download NAME` (CI fetches all three), unless `SADDLE_SKIP_REAL_DATA=1`, the one
+//! explicit opt-out, which skips them all and prints that it did.
 
 mod common;
 
@@ -18,7 +15,7 @@ fn flag(name: &str) -> bool {
 }
 
 /// The data set's folder if the test should run, `None` (after printing why) if skipped.
-fn locate(name: &str, required: bool) -> Option<PathBuf> {
+fn locate(name: &str) -> Option<PathBuf> {
     let dir = common::datasets_root().join(name);
     if flag("SADDLE_SKIP_REAL_DATA") {
         eprintln!("skipped: real-data test for {name} (SADDLE_SKIP_REAL_DATA=1)");
@@ -27,18 +24,11 @@ fn locate(name: &str, required: bool) -> Option<PathBuf> {
     if dir.exists() {
         return Some(dir);
     }
-    if required {
-        panic!(
-            "{} is missing: run `cargo xtask download {name}` (or set SADDLE_SKIP_REAL_DATA=1 \
-             to skip the real-data tests)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipped: {} not present (run `cargo xtask download {name}`)",
+    panic!(
+        "{} is missing: run `cargo xtask download {name}` (or set SADDLE_SKIP_REAL_DATA=1 to \
+         skip the real-data tests)",
         dir.display()
     );
-    None
 }
 
 fn assert_close(got: f64, want: f64, what: &str) {
@@ -58,7 +48,7 @@ fn check(d: &Dataset, n: usize, means: &[f64], stds: &[f64]) {
 
 #[test]
 fn real_mnist() {
-    let Some(dir) = locate("mnist", true) else {
+    let Some(dir) = locate("mnist") else {
         return;
     };
     let train = mnist::load(&dir, Split::Train).unwrap();
@@ -74,7 +64,7 @@ fn real_mnist() {
 
 #[test]
 fn real_fashion_mnist() {
-    let Some(dir) = locate("fashion-mnist", flag("SADDLE_FASHION_MNIST_TESTS")) else {
+    let Some(dir) = locate("fashion-mnist") else {
         return;
     };
     let train = fashion_mnist::load(&dir, Split::Train).unwrap();
@@ -88,7 +78,7 @@ fn real_fashion_mnist() {
 
 #[test]
 fn real_cifar10() {
-    let Some(dir) = locate("cifar10", flag("SADDLE_CIFAR10_TESTS")) else {
+    let Some(dir) = locate("cifar10") else {
         return;
     };
     let train = cifar10::load(&dir, Split::Train).unwrap();
