@@ -440,17 +440,33 @@ fn attacks_are_object_safe_and_transfer_reports_both_accuracies() {
     for attack in &attacks {
         let rep = transfer(attack.as_ref(), &mut source, &mut target, &x, &y).unwrap();
         assert_eq!(rep.examples, 16);
-        assert!(rep.source_adversarial <= rep.source_natural + 16);
-        assert!((0.0..=1.0).contains(&rep.target_accuracy()));
-        // The source's accuracy under its own attack is what perturb reports.
+        // Every count recomputed here from the models' own predictions: the source's accuracy
+        // under its own attack is what perturb reports, and the target is judged on the clean
+        // inputs and on exactly the source's adversarial examples.
         let res = attack.perturb(&mut source, &x, &y).unwrap();
         let labels: Vec<usize> = b.to_vec(&y).unwrap().iter().map(|&v| v as usize).collect();
+        let hits = |p: Vec<usize>| p.iter().zip(&labels).filter(|(a, b)| a == b).count();
+        let name = attack.name();
+        assert_eq!(rep.source_adversarial, res.correct(&labels), "{name}");
+        // Predictions in evaluation mode, as the attacks and transfer make them.
+        source.set_training(false);
         assert_eq!(
-            rep.source_adversarial,
-            res.correct(&labels),
-            "{}",
-            attack.name()
+            rep.source_natural,
+            hits(predict(&source, &x).unwrap()),
+            "{name}"
         );
+        source.set_training(true);
+        assert_eq!(
+            rep.target_natural,
+            hits(predict(&target, &x).unwrap()),
+            "{name}"
+        );
+        assert_eq!(
+            rep.target_adversarial,
+            hits(predict(&target, &res.x_adv).unwrap()),
+            "{name}"
+        );
+        assert_eq!(rep.target_accuracy(), rep.target_adversarial as f64 / 16.0);
     }
     assert!(source.is_training() && !target.is_training());
     assert_eq!(
