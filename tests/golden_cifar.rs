@@ -118,6 +118,46 @@ fn prepared<B: Backend>(b: &B, bytes: &[u8]) -> (Model<B>, B::Tensor, B::Tensor,
 /// decided by float32 rounding moves it by 2.1e-3 (see [`prepared`]).
 const MADRY_END_TO_END_GRAD: f64 = 1e-2;
 
+/// How many of the golden batch's 8 images may have `wrn-madry`'s input gradient decided by a
+/// float32 rounding even on images standardised in float64: inside the network, too, some units
+/// sit within rounding of a leaky ReLU's kink, and which images that touches depends on the
+/// order of the sums. Measured per image: on the FMA kernels (AVX2, AVX-512) images 3 and 6 are
+/// off by 4.4e-3 and 6.7e-3, on the portable kernels images 3 and 4 by 9.2e-4 and 1.0e-3, every
+/// other image within 1.4e-6. A flipped unit moves only its own image (evaluation mode); a
+/// wrong backward rule moves every image, which this check still catches.
+const MADRY_FLIPPED_IMAGES: usize = 2;
+
+/// `got` against `want` image by image (3×32×32 values each): every image within `bar`, except
+/// at most `flips_allowed` images within [`MADRY_END_TO_END_GRAD`].
+fn check_per_image(name: &str, got: &[f32], want: &[f32], bar: f64, flips_allowed: usize) {
+    assert_eq!(got.len(), want.len(), "{name}: lengths differ");
+    let errs: Vec<f64> = got
+        .chunks(3072)
+        .zip(want.chunks(3072))
+        .map(|(a, w)| rel_err(a, w))
+        .collect();
+    println!(
+        "{name}: relative error {:.3e} overall; per image [{}]",
+        rel_err(got, want),
+        errs.iter()
+            .map(|e| format!("{e:.1e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let off: Vec<usize> = (0..errs.len()).filter(|&i| errs[i] > bar).collect();
+    assert!(
+        off.len() <= flips_allowed,
+        "{name}: images {off:?} exceed {bar:.0e} (at most {flips_allowed} may, for a unit at a kink)"
+    );
+    for &i in &off {
+        assert!(
+            errs[i] <= MADRY_END_TO_END_GRAD,
+            "{name}: image {i}'s relative error {:.3e} exceeds {MADRY_END_TO_END_GRAD:.0e}, more than a unit at a kink moves it",
+            errs[i]
+        );
+    }
+}
+
 fn eval_mode<B: Backend>(b: &B, bytes: &[u8], bars: Bars) {
     let gold = Golden::from_bytes(bytes);
     let (net, x_in, y, split) = prepared(b, bytes);
@@ -154,11 +194,13 @@ fn eval_mode<B: Backend>(b: &B, bytes: &[u8], bars: Bars) {
         gx = g2.backward_with(s, gx).unwrap().get(raw).unwrap().clone();
     }
     let want_gx = &gold.get("out.eval.grad_x_sum_xent").data;
-    check(
+    let flips_allowed = if split { MADRY_FLIPPED_IMAGES } else { 0 };
+    check_per_image(
         "eval input gradient",
         &b.to_vec(&gx).unwrap(),
         want_gx,
         bars.other,
+        flips_allowed,
     );
     if split {
         // The whole network, its own standardisation included.

@@ -2,17 +2,27 @@
 //! table.
 //!
 //! Runs `cargo bench -p saddle-models --bench mnist_speed` (the paper's MNIST network: PGD step
-//! at batch 50 and 256, one PGD-40 + Adam training iteration at batch 50, inference) and the
-//! per-op bench of saddle-tensor, and prints images×steps/s, examples/s, GFLOP/s and the share
-//! of the machine's sgemm rate. With `--peer` it also runs `benches/peer/pytorch_mnist.py` (same
-//! network, same batches, `torch.set_num_threads(2)`), creating a virtual environment with
-//! torch if there is none, and prints saddle / PyTorch per row.
+//! at batch 50 and 256, one PGD-40 + Adam training iteration at batch 50, inference),
+//! `cargo bench -p saddle-train --bench cifar_speed` (the CIFAR-10 wide ResNets of presets
+//! `cifar-quick` and `cifar-paper`: a PGD step and one iteration of the preset's training recipe,
+//! `Trainer::train_step` itself, at batch 128) and the per-op bench of saddle-tensor, and prints
+//! images×steps/s, examples/s, GFLOP/s and the share of the machine's sgemm rate. With `--peer`
+//! it also runs `benches/peer/pytorch_mnist.py` and `benches/peer/pytorch_cifar.py` (same
+//! networks, same batches, same recipes, `torch.set_num_threads(2)`), creating a virtual
+//! environment with torch if there is none, and prints saddle / PyTorch per row. The CIFAR-10
+//! presets' architectures and recipes are read from the saddle bench (which reads them from
+//! `TrainConfig::preset`) and handed to the PyTorch script (`SADDLE_CIFAR_{QUICK,PAPER}_ARCH`,
+//! `SADDLE_CIFAR_{QUICK,PAPER}_RECIPE`), so both sides follow a preset that changes.
 //!
 //! The two sides are interleaved row by row and round by round (saddle, PyTorch, PyTorch,
 //! saddle, ...), and each side's figure is the median over the rounds, so that a ratio holds on
-//! a shared, noisy machine. Environment: `SADDLE_BENCH_ROUNDS` (3), `SADDLE_BENCH_SECS` (2, per
-//! row and run), `SADDLE_THREADS` (2), `SADDLE_PEER_VENV` (the virtual environment, by default
-//! `target/peer-venv`), `SADDLE_SGEMM_GFLOPS` (146, the sgemm rate PyTorch measured here).
+//! a shared, noisy machine. The rows of the paper's CIFAR-10 network (`wrn-madry-34-10`: tens of
+//! seconds per PGD step, minutes per training iteration on 2 cores) run in the first round only,
+//! each timed once after one warm-up; `SADDLE_BENCH_CIFAR_PAPER=0` leaves them out. Environment:
+//! `SADDLE_BENCH_ROUNDS` (3), `SADDLE_BENCH_SECS` (2, per row and run), `SADDLE_THREADS` (2),
+//! `SADDLE_PEER_VENV` (the virtual environment, by default `target/peer-venv`),
+//! `SADDLE_SGEMM_GFLOPS` (146, the sgemm rate PyTorch measured here),
+//! `SADDLE_BENCH_CIFAR_PAPER` (1; 0 leaves the paper network's rows out).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,36 +64,99 @@ fn isa_envs(isa: &str) -> Result<(Envs, Envs)> {
     ))
 }
 
-/// The rows compared with PyTorch: name, what it counts, the target ratio (if any).
-/// The last row runs both sides on one thread: on a machine shared with other work, where a
-/// process may get less than its two cores, it shows the per-core speed that the 2-thread rows
-/// may hide.
-const ROWS: [(&str, &str, Option<f64>); 6] = [
-    (
+/// Which bench executable (and PyTorch script) prints a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suite {
+    /// `mnist_speed` of saddle-models, `pytorch_mnist.py`.
+    Mnist,
+    /// `cifar_speed` of saddle-train, `pytorch_cifar.py`.
+    Cifar,
+    /// `cifar_speed` too, the paper's network: first round only, left out with
+    /// `SADDLE_BENCH_CIFAR_PAPER=0`.
+    CifarPaper,
+}
+
+/// A row compared with PyTorch: the bench row's name, what it counts, the target ratio (if
+/// any), and the suite that prints it.
+struct Spec {
+    name: &'static str,
+    what: &'static str,
+    target: Option<f64>,
+    suite: Suite,
+}
+
+const fn spec(name: &'static str, what: &'static str, target: Option<f64>, suite: Suite) -> Spec {
+    Spec {
+        name,
+        what,
+        target,
+        suite,
+    }
+}
+
+/// The rows compared with PyTorch. `pgd_step_b50@1` runs both sides on one thread: on a machine
+/// shared with other work, where a process may get less than its two cores, it shows the
+/// per-core speed that the 2-thread rows may hide.
+const ROWS: [Spec; 10] = [
+    spec(
         "pgd_step_b50",
         "PGD step, batch 50 (images×steps/s)",
         Some(1.25),
+        Suite::Mnist,
     ),
-    (
+    spec(
         "pgd_step_b256",
         "PGD step, batch 256 (images×steps/s)",
         Some(1.25),
+        Suite::Mnist,
     ),
-    (
+    spec(
         "train_iter_b50",
         "PGD-40 + Adam iteration, batch 50 (examples/s)",
         Some(1.25),
+        Suite::Mnist,
     ),
-    (
+    spec(
         "inference_b256",
         "inference, batch 256 (images/s)",
         Some(1.0),
+        Suite::Mnist,
     ),
-    ("inference_b50", "inference, batch 50 (images/s)", None),
-    (
+    spec(
+        "inference_b50",
+        "inference, batch 50 (images/s)",
+        None,
+        Suite::Mnist,
+    ),
+    spec(
         "pgd_step_b50@1",
         "PGD step, batch 50, 1 thread each (images×steps/s)",
         None,
+        Suite::Mnist,
+    ),
+    spec(
+        "cifar_pgd_step_quick_b128",
+        "CIFAR-10 cifar-quick network: PGD step, eval-mode BN, batch 128 (images×steps/s)",
+        Some(1.25),
+        Suite::Cifar,
+    ),
+    spec(
+        "cifar_train_iter_quick_b128",
+        "CIFAR-10 cifar-quick recipe: training iteration, batch 128 (examples/s)",
+        Some(1.25),
+        Suite::Cifar,
+    ),
+    spec(
+        "cifar_pgd_step_paper_b128",
+        "CIFAR-10 cifar-paper network: PGD step, eval-mode BN, batch 128, 1 run (images×steps/s)",
+        Some(1.25),
+        Suite::CifarPaper,
+    ),
+    spec(
+        "cifar_train_iter_paper_b128",
+        "CIFAR-10 cifar-paper recipe: PGD-7 training iteration, batch 128, 1 run (examples/s)",
+        Some(1.25),
+        Suite::CifarPaper,
     ),
 ];
 
@@ -102,6 +175,7 @@ pub fn run(args: Args) -> Result<()> {
 
     eprintln!("building the benchmarks ...");
     let speed = bench_executable(&root, "saddle-models", "mnist_speed")?;
+    let cifar = bench_executable(&root, "saddle-train", "cifar_speed")?;
     let ops = bench_executable(&root, "saddle-tensor", "ops")?;
     let python = if peer {
         Some(peer_python(&root)?)
@@ -109,6 +183,40 @@ pub fn run(args: Args) -> Result<()> {
         None
     };
     let script = root.join("benches/peer/pytorch_mnist.py");
+    let cifar_script = root.join("benches/peer/pytorch_cifar.py");
+    let paper_on = std::env::var("SADDLE_BENCH_CIFAR_PAPER").as_deref() != Ok("0");
+    // The CIFAR-10 presets' networks and recipes, as the saddle bench reads them from
+    // `TrainConfig::preset`, for the PyTorch side.
+    let cifar_info = run_cmd(
+        Command::new(&cifar).env("SADDLE_BENCH_ROWS", "none"),
+        "saddle CIFAR-10 bench (presets)",
+    )?;
+    // Its header and the networks' forward FLOP per image.
+    let cifar_header = cifar_info
+        .lines()
+        .filter(|l| l.starts_with("# "))
+        .map(|l| l.trim_start_matches("# "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut cifar_envs: Envs = Vec::new();
+    for l in cifar_info.lines().filter(|l| l.starts_with("preset=")) {
+        let kv: BTreeMap<&str, &str> = l
+            .split_whitespace()
+            .filter_map(|t| t.split_once('='))
+            .collect();
+        let key = match kv.get("preset") {
+            Some(&"cifar-quick") => "QUICK",
+            Some(&"cifar-paper") => "PAPER",
+            _ => continue,
+        };
+        if let Some(arch) = kv.get("arch") {
+            cifar_envs.push((format!("SADDLE_CIFAR_{key}_ARCH"), arch.to_string()));
+        }
+        cifar_envs.push((format!("SADDLE_CIFAR_{key}_RECIPE"), l.to_string()));
+    }
+    if cifar_envs.len() != 4 {
+        bail!("the saddle CIFAR-10 bench did not print both presets' recipes:\n{cifar_info}");
+    }
 
     // `row@t` runs `row` on `t` threads.
     let envs = |row: &str| {
@@ -127,20 +235,27 @@ pub fn run(args: Args) -> Result<()> {
     let load0 = loadavg();
     let mut header = String::new();
     for round in 0..rounds {
-        for (i, (name, _, _)) in ROWS.iter().enumerate() {
+        for (i, row) in ROWS.iter().enumerate() {
+            let name = row.name;
+            if row.suite == Suite::CifarPaper && (round > 0 || !paper_on) {
+                continue;
+            }
             eprintln!("round {}/{rounds}: {name}", round + 1);
+            let (exe, py_script) = match row.suite {
+                Suite::Mnist => (&speed, &script),
+                Suite::Cifar | Suite::CifarPaper => (&cifar, &cifar_script),
+            };
             // Alternate which side goes first, so neither always runs on a warmer machine.
             let saddle_first = (round + i) % 2 == 0;
             for side in 0..2 {
                 let is_saddle = (side == 0) == saddle_first;
                 if is_saddle {
                     let out = run_cmd(
-                        Command::new(&speed)
-                            .envs(envs(name))
-                            .envs(isa_saddle.clone()),
+                        Command::new(exe).envs(envs(name)).envs(isa_saddle.clone()),
                         "saddle bench",
                     )?;
-                    let first = header.is_empty() && !name.contains('@');
+                    let first =
+                        header.is_empty() && !name.contains('@') && row.suite == Suite::Mnist;
                     if let Some(l) = out.lines().find(|l| first && l.starts_with("# saddle")) {
                         header = l.trim_start_matches("# ").to_string();
                     }
@@ -149,7 +264,10 @@ pub fn run(args: Args) -> Result<()> {
                         .extend(parse_rows(&out, base(name)));
                 } else if let Some(py) = &python {
                     let mut c = Command::new(py);
-                    c.arg(&script).envs(envs(name)).envs(isa_torch.clone());
+                    c.arg(py_script)
+                        .envs(envs(name))
+                        .envs(cifar_envs.clone())
+                        .envs(isa_torch.clone());
                     let out = run_cmd(&mut c, "PyTorch reference")?;
                     theirs
                         .entry(name)
@@ -176,7 +294,7 @@ pub fn run(args: Args) -> Result<()> {
 
     println!(
         "\nsaddle CPU benchmarks, {threads} threads, median of {rounds} interleaved rounds \
-         (load average {load0} before, {load1} after)\n{header}{}\n",
+         (load average {load0} before, {load1} after)\n{header}\n{cifar_header}{}\n",
         match &args.isa {
             Some(_) => format!(
                 "; PyTorch capped with {}",
@@ -199,7 +317,10 @@ pub fn run(args: Args) -> Result<()> {
         "|---|---|---|---|{}",
         if peer { "---|---|---|" } else { "" }
     );
-    for (name, what, target) in ROWS {
+    for Spec {
+        name, what, target, ..
+    } in ROWS
+    {
         let Some(s) = median_row(ours.get(name)) else {
             continue;
         };
@@ -208,7 +329,7 @@ pub fn run(args: Args) -> Result<()> {
             .gflops
             .map(|g| format!("{:.0}%", 100.0 * g / sgemm))
             .unwrap_or_default();
-        let mut line = format!("| {what} | {:.1} | {gf} | {share} |", s.rate);
+        let mut line = format!("| {what} | {} | {gf} | {share} |", rate(s.rate));
         if peer {
             match median_row(theirs.get(name)) {
                 Some(t) => {
@@ -219,12 +340,19 @@ pub fn run(args: Args) -> Result<()> {
                         }
                         None => "–".into(),
                     };
-                    line += &format!(" {:.1} | {ratio:.2}× | {tg} |", t.rate);
+                    line += &format!(" {} | {ratio:.2}× | {tg} |", rate(t.rate));
                 }
                 None => line += " – | – | – |",
             }
         }
         println!("{line}");
+    }
+    if !paper_on {
+        println!(
+            "\nthe rows of the paper's CIFAR-10 network (cifar_pgd_step_paper_b128, \
+             cifar_train_iter_paper_b128) were left out: SADDLE_BENCH_CIFAR_PAPER=0 (tens of \
+             seconds per PGD step, minutes per training iteration on 2 cores)"
+        );
     }
     for l in allocs.lines().filter(|l| l.starts_with("allocs")) {
         println!(
@@ -248,6 +376,15 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A rate with three significant digits or more (the CIFAR-10 rows are single digits).
+fn rate(r: f64) -> String {
+    if r < 100.0 {
+        format!("{r:.2}")
+    } else {
+        format!("{r:.1}")
+    }
 }
 
 /// The bench row behind a table row (`pgd_step_b50@1` → `pgd_step_b50`).
