@@ -32,6 +32,27 @@ pub enum AttackError {
         /// What was counted: `"steps"` or `"restarts"`.
         what: &'static str,
     },
+    /// The model has fewer classes than the attack's objective needs (DLR: 3; targeted DLR: 4
+    /// and one more than the number of targets).
+    #[error("{attack}: the model has {classes} classes; this attack needs at least {need}")]
+    TooFewClasses {
+        /// The attack.
+        attack: &'static str,
+        /// The model's number of classes.
+        classes: usize,
+        /// The number needed.
+        need: usize,
+    },
+    /// A fraction that must lie in `(0, 1]` does not (the Square attack's `p_init`).
+    #[error("{attack}: {what} = {value} is invalid: it must be in (0, 1]")]
+    InvalidFraction {
+        /// The attack.
+        attack: &'static str,
+        /// Which parameter, for example `"p_init"`.
+        what: &'static str,
+        /// The value given.
+        value: f32,
+    },
     /// The CW loss confidence κ is NaN or infinite.
     #[error("{attack}: CW confidence κ = {kappa} is invalid: it must be finite")]
     InvalidKappa {

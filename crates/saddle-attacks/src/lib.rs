@@ -2,13 +2,14 @@
 //!
 //! The inner maximisation of the saddle point problem of Madry et al. (2018),
 //! `max_{δ∈S} L(θ, x + δ, y)`: threat models, FGSM, PGD with random starts and restarts, the CW
-//! margin loss, targeted and transfer attacks.
+//! margin loss, targeted and transfer attacks, and AutoAttack's APGD.
 //!
 //! - [`ThreatModel`] ([`Linf`], [`L2`]): `random_init`, `step`, `project` — the set `S`,
 //!   separate from the loop.
 //! - [`Attack`]: `perturb(model, x, y) -> AttackResult` (adversarial batch, per-example loss and
 //!   success, optional per-step loss trace). Implemented by [`Pgd`] (generic over the threat
-//!   model) and [`Fgsm`].
+//!   model), [`Fgsm`] and [`Apgd`] (Auto-PGD on cross-entropy, DLR or targeted DLR: the
+//!   gradient stages of AutoAttack).
 //! - [`transfer()`]: craft on one model, evaluate on another.
 //!
 //! All parameters are in `[0, 1]` pixel units; inputs must be in `[0, 1]` (models normalise
@@ -42,15 +43,19 @@
 //! error; invalid parameters and inputs are [`AttackError`]s, never panics. This crate does no
 //! I/O and prints nothing.
 
+pub mod apgd;
 pub mod attack;
 pub mod error;
 pub mod pgd;
+pub mod square;
 pub mod threat;
 pub mod transfer;
 
+pub use apgd::{Apgd, ApgdLoss};
 pub use attack::{predict, Attack, AttackResult, LossTrace};
 pub use error::{AttackError, Result};
 pub use pgd::{Fgsm, Pgd, Targeting, CW_PLUS};
 pub use saddle_models::Loss;
+pub use square::Square;
 pub use threat::{Linf, ThreatModel, L2};
 pub use transfer::{transfer, TransferReport};

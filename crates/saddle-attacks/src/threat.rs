@@ -61,6 +61,19 @@ pub trait ThreatModel: Clone + std::fmt::Debug + Send + Sync + 'static {
         alpha: f32,
     ) -> Result<B::Tensor>;
 
+    /// [`ThreatModel::step`] with a step size per example (`alphas[i]` for example `i`, each
+    /// finite and at least 0), before projection: what APGD's per-example step halving needs.
+    ///
+    /// # Errors
+    /// As [`ThreatModel::step`]; a shape error if `alphas` does not have one entry per example.
+    fn step_per_example<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        g: &B::Tensor,
+        alphas: &[f32],
+    ) -> Result<B::Tensor>;
+
     /// The projection onto the ball around `x0`, then onto `[0, 1]`. `x0` must be in `[0, 1]`.
     ///
     /// # Errors
@@ -140,6 +153,37 @@ impl ThreatModel for Linf {
         Ok(b.add(x, &b.affine(&s, alpha, 0.0)?)?)
     }
 
+    fn step_per_example<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        g: &B::Tensor,
+        alphas: &[f32],
+    ) -> Result<B::Tensor> {
+        check_same("linf step", x.dims(), g.dims())?;
+        let (n, d) = batch_layout("linf step", x.dims())?;
+        check_alphas("linf step", alphas, n)?;
+        let mut out = b.to_vec(x)?;
+        let gh = b.to_vec(g)?;
+        for (i, &a) in alphas.iter().enumerate() {
+            for (o, &gv) in out[i * d..(i + 1) * d]
+                .iter_mut()
+                .zip(&gh[i * d..(i + 1) * d])
+            {
+                // sign(0) = 0 and sign(NaN) = NaN, as the backend's `sign`.
+                let s = if gv > 0.0 {
+                    1.0
+                } else if gv < 0.0 {
+                    -1.0
+                } else {
+                    gv * 0.0
+                };
+                *o += a * s;
+            }
+        }
+        Ok(b.from_vec(x.dims(), out)?)
+    }
+
     fn project<B: Backend>(&self, b: &B, x: &B::Tensor, x0: &B::Tensor) -> Result<B::Tensor> {
         Ok(b.project_linf(x, x0, self.eps)?)
     }
@@ -191,6 +235,21 @@ fn batch_layout(op: &'static str, dims: &[usize]) -> Result<(usize, usize)> {
     }
 }
 
+/// One finite step size of at least 0 per example.
+fn check_alphas(op: &'static str, alphas: &[f32], n: usize) -> Result<()> {
+    if alphas.len() != n {
+        return Err(TensorError::shape(
+            op,
+            format!("{} step sizes for a batch of {n}", alphas.len()),
+        )
+        .into());
+    }
+    match alphas.iter().find(|a| !(a.is_finite() && **a >= 0.0)) {
+        Some(&alpha) => Err(AttackError::InvalidStepSize { attack: op, alpha }),
+        None => Ok(()),
+    }
+}
+
 fn check_same(op: &'static str, a: &[usize], b: &[usize]) -> Result<()> {
     if a == b {
         Ok(())
@@ -236,7 +295,21 @@ impl ThreatModel for L2 {
     ) -> Result<B::Tensor> {
         check_same("l2 step", x.dims(), g.dims())?;
         let (n, d) = batch_layout("l2 step", x.dims())?;
-        let out = l2_step_host(&b.to_vec(x)?, &b.to_vec(g)?, n, d, alpha)?;
+        let out = l2_step_host(&b.to_vec(x)?, &b.to_vec(g)?, n, d, &vec![alpha; n])?;
+        Ok(b.from_vec(x.dims(), out)?)
+    }
+
+    fn step_per_example<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        g: &B::Tensor,
+        alphas: &[f32],
+    ) -> Result<B::Tensor> {
+        check_same("l2 step", x.dims(), g.dims())?;
+        let (n, d) = batch_layout("l2 step", x.dims())?;
+        check_alphas("l2 step", alphas, n)?;
+        let out = l2_step_host(&b.to_vec(x)?, &b.to_vec(g)?, n, d, alphas)?;
         Ok(b.from_vec(x.dims(), out)?)
     }
 
@@ -258,17 +331,17 @@ impl ThreatModel for L2 {
         check_same("l2 step", x.dims(), g.dims())?;
         check_same("l2 project", x.dims(), x0.dims())?;
         let (n, d) = batch_layout("l2 step", x.dims())?;
-        let moved = l2_step_host(&b.to_vec(x)?, &b.to_vec(g)?, n, d, alpha)?;
+        let moved = l2_step_host(&b.to_vec(x)?, &b.to_vec(g)?, n, d, &vec![alpha; n])?;
         let out = l2_project_host(&moved, &b.to_vec(x0)?, n, d, self.eps)?;
         Ok(b.from_vec(x.dims(), out)?)
     }
 }
 
-/// `x + α·g/‖g‖₂` per example, in `f64`, rounded to `f32` (no move where `‖g‖₂ = 0`).
-fn l2_step_host(x: &[f32], g: &[f32], n: usize, d: usize, alpha: f32) -> Result<Vec<f32>> {
+/// `x + αᵢ·g/‖g‖₂` per example `i`, in `f64`, rounded to `f32` (no move where `‖g‖₂ = 0`).
+fn l2_step_host(x: &[f32], g: &[f32], n: usize, d: usize, alphas: &[f32]) -> Result<Vec<f32>> {
     let mut out = x.to_vec();
-    let alpha = alpha as f64;
     for i in 0..n {
+        let alpha = alphas[i] as f64;
         let gi = &g[i * d..(i + 1) * d];
         if let Some(j) = gi.iter().position(|v| v.is_nan()) {
             return Err(AttackError::NanGradient {
@@ -434,16 +507,16 @@ mod tests {
     #[test]
     fn l2_step_has_unit_direction_for_huge_and_tiny_gradients() {
         for &gv in &[1e30f32, 1e-30, 1e-44, f32::MAX] {
-            let out = l2_step_host(&[0.5, 0.5], &[gv, gv], 1, 2, 0.1).unwrap();
+            let out = l2_step_host(&[0.5, 0.5], &[gv, gv], 1, 2, &[0.1]).unwrap();
             let moved = ((out[0] - 0.5) as f64).hypot((out[1] - 0.5) as f64);
             assert!((moved - 0.1).abs() < 1e-7, "{gv}: {out:?}");
         }
         assert_eq!(
-            l2_step_host(&[0.5, 0.25], &[0.0, -0.0], 1, 2, 0.1).unwrap(),
+            l2_step_host(&[0.5, 0.25], &[0.0, -0.0], 1, 2, &[0.1]).unwrap(),
             vec![0.5, 0.25]
         );
         assert!(matches!(
-            l2_step_host(&[0.5, 0.25], &[0.0, f32::NAN], 1, 2, 0.1),
+            l2_step_host(&[0.5, 0.25], &[0.0, f32::NAN], 1, 2, &[0.1]),
             Err(AttackError::NanGradient { index: 1, .. })
         ));
     }

@@ -763,6 +763,65 @@ fn eval_on_mnist_keeps_the_papers_table_1_defaults() {
     worst_case_is_below_every_row(&j);
 }
 
+/// `--attacks apgd-ce,apgd-dlr,apgd-t,square200` runs AutoAttack's gradient stages with its
+/// settings and the gradient-free Square attack, each listed with every hyperparameter in the
+/// JSON.
+#[test]
+fn eval_runs_apgd_with_autoattacks_settings() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("mnist-apgd");
+    let (m, _, _) = fixture(&d);
+    let out = d.join("eval.json");
+    let (code, stdout, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "6",
+        "--attacks",
+        "apgd-ce,apgd-dlr,apgd-t,square200",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("APGD-T (targeted DLR), 100 steps, 9 targets"),
+        "{stdout}"
+    );
+    let j = read_json(&out);
+    let rows = attack_rows(&j);
+    let got: Vec<(&str, u64, &str)> = rows
+        .iter()
+        .map(|r| (r.0.as_str(), r.1, r.3.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("apgd-ce", 100, "xent"),
+            ("apgd-dlr", 100, "dlr"),
+            ("apgd-t", 100, "dlr-targeted"),
+            ("square200", 200, "margin")
+        ]
+    );
+    assert_eq!(j["attacks"][3]["queries"], 200);
+    let t = &j["attacks"][2];
+    assert_eq!(t["target_classes"], 9, "{t}");
+    assert_eq!(
+        t["checkpoints"],
+        serde_json::json!([22, 41, 57, 70, 80, 87, 93, 99]),
+        "{t}"
+    );
+    assert!(
+        close(&t["initial_step"], 0.6) && close(&t["momentum"], 0.75),
+        "{t}"
+    );
+    worst_case_is_below_every_row(&j);
+}
+
 /// Bad `saddle eval` flags are one line each, before any data is read.
 #[test]
 fn eval_rejects_bad_radii_steps_and_attack_names() {
@@ -832,8 +891,12 @@ fn eval_on_the_held_out_tail_of_the_training_set() {
         ]
     };
     let a: Vec<String> = args("49970");
-    let (code, _, err) = saddle(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, stdout, err) = saddle(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("(train images 49970–49999)"),
+        "the table names the images it ran on:\n{stdout}"
+    );
     let j = read_json(&out);
     assert_eq!(
         (j["split"].as_str(), j["offset"].as_u64()),

@@ -19,7 +19,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+#[path = "support/timing.rs"]
+mod timing;
+use timing::time;
 
 use saddle_autograd::Graph;
 use saddle_models::{loss_and_input_grad, Classifier, Loss, MnistNet};
@@ -67,30 +69,6 @@ const FWD_FLOP: f64 =
 const EPS: f32 = 0.3;
 const ALPHA: f32 = 0.01;
 const STEPS: usize = 40;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Median seconds per call: two warm-up calls, then repetitions for about `secs` seconds (at
-/// least 3).
-fn time<F: FnMut()>(secs: f64, mut f: F) -> f64 {
-    f();
-    let t0 = Instant::now();
-    f();
-    let once = t0.elapsed().as_secs_f64().max(1e-6);
-    let reps = ((secs / once) as usize).clamp(3, 200);
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
 
 /// One PGD step on the CPU backend: forward, input gradient, sign step and projection.
 fn pgd_step(net: &MnistNet<Cpu>, x: &CpuTensor, x0: &CpuTensor, y: &CpuTensor) -> CpuTensor {

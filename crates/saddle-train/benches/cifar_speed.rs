@@ -26,7 +26,9 @@
 //! lines: `row=NAME rate=R unit=U ms=M gflops=G`, and one `preset=NAME key=value ...` line per
 //! preset (its architecture and recipe, which `cargo xtask bench` hands to the PyTorch side).
 
-use std::time::Instant;
+#[path = "../../saddle-models/benches/support/timing.rs"]
+mod timing;
+use timing::{time, time_once};
 
 use saddle_models::{loss_and_input_grad, Arch, Classifier, Loss, Model};
 use saddle_tensor::cpu::{Cpu, CpuTensor};
@@ -64,38 +66,6 @@ fn forward_flop(arch: &Arch) -> f64 {
     }
     macs += (cin * 10) as f64;
     2.0 * macs
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Median seconds per call: two warm-up calls, then repetitions for about `secs` seconds (at
-/// least 3).
-fn time<F: FnMut()>(secs: f64, mut f: F) -> f64 {
-    f();
-    let t0 = Instant::now();
-    f();
-    let once = t0.elapsed().as_secs_f64().max(1e-6);
-    let reps = ((secs / once) as usize).clamp(3, 200);
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
-
-/// Seconds of one call after one warm-up call (the paper network's rows).
-fn time_once<F: FnMut()>(mut f: F) -> f64 {
-    f();
-    let t = Instant::now();
-    f();
-    t.elapsed().as_secs_f64()
 }
 
 /// One PGD step on the CPU backend: forward, input gradient, sign step and projection.

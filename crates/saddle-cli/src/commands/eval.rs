@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use saddle_attacks::{Attack, Fgsm, Loss, Pgd, Targeting, CW_PLUS};
+use saddle_attacks::{Apgd, ApgdLoss, Attack, Fgsm, Loss, Pgd, Square, Targeting, CW_PLUS};
 use saddle_data::Split;
 use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
@@ -29,8 +29,10 @@ pub struct EvalArgs {
     data: String,
     /// Comma-separated attacks: fgsm; pgdK or pgdKxR (PGD, K steps, R restarts: pgd40,
     /// pgd100x20); cwK or cwKxR (PGD on the CW loss, κ = 0; cw = cw40); cw+ (PGD-40, CW loss
-    /// with κ = 50); targeted (PGD-40 to the least-likely class); paper (the data set's default
-    /// list). Default: MNIST fgsm,pgd40,pgd100,cw,cw+,targeted (Table 1); CIFAR-10
+    /// with κ = 50); targeted (PGD-40 to the least-likely class); apgd-ce, apgd-dlr, apgd-t
+    /// (Auto-PGD on cross-entropy, DLR, targeted DLR with 9 targets: AutoAttack's settings, 100
+    /// steps); square or squareN (the gradient-free Square attack, 5,000 or N queries); paper
+    /// (the data set's default list). Default: MNIST fgsm,pgd40,pgd100,cw,cw+,targeted (Table 1); CIFAR-10
     /// fgsm,pgd7,pgd20,cw30 (Table 2).
     #[arg(long)]
     attacks: Option<String>,
@@ -154,7 +156,75 @@ fn steps_and_restarts(rest: &str) -> Option<(usize, usize)> {
     }
 }
 
-const KNOWN: &str = "fgsm, pgdK, pgdKxR, cw, cwK, cwKxR, cw+, targeted, paper";
+const KNOWN: &str =
+    "fgsm, pgdK, pgdKxR, cw, cwK, cwKxR, cw+, targeted, apgd-ce, apgd-dlr, apgd-t, square, \
+     squareN, paper";
+
+/// The Square attack (`square`: AutoAttack's 5,000 queries; `squareN`: N queries), p_init 0.8.
+fn parse_square<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
+    let Some(rest) = name.strip_prefix("square") else {
+        return Ok(None);
+    };
+    let queries = if rest.is_empty() {
+        5000
+    } else {
+        match rest.parse::<usize>() {
+            Ok(q) if q > 0 => q,
+            _ => bail!("unknown attack '{name}': Square is written square or squareN (N queries, e.g. square1000); known: {KNOWN}"),
+        }
+    };
+    let a = Square::linf(eps, queries)?.seed(seed);
+    let params = serde_json::json!({
+        "epsilon": eps, "steps": queries, "queries": queries, "restarts": 1,
+        "random_start": true, "loss": "margin", "p_init": 0.8, "targeting": "untargeted",
+        "seed": seed,
+    });
+    Ok(Some(NamedAttack {
+        name: name.to_string(),
+        description: format!(
+            "Square (gradient-free), {queries} queries, p_init 0.8, ε={}",
+            short(eps)
+        ),
+        params,
+        attack: Box::new(a),
+    }))
+}
+
+/// APGD (`apgd-ce`, `apgd-dlr`, `apgd-t`) with AutoAttack's standard settings: 100 steps, one
+/// restart, 9 targets for APGD-T.
+fn parse_apgd<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
+    let (loss, what, loss_name) = match name {
+        "apgd-ce" => (ApgdLoss::CrossEntropy, "APGD-CE", "xent"),
+        "apgd-dlr" => (ApgdLoss::Dlr, "APGD-DLR", "dlr"),
+        "apgd-t" => (
+            ApgdLoss::DlrTargeted,
+            "APGD-T (targeted DLR)",
+            "dlr-targeted",
+        ),
+        _ => return Ok(None),
+    };
+    let a = Apgd::linf(eps, 100)?.loss(loss).seed(seed);
+    let targets = (loss == ApgdLoss::DlrTargeted).then_some(a.target_count());
+    let description = format!(
+        "{what}, {} steps{}, ε={}, random start",
+        a.steps(),
+        targets.map_or(String::new(), |t| format!(", {t} targets")),
+        short(eps)
+    );
+    let params = serde_json::json!({
+        "epsilon": eps, "steps": a.steps(), "restarts": a.restart_count(),
+        "random_start": true, "loss": loss_name, "target_classes": targets,
+        "initial_step": 2.0 * eps, "momentum": 0.75, "rho": 0.75,
+        "checkpoints": a.checkpoints(), "targeting": if targets.is_some() { "top-ranked wrong classes" } else { "untargeted" },
+        "seed": seed,
+    });
+    Ok(Some(NamedAttack {
+        name: name.to_string(),
+        description,
+        params,
+        attack: Box::new(a),
+    }))
+}
 
 /// Parses one attack name of the suite.
 pub fn parse_attack<B: Backend>(
@@ -163,6 +233,12 @@ pub fn parse_attack<B: Backend>(
     alpha: f32,
     seed: u64,
 ) -> Result<NamedAttack<B>> {
+    if let Some(a) = parse_apgd(name, eps, seed)? {
+        return Ok(a);
+    }
+    if let Some(a) = parse_square(name, eps, seed)? {
+        return Ok(a);
+    }
     let (e, al) = (short(eps), short(alpha));
     let pgd = |steps: usize| -> Result<Pgd> {
         Ok(Pgd::linf(eps, alpha, steps)?.random_start(true).seed(seed))
@@ -357,8 +433,13 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
     let worst: Vec<bool> = (0..n)
         .map(|i| natural_ok[i] && robust_ok.iter().all(|r| r[i]))
         .collect();
+    let which = if a.offset == 0 {
+        format!("first {n} {} images", a.split)
+    } else {
+        format!("{} images {}–{}", a.split, a.offset, a.offset + n - 1)
+    };
     println!(
-        "model {}  data {} (first {n} test images)  ε = {}",
+        "model {}  data {} ({which})  ε = {}",
         a.model.display(),
         a.data,
         short(eps)
