@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Held-out recipe search for the cifar-quick preset (run from the repository root):
+# each recipe trains on the first 45,000 CIFAR-10 training images and is measured on training
+# images 45,000-45,999 (natural and PGD-20 at ε = 8/255, step 2/255, random start).
+set -euo pipefail
+S=./target/release/saddle
+D=results/cifar10-recipe-search
+for e in "$@"; do
+  out=runs/recipe-search/$e
+  /usr/bin/time -f "%e s wall" $S train --config $D/$e.toml --out $out --data-dir datasets --threads 2 \
+    > $D/$e.train.log 2>&1
+  $S eval --model $out/model.safetensors --data cifar10 --split train --offset 45000 --limit 1000 \
+    --attacks pgd20 --out $D/$e.eval.json --data-dir datasets --threads 2 > $D/$e.eval.log 2>&1
+  cp $out/metrics.jsonl $D/$e.metrics.jsonl
+done
