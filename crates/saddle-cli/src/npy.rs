@@ -185,6 +185,11 @@ pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     )
 }
 
+/// The bytes of a boolean `.npy` file (`|b1`: one byte, 0 or 1, per entry).
+pub fn encode_bool(shape: &[usize], data: &[bool]) -> Vec<u8> {
+    encode(shape, "|b1", data.iter().map(|&v| u8::from(v)).collect())
+}
+
 /// The bytes of an int64 `.npy` file.
 #[cfg(test)]
 pub fn encode_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
@@ -210,6 +215,11 @@ mod tests {
         assert_eq!(
             (b.shape, b.data, b.dtype.as_str()),
             (vec![3], vec![7.0, 0.0, 9.0], "<i8")
+        );
+        let c = parse(&encode_bool(&[2, 2], &[true, false, false, true])).unwrap();
+        assert_eq!(
+            (c.shape, c.data, c.dtype.as_str()),
+            (vec![2, 2], vec![1.0, 0.0, 0.0, 1.0], "|b1")
         );
         // The header pads the data to a 64-byte boundary: 6 floats = 24 bytes after it.
         assert_eq!(encode_f32(&[2, 3], &[0.0; 6]).len() % 64, 24);

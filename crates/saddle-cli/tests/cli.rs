@@ -6,6 +6,7 @@ use std::process::Command;
 
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::cpu::Cpu;
+use saddle_tensor::Backend as _;
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("saddle-cli-test-{}-{name}", std::process::id()));
@@ -820,6 +821,144 @@ fn eval_runs_apgd_with_autoattacks_settings() {
         "{t}"
     );
     worst_case_is_below_every_row(&j);
+}
+
+/// The rows of a boolean `.npy` file written by `--per-example`: (shape, entries).
+fn bool_npy(p: &Path) -> (Vec<usize>, Vec<bool>) {
+    let bytes = std::fs::read(p).unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    assert!(header.contains("'descr': '|b1'"), "{header}");
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let body = &bytes[10 + hlen..];
+    assert!(body.iter().all(|&v| v <= 1), "booleans are 0 or 1");
+    (shape, body.iter().map(|&v| v == 1).collect())
+}
+
+/// `--cascade` runs each attack only on the images the earlier ones left correct (AutoAttack's
+/// way), so each column of `--per-example` implies the one before it; the rows agree with the
+/// JSON's accuracies; and the sanity checks are in the JSON, passing on a working model.
+#[test]
+fn eval_cascades_and_writes_per_example_results_and_sanity_checks() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("mnist-cascade");
+    let (m, _, _) = fixture(&d);
+    let (out, pe) = (d.join("eval.json"), d.join("per.npy"));
+    let (code, _, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "30",
+        "--eps",
+        "0.1",
+        "--attacks",
+        "fgsm,pgd5,apgd-ce",
+        "--cascade",
+        "--per-example",
+        s(&pe),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out);
+    assert_eq!(j["cascade"], true);
+    let (shape, v) = bool_npy(&pe);
+    assert_eq!(shape, [30, 5], "clean, 3 attacks, worst case");
+    let col = |c: usize| (0..30).map(|i| v[i * 5 + c]).collect::<Vec<bool>>();
+    let frac = |c: usize| col(c).iter().filter(|&&b| b).count() as f64 / 30.0;
+    assert!((frac(0) - j["natural_accuracy"].as_f64().unwrap()).abs() < 1e-9);
+    for c in 1..4 {
+        let acc = j["attacks"][c - 1]["accuracy"].as_f64().unwrap();
+        assert!(
+            (frac(c) - acc).abs() < 1e-9,
+            "column {c}: {} vs {acc}",
+            frac(c)
+        );
+        for i in 0..30 {
+            assert!(
+                !v[i * 5 + c] || v[i * 5 + c - 1],
+                "image {i}: stage {c} after a break"
+            );
+        }
+    }
+    assert_eq!(
+        col(4),
+        col(3),
+        "in a cascade the last stage is the worst case"
+    );
+    let checks: Vec<(&str, bool)> = j["sanity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["check"].as_str().unwrap(), f["ok"].as_bool().unwrap()))
+        .collect();
+    for want in [
+        "deterministic model",
+        "outputs are logits",
+        "ε = 0 gives the clean accuracy",
+    ] {
+        assert!(checks.contains(&(want, true)), "{want}: {checks:?}");
+    }
+    assert_eq!(checks.len(), 6, "{checks:?}");
+}
+
+/// A network whose weights are all zero outputs the same logits for every image: its input
+/// gradients are zero and no attack can move it, which the sanity checks must flag.
+#[test]
+fn sanity_checks_flag_a_model_whose_gradients_vanish() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("mnist-flat");
+    let model = d.join("flat.safetensors");
+    let mut net = MnistNet::new(Cpu::new(), 1, 3).unwrap();
+    for t in net.params_mut().tensors_mut() {
+        *t = Cpu::new()
+            .zeros(saddle_tensor::TensorLike::dims(t))
+            .unwrap();
+    }
+    std::fs::write(&model, net.to_safetensors().unwrap()).unwrap();
+    let out = d.join("eval.json");
+    let (code, stdout, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "20",
+        "--attacks",
+        "pgd5",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Every image is predicted class 0 (the first of equal logits): the test set's first 20
+    // images hold three 0s.
+    let j = read_json(&out);
+    assert!(close(&j["natural_accuracy"], 0.15), "{j}");
+    assert!(
+        stdout.contains("WARNING (non-zero input gradients): 3 of 3 correctly classified"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("WARNING (nothing is robust at ε = 1)"),
+        "{stdout}"
+    );
 }
 
 /// Bad `saddle eval` flags are one line each, before any data is read.

@@ -11,6 +11,8 @@ use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
 
 use super::{in_pool, load_model};
+
+mod sanity;
 use crate::{fsutil, Device};
 
 /// Arguments of `saddle eval`.
@@ -60,6 +62,15 @@ pub struct EvalArgs {
     /// Seed of the random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run each attack only on the images every earlier attack left correctly classified, as
+    /// AutoAttack does (on by default with `autoattack` in --attacks). Each row is then the
+    /// accuracy after that stage.
+    #[arg(long)]
+    cascade: bool,
+    /// Write, for each image, whether it is still classified correctly: clean, after each
+    /// attack, and in the worst case (a boolean .npy of shape [images, attacks + 2]).
+    #[arg(long, value_name = "FILE.npy")]
+    per_example: Option<PathBuf>,
     /// Where to write the results as JSON (default: the model's path with .eval.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -105,7 +116,11 @@ pub fn defaults(data: &str) -> Result<Defaults> {
     })
 }
 
-/// The attack names of `list` (comma-separated), with `paper` replaced by `paper_list`.
+/// AutoAttack's standard version (Croce & Hein 2020), in its order.
+pub const AUTOATTACK: &str = "apgd-ce,apgd-t,fab-t,square";
+
+/// The attack names of `list` (comma-separated), with `paper` replaced by `paper_list` and
+/// `autoattack` by [`AUTOATTACK`].
 pub fn attack_names(list: &str, paper_list: &str) -> Vec<String> {
     list.split(',')
         .map(str::trim)
@@ -113,6 +128,8 @@ pub fn attack_names(list: &str, paper_list: &str) -> Vec<String> {
         .flat_map(|s| {
             if s == "paper" {
                 paper_list.split(',').map(str::to_string).collect()
+            } else if s == "autoattack" {
+                AUTOATTACK.split(',').map(str::to_string).collect()
             } else {
                 vec![s.to_string()]
             }
@@ -347,16 +364,25 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.alpha.is_some() && !(alpha.is_finite() && alpha > 0.0) {
         bail!("--alpha {alpha}: the step size must be a positive number");
     }
-    let names = attack_names(a.attacks.as_deref().unwrap_or(d.attacks), d.attacks);
+    let list = a.attacks.as_deref().unwrap_or(d.attacks);
+    let names = attack_names(list, d.attacks);
+    let cascade = a.cascade || list.split(',').any(|s| s.trim() == "autoattack");
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     in_pool(a.threads, || {
-        crate::with_backend!(a.device, |b| eval_on(b, &a, &names, eps, alpha))
+        crate::with_backend!(a.device, |b| eval_on(b, &a, &names, eps, alpha, cascade))
     })
 }
 
-fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f32) -> Result<()> {
+fn eval_on<B: Backend>(
+    b: B,
+    a: &EvalArgs,
+    names: &[String],
+    eps: f32,
+    alpha: f32,
+    cascade: bool,
+) -> Result<()> {
     let attacks: Vec<NamedAttack<B>> = names
         .iter()
         .map(|n| {
@@ -394,6 +420,7 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
     }
     let n = data.len();
     let classes = model.num_classes();
+    let mut sanity: Vec<sanity::Flag> = Vec::new();
     let mut natural_ok = vec![false; n];
     let mut robust_ok: Vec<Vec<bool>> = vec![vec![false; n]; attacks.len()];
     let mut seconds = vec![0.0f64; attacks.len()];
@@ -413,22 +440,81 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
         for (j, &i) in idx.iter().enumerate() {
             natural_ok[i] = pred[j] == labels[j];
         }
+        if s == 0 {
+            bar.set_message("sanity checks");
+            sanity = sanity::checks(&mut model, &x, &y, &labels, eps, alpha, a.seed)?;
+        }
         bar.inc(idx.len() as u64);
         for (k, at) in attacks.iter().enumerate() {
             bar.set_message(at.name.clone());
+            // In a cascade, only the images every earlier stage left correct.
+            let live: Vec<usize> = (0..idx.len())
+                .filter(|&j| {
+                    !cascade || (natural_ok[idx[j]] && (0..k).all(|p| robust_ok[p][idx[j]]))
+                })
+                .collect();
+            if live.is_empty() {
+                bar.inc(idx.len() as u64);
+                continue;
+            }
+            let (xl, yl) = if live.len() == idx.len() {
+                (x.clone(), y.clone())
+            } else {
+                let (xs, ys) = data.batch(&live.iter().map(|&j| idx[j]).collect::<Vec<_>>())?;
+                (
+                    b.from_vec(&data.batch_shape(live.len()), xs)?,
+                    b.from_vec(&[live.len()], ys)?,
+                )
+            };
             let t = Instant::now();
             let r = at
                 .attack
-                .perturb(&mut model, &x, &y)
+                .perturb(&mut model, &xl, &yl)
                 .with_context(|| format!("attack {}", at.name))?;
             seconds[k] += t.elapsed().as_secs_f64();
-            for (j, &i) in idx.iter().enumerate() {
-                robust_ok[k][i] = r.predictions[j] == labels[j];
+            for (q, &j) in live.iter().enumerate() {
+                robust_ok[k][idx[j]] = r.predictions[q] == labels[j];
             }
             bar.inc(idx.len() as u64);
         }
     }
     bar.finish_and_clear();
+    // A gradient-free attack breaking images that every gradient attack left correct.
+    let gradient_free: Vec<usize> = (0..attacks.len())
+        .filter(|&k| attacks[k].name.starts_with("square"))
+        .collect();
+    let gradient: Vec<usize> = (0..attacks.len())
+        .filter(|&k| !gradient_free.contains(&k))
+        .collect();
+    if !gradient_free.is_empty() && !gradient.is_empty() {
+        let missed = (0..n)
+            .filter(|&i| {
+                natural_ok[i]
+                    && gradient_free.iter().any(|&k| {
+                        // Correct under what ran before: in a cascade, the earlier stages.
+                        let before = if cascade {
+                            (0..k).all(|p| robust_ok[p][i])
+                        } else {
+                            gradient.iter().all(|&p| robust_ok[p][i])
+                        };
+                        before && !robust_ok[k][i]
+                    })
+            })
+            .count();
+        sanity.push(sanity::Flag::new(
+            "gradient-free attack finds no more",
+            missed == 0,
+            format!(
+                "the gradient-free attack broke {missed} image(s) that every gradient attack \
+                 left correct{}",
+                if missed > 0 {
+                    ": possible gradient masking"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
     let pct = |v: &[bool]| 100.0 * v.iter().filter(|&&o| o).count() as f64 / n as f64;
     let worst: Vec<bool> = (0..n)
         .map(|i| natural_ok[i] && robust_ok.iter().all(|r| r[i]))
@@ -444,6 +530,11 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
         a.data,
         short(eps)
     );
+    for f in &sanity {
+        if !f.ok {
+            println!("WARNING ({}): {}", f.name, f.evidence);
+        }
+    }
     println!("{:<12} {:>9}  details", "attack", "accuracy");
     println!("{:<12} {:>8.2}%  clean images", "natural", pct(&natural_ok));
     let mut rows = Vec::new();
@@ -455,7 +546,7 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
             at.description,
             seconds[k]
         );
-        let mut row = serde_json::json!({"name": at.name, "description": at.description, "accuracy": pct(&robust_ok[k]) / 100.0, "seconds": seconds[k]});
+        let mut row = serde_json::json!({"name": at.name, "description": at.description, "accuracy": pct(&robust_ok[k]) / 100.0, "seconds": seconds[k], "cascade": cascade});
         if let (Some(row), Some(p)) = (row.as_object_mut(), at.params.as_object()) {
             row.extend(p.clone());
         }
@@ -471,8 +562,22 @@ fn eval_on<B: Backend>(b: B, a: &EvalArgs, names: &[String], eps: f32, alpha: f3
     let report = serde_json::json!({
         "model": a.model.display().to_string(), "data": a.data, "split": a.split, "offset": a.offset, "examples": n, "epsilon": eps, "alpha": alpha,
         "seed": a.seed, "natural_accuracy": pct(&natural_ok) / 100.0, "attacks": rows,
-        "worst_case_accuracy": pct(&worst) / 100.0, "worst_case_over": names,
+        "worst_case_accuracy": pct(&worst) / 100.0, "worst_case_over": names, "cascade": cascade,
+        "sanity": sanity.iter().map(|f| serde_json::json!({"check": f.name, "ok": f.ok, "evidence": f.evidence})).collect::<Vec<_>>(),
+        "per_example": a.per_example.as_ref().map(|p| p.display().to_string()),
     });
+    if let Some(path) = &a.per_example {
+        // Columns: clean, each attack in order, worst case.
+        let cols = attacks.len() + 2;
+        let mut table = Vec::with_capacity(n * cols);
+        for i in 0..n {
+            table.push(natural_ok[i]);
+            table.extend(robust_ok.iter().map(|r| r[i]));
+            table.push(worst[i]);
+        }
+        fsutil::write_atomic(path, &crate::npy::encode_bool(&[n, cols], &table))?;
+        eprintln!("wrote {}", path.display());
+    }
     let out = a
         .out
         .clone()
