@@ -423,6 +423,50 @@ fn pct(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN) * 100.0
 }
 
+/// The sanity checks of each evaluation (`saddle eval`'s `sanity` list): the failed ones with
+/// their evidence, or that all passed. Empty when no evaluation carries checks.
+fn sanity_section(evals: &[serde_json::Value]) -> String {
+    let mut s = String::new();
+    for e in evals {
+        let Some(checks) = e["sanity"].as_array().filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        let attacks: Vec<&str> = e["attacks"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
+            .unwrap_or_default();
+        let failed: Vec<&serde_json::Value> = checks
+            .iter()
+            .filter(|c| c["ok"].as_bool() != Some(true))
+            .collect();
+        if s.is_empty() {
+            s.push_str("\n## Sanity checks\n\n");
+        }
+        if failed.is_empty() {
+            s.push_str(&format!(
+                "- evaluation with {}: all {} checks passed ({}).\n",
+                attacks.join(", "),
+                checks.len(),
+                checks
+                    .iter()
+                    .filter_map(|c| c["check"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        } else {
+            for c in failed {
+                s.push_str(&format!(
+                    "- **WARNING** (evaluation with {}): {}: {}\n",
+                    attacks.join(", "),
+                    c["check"].as_str().unwrap_or("?"),
+                    c["evidence"].as_str().unwrap_or("")
+                ));
+            }
+        }
+    }
+    s
+}
+
 fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
     // For each key, the measurement on the most images (the cheap pass beats the restart pass).
     let mut ours: Vec<(String, Measured)> = Vec::new();
@@ -493,6 +537,7 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         exp.note
     ));
 
+    s.push_str(&sanity_section(evals));
     s.push_str("\n## Training\n\n");
     let last = run
         .metrics
@@ -549,6 +594,28 @@ mod tests {
                 "name": k, "accuracy": a, "seconds": 60.0
             })).collect::<Vec<_>>(),
         })
+    }
+
+    #[test]
+    fn the_report_carries_the_failed_sanity_checks_with_their_evidence() {
+        let ok = serde_json::json!({"attacks": [{"name": "pgd20"}], "sanity": [
+            {"check": "deterministic model", "ok": true, "evidence": "same"},
+        ]});
+        let bad = serde_json::json!({"attacks": [{"name": "square"}], "sanity": [
+            {"check": "deterministic model", "ok": true, "evidence": "same"},
+            {"check": "nothing is robust at ε = 1", "ok": false, "evidence": "3 of 9 correct"},
+        ]});
+        let s = sanity_section(&[ok, bad]);
+        assert!(
+            s.contains("evaluation with pgd20: all 1 checks passed"),
+            "{s}"
+        );
+        assert!(
+            s.contains("**WARNING** (evaluation with square): nothing is robust at ε = 1: 3 of 9"),
+            "{s}"
+        );
+        assert!(!s.contains("square): deterministic"), "{s}");
+        assert_eq!(sanity_section(&[serde_json::json!({"attacks": []})]), "");
     }
 
     #[test]
