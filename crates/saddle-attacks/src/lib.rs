@@ -46,6 +46,7 @@
 pub mod apgd;
 pub mod attack;
 pub mod error;
+pub mod fab;
 pub mod pgd;
 pub mod square;
 pub mod threat;
@@ -54,6 +55,7 @@ pub mod transfer;
 pub use apgd::{Apgd, ApgdLoss};
 pub use attack::{predict, Attack, AttackResult, LossTrace};
 pub use error::{AttackError, Result};
+pub use fab::Fab;
 pub use pgd::{Fgsm, Pgd, Targeting, CW_PLUS};
 pub use saddle_models::Loss;
 pub use square::Square;

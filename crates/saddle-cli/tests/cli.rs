@@ -916,6 +916,50 @@ fn eval_cascades_and_writes_per_example_results_and_sanity_checks() {
     assert_eq!(checks.len(), 6, "{checks:?}");
 }
 
+/// `--attacks autoattack` is AutoAttack's standard version: APGD-CE, APGD-T, FAB-T and Square
+/// as a cascade, so the accuracy never rises from one stage to the next and the last stage is
+/// the worst case.
+#[test]
+fn eval_autoattack_is_the_standard_cascade() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("mnist-autoattack");
+    let (m, _, _) = fixture(&d);
+    let out = d.join("eval.json");
+    let (code, stdout, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "40",
+        "--eps",
+        "0.05",
+        "--attacks",
+        "autoattack",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("FAB-T, 100 steps, 9 targets"), "{stdout}");
+    let j = read_json(&out);
+    assert_eq!(j["cascade"], true);
+    let rows = attack_rows(&j);
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["apgd-ce", "apgd-t", "fab-t", "square"]);
+    let mut last = j["natural_accuracy"].as_f64().unwrap();
+    assert!(last > 0.0, "some image to attack: {j}");
+    for a in j["attacks"].as_array().unwrap() {
+        let acc = a["accuracy"].as_f64().unwrap();
+        assert!(acc <= last, "{j}");
+        last = acc;
+    }
+    assert_eq!(j["worst_case_accuracy"].as_f64(), Some(last), "{j}");
+    assert_eq!(j["attacks"][3]["queries"], 5000);
+}
+
 /// A network whose weights are all zero outputs the same logits for every image: its input
 /// gradients are zero and no attack can move it, which the sanity checks must flag.
 #[test]

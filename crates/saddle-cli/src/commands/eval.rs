@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use saddle_attacks::{Apgd, ApgdLoss, Attack, Fgsm, Loss, Pgd, Square, Targeting, CW_PLUS};
+use saddle_attacks::{Apgd, ApgdLoss, Attack, Fab, Fgsm, Loss, Pgd, Square, Targeting, CW_PLUS};
 use saddle_data::Split;
 use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
@@ -33,8 +33,9 @@ pub struct EvalArgs {
     /// pgd100x20); cwK or cwKxR (PGD on the CW loss, κ = 0; cw = cw40); cw+ (PGD-40, CW loss
     /// with κ = 50); targeted (PGD-40 to the least-likely class); apgd-ce, apgd-dlr, apgd-t
     /// (Auto-PGD on cross-entropy, DLR, targeted DLR with 9 targets: AutoAttack's settings, 100
-    /// steps); square or squareN (the gradient-free Square attack, 5,000 or N queries); paper
-    /// (the data set's default list). Default: MNIST fgsm,pgd40,pgd100,cw,cw+,targeted (Table 1); CIFAR-10
+    /// steps); fab-t (FAB-T, 100 steps, 9 targets); square or squareN (the gradient-free Square
+    /// attack, 5,000 or N queries); autoattack (AutoAttack's standard version:
+    /// apgd-ce,apgd-t,fab-t,square as a cascade); paper (the data set's default list). Default: MNIST fgsm,pgd40,pgd100,cw,cw+,targeted (Table 1); CIFAR-10
     /// fgsm,pgd7,pgd20,cw30 (Table 2).
     #[arg(long)]
     attacks: Option<String>,
@@ -174,8 +175,34 @@ fn steps_and_restarts(rest: &str) -> Option<(usize, usize)> {
 }
 
 const KNOWN: &str =
-    "fgsm, pgdK, pgdKxR, cw, cwK, cwKxR, cw+, targeted, apgd-ce, apgd-dlr, apgd-t, square, \
-     squareN, paper";
+    "fgsm, pgdK, pgdKxR, cw, cwK, cwKxR, cw+, targeted, apgd-ce, apgd-dlr, apgd-t, fab-t, \
+     square, squareN, autoattack, paper";
+
+/// FAB-T (`fab-t`) with AutoAttack's settings: 100 steps, 9 targets, one restart from the clean
+/// image, α_max 0.1, η 1.05, β 0.9.
+fn parse_fab<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
+    if name != "fab-t" {
+        return Ok(None);
+    }
+    let a = Fab::linf(eps, 100)?.seed(seed);
+    let params = serde_json::json!({
+        "epsilon": eps, "steps": a.steps(), "restarts": a.restart_count(),
+        "random_start": false, "loss": "linearised boundary", "target_classes": a.target_count(),
+        "alpha_max": a.alpha_max_value(), "eta": a.eta_value(), "beta": a.beta_value(),
+        "targeting": "top-ranked wrong classes", "seed": seed,
+    });
+    Ok(Some(NamedAttack {
+        name: name.to_string(),
+        description: format!(
+            "FAB-T, {} steps, {} targets, ε={}",
+            a.steps(),
+            a.target_count(),
+            short(eps)
+        ),
+        params,
+        attack: Box::new(a),
+    }))
+}
 
 /// The Square attack (`square`: AutoAttack's 5,000 queries; `squareN`: N queries), p_init 0.8.
 fn parse_square<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
@@ -254,6 +281,9 @@ pub fn parse_attack<B: Backend>(
         return Ok(a);
     }
     if let Some(a) = parse_square(name, eps, seed)? {
+        return Ok(a);
+    }
+    if let Some(a) = parse_fab(name, eps, seed)? {
         return Ok(a);
     }
     let (e, al) = (short(eps), short(alpha));
