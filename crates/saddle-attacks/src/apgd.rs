@@ -5,7 +5,9 @@ use saddle_autograd::Graph;
 use saddle_models::{loss_and_input_grad, Classifier, Loss};
 use saddle_tensor::{rng::Rng, Backend, TensorLike};
 
-use crate::attack::{argmax_rows, check_batch, Attack, AttackResult, ModeGuard};
+use crate::attack::{
+    argmax_rows, check_batch, gather_rows, ranked, Attack, AttackResult, ModeGuard,
+};
 use crate::error::{check_eps, AttackError, Result};
 use crate::threat::{Linf, ThreatModel, L2};
 
@@ -228,13 +230,7 @@ impl<B: Backend, T: ThreatModel> Attack<B> for Apgd<T> {
         let b = model.backend().clone();
         self.check_classes(model.num_classes())?;
         if n == 0 {
-            return Ok(AttackResult {
-                x_adv: x.clone(),
-                loss: Vec::new(),
-                success: Vec::new(),
-                predictions: Vec::new(),
-                trace: None,
-            });
+            return Ok(AttackResult::empty(x));
         }
         let model = ModeGuard::eval(model);
         let m: &dyn Classifier<B> = &*model;
@@ -262,10 +258,7 @@ impl<B: Backend, T: ThreatModel> Attack<B> for Apgd<T> {
                 if idx.is_empty() {
                     break;
                 }
-                let sub_x0: Vec<f32> = idx
-                    .iter()
-                    .flat_map(|&i| x0[i * d..(i + 1) * d].iter().copied())
-                    .collect();
+                let sub_x0 = gather_rows(&x0, d, &idx);
                 let sub_y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
                 let sub_t: Option<Vec<usize>> = rank.map(|r| {
                     idx.iter()
@@ -343,14 +336,15 @@ impl<T: ThreatModel> Apgd<T> {
         let checkpoints = self.checkpoints();
         let eps = self.threat.eps();
 
-        let mut x = b.to_vec(&self.threat.random_init(b, &x0t, rng)?)?;
+        let start = self.threat.random_init(b, &x0t, rng)?;
+        let mut x = b.to_vec(&start)?;
         let mut step_no = 0usize;
-        let mut eval = |x: &[f32]| -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
-            let r = self.objective_and_grad(m, dims, x, y, &yt, targets, step_no);
+        let mut eval = |xt: &B::Tensor| -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
+            let r = self.objective_and_grad(m, xt, y, &yt, targets, step_no);
             step_no += 1;
             r
         };
-        let (mut loss, mut grad, pred) = eval(&x)?;
+        let (mut loss, mut grad, pred) = eval(&start)?;
         let mut found: Vec<bool> = (0..n).map(|i| pred[i] != y[i]).collect();
         let mut x_best_adv = x.clone();
         let (mut x_best, mut grad_best, mut loss_best) = (x.clone(), grad.clone(), loss.clone());
@@ -372,8 +366,9 @@ impl<T: ThreatModel> Apgd<T> {
                 .map(|j| x[j] + a * (z[j] - x[j]) + (1.0 - a) * (x[j] - x_old[j]))
                 .collect();
             let mixed = b.from_vec(dims, mixed)?;
-            x_old = std::mem::replace(&mut x, b.to_vec(&self.threat.project(b, &mixed, &x0t)?)?);
-            let (l, g, pred) = eval(&x)?;
+            let next = self.threat.project(b, &mixed, &x0t)?;
+            x_old = std::mem::replace(&mut x, b.to_vec(&next)?);
+            let (l, g, pred) = eval(&next)?;
             for i in 0..n {
                 let rows = i * d..(i + 1) * d;
                 if pred[i] != y[i] {
@@ -419,14 +414,12 @@ impl<T: ThreatModel> Apgd<T> {
         })
     }
 
-    /// The per-example objective at the host batch `x`, the gradient of its sum with respect to
-    /// `x`, and the predictions.
-    #[allow(clippy::too_many_arguments)]
+    /// The per-example objective at the batch `xt`, the gradient of its sum with respect to
+    /// `xt` (read back), and the predictions.
     fn objective_and_grad<B: Backend>(
         &self,
         m: &dyn Classifier<B>,
-        dims: &[usize],
-        x: &[f32],
+        xt: &B::Tensor,
         y: &[usize],
         yt: &B::Tensor,
         targets: Option<&[usize]>,
@@ -434,15 +427,14 @@ impl<T: ThreatModel> Apgd<T> {
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
         let b = m.backend();
         let k = m.num_classes();
-        let xt = b.from_vec(dims, x.to_vec())?;
         let (loss, gx, logits) = match self.loss {
             ApgdLoss::CrossEntropy => {
-                let (per, gx, logits) = loss_and_input_grad(m, &xt, yt, Loss::CrossEntropy)?;
+                let (per, gx, logits) = loss_and_input_grad(m, xt, yt, Loss::CrossEntropy)?;
                 (b.to_vec(&per)?, gx, b.to_vec(&logits)?)
             }
             ApgdLoss::Dlr | ApgdLoss::DlrTargeted => {
                 let g = Graph::new(b.clone());
-                let xv = g.leaf(xt);
+                let xv = g.leaf(xt.clone());
                 let f = m.forward(&g, xv, false)?;
                 let logits = b.to_vec(&g.value(f.logits))?;
                 let (loss, dz) = dlr_loss(&logits, k, y, targets);
@@ -470,13 +462,6 @@ impl<T: ThreatModel> Apgd<T> {
         }
         Ok((loss, gx, argmax_rows(&logits, k)))
     }
-}
-
-/// The classes of one row of logits by decreasing value (ties: the lower index first).
-fn ranked(row: &[f32]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    order
 }
 
 /// The DLR loss per row of `logits` (`[n, k]`) and its gradient with respect to the logits, in

@@ -51,6 +51,17 @@ pub struct AttackResult<B: Backend> {
 }
 
 impl<B: Backend> AttackResult<B> {
+    /// The result of attacking an empty batch `x`: `x` itself and no examples.
+    pub(crate) fn empty(x: &B::Tensor) -> Self {
+        AttackResult {
+            x_adv: x.clone(),
+            loss: Vec::new(),
+            success: Vec::new(),
+            predictions: Vec::new(),
+            trace: None,
+        }
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.success.len()
@@ -140,6 +151,58 @@ pub fn predict<B: Backend>(model: &dyn Classifier<B>, x: &B::Tensor) -> Result<V
     let b = model.backend();
     let logits = model.logits(x)?;
     Ok(argmax_rows(&b.to_vec(&logits)?, model.num_classes()))
+}
+
+/// The logits of `x` read back (`[n, k]` row-major), every one finite, else
+/// [`AttackError::NonFinite`] naming `attack`.
+pub(crate) fn finite_logits<B: Backend>(
+    attack: &'static str,
+    m: &dyn Classifier<B>,
+    x: &B::Tensor,
+) -> Result<Vec<f32>> {
+    let z = m.backend().to_vec(&m.logits(x)?)?;
+    if let Some(index) = z.iter().position(|v| !v.is_finite()) {
+        return Err(AttackError::NonFinite {
+            attack,
+            what: "the model's logits",
+            index,
+            value: z[index],
+        });
+    }
+    Ok(z)
+}
+
+/// Per row of `logits` (`[n, k]`), the margin `z_y − max_{j≠y} z_j` of its label: negative
+/// exactly when the row is misclassified (up to ties).
+pub(crate) fn label_margins(logits: &[f32], k: usize, labels: &[usize]) -> Vec<f32> {
+    logits
+        .chunks(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let other = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != y)
+                .fold(f32::NEG_INFINITY, |a, (_, &v)| a.max(v));
+            row[y] - other
+        })
+        .collect()
+}
+
+/// The classes of one row of logits by decreasing value (ties: the lower index first): entry
+/// `r` is the class ranked `r + 1`-th, the targets of APGD-T and FAB-T.
+pub(crate) fn ranked(row: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order
+}
+
+/// The rows `idx` of the row-major host batch `x` (`d` values per row), concatenated: the
+/// sub-batch of the examples a later run of an attack still works on.
+pub(crate) fn gather_rows(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+        .collect()
 }
 
 /// Checks a batch for `attack`: `x` is a batch of the model's inputs with every pixel finite and

@@ -4,7 +4,10 @@ use saddle_autograd::Graph;
 use saddle_models::Classifier;
 use saddle_tensor::{rng::Rng, Backend, TensorLike};
 
-use crate::attack::{argmax_rows, check_batch, Attack, AttackResult, ModeGuard};
+use crate::attack::{
+    argmax_rows, check_batch, finite_logits, gather_rows, label_margins, ranked, Attack,
+    AttackResult, ModeGuard,
+};
 use crate::error::{check_alpha, check_eps, AttackError, Result};
 use crate::threat::{Linf, ThreatModel, L2};
 
@@ -227,13 +230,7 @@ impl<T: ThreatModel> Fab<T> {
             });
         }
         if n == 0 {
-            return Ok(AttackResult {
-                x_adv: x.clone(),
-                loss: Vec::new(),
-                success: Vec::new(),
-                predictions: Vec::new(),
-                trace: None,
-            });
+            return Ok(AttackResult::empty(x));
         }
         let b = model.backend().clone();
         let model = ModeGuard::eval(model);
@@ -241,7 +238,7 @@ impl<T: ThreatModel> Fab<T> {
         let eps = self.threat.eps() as f64;
         let x0 = b.to_vec(x)?;
         let d = x0.len() / n;
-        let clean = logits_checked(m, x)?;
+        let clean = finite_logits(NAME, m, x)?;
         let pred0 = argmax_rows(&clean, k);
         // The closest adversarial point found per example and its distance (0 for `x0` itself
         // when misclassified).
@@ -266,10 +263,7 @@ impl<T: ThreatModel> Fab<T> {
                 if idx.is_empty() {
                     break;
                 }
-                let sub_x0: Vec<f32> = idx
-                    .iter()
-                    .flat_map(|&i| x0[i * d..(i + 1) * d].iter().copied())
-                    .collect();
+                let sub_x0 = gather_rows(&x0, d, &idx);
                 let sub_y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
                 let sub_t: Vec<usize> = idx
                     .iter()
@@ -314,27 +308,21 @@ impl<T: ThreatModel> Fab<T> {
         }
         let cand = b.from_vec(x.dims(), cand)?;
         let mut out = b.to_vec(&self.threat.project(&b, &cand, x)?)?;
-        let at_cand = argmax_rows(&logits_checked(m, &b.from_vec(x.dims(), out.clone())?)?, k);
+        let at_cand = argmax_rows(
+            &finite_logits(NAME, m, &b.from_vec(x.dims(), out.clone())?)?,
+            k,
+        );
         for i in 0..n {
             if at_cand[i] == labels[i] {
                 out[i * d..(i + 1) * d].copy_from_slice(&x0[i * d..(i + 1) * d]);
             }
         }
         let x_adv = b.from_vec(x.dims(), out)?;
-        let logits = logits_checked(m, &x_adv)?;
+        let logits = finite_logits(NAME, m, &x_adv)?;
         let predictions = argmax_rows(&logits, k);
-        let loss = logits
-            .chunks(k)
-            .zip(&labels)
-            .map(|(row, &c)| {
-                let other = row
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, _)| j != c)
-                    .map(|(_, &v)| v)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                other - row[c]
-            })
+        let loss = label_margins(&logits, k, &labels)
+            .into_iter()
+            .map(|m| -m)
             .collect();
         let success = (0..n).map(|i| predictions[i] != labels[i]).collect();
         Ok(AttackResult {
@@ -364,7 +352,7 @@ impl<T: ThreatModel> Fab<T> {
         let mut best_norm = vec![f64::INFINITY; n];
         // A random start may already be misclassified.
         let xt = b.from_vec(ctx.dims, x.clone())?;
-        let pred = argmax_rows(&logits_checked(m, &xt)?, m.num_classes());
+        let pred = argmax_rows(&finite_logits(NAME, m, &xt)?, m.num_classes());
         record(ctx, &pred, &mut x, &mut best, &mut best_norm, beta);
 
         let mut delta = vec![0.0f64; d];
@@ -396,7 +384,7 @@ impl<T: ThreatModel> Fab<T> {
             }
             x = next;
             let xt = b.from_vec(ctx.dims, x.clone())?;
-            let pred = argmax_rows(&logits_checked(m, &xt)?, m.num_classes());
+            let pred = argmax_rows(&finite_logits(NAME, m, &xt)?, m.num_classes());
             record(ctx, &pred, &mut x, &mut best, &mut best_norm, beta);
         }
         Ok((best, best_norm))
@@ -448,20 +436,6 @@ fn distance(norm: Norm, a: &[f32], b: &[f32]) -> f64 {
         Norm::Linf => diffs.fold(0.0, |m, v| m.max(v.abs())),
         Norm::L2 => diffs.map(|v| v * v).sum::<f64>().sqrt(),
     }
-}
-
-/// The logits of `x` (host, `[n, k]`), all finite.
-fn logits_checked<B: Backend>(m: &dyn Classifier<B>, x: &B::Tensor) -> Result<Vec<f32>> {
-    let z = m.backend().to_vec(&m.logits(x)?)?;
-    if let Some(index) = z.iter().position(|v| !v.is_finite()) {
-        return Err(AttackError::NonFinite {
-            attack: NAME,
-            what: "the model's logits",
-            index,
-            value: z[index],
-        });
-    }
-    Ok(z)
 }
 
 /// `f = z_t − z_y` per example at the host batch `x` and its gradient `∇ₓf`.
@@ -585,13 +559,6 @@ fn project_box(norm: Norm, p: &[f32], w: &[f32], c: f64, delta: &mut [f64]) -> f
         Norm::Linf => delta.iter().fold(0.0, |m, v| m.max(v.abs())),
         Norm::L2 => delta.iter().map(|v| v * v).sum::<f64>().sqrt(),
     }
-}
-
-/// The classes of one row of logits by decreasing value (ties: the lower index first).
-fn ranked(row: &[f32]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    order
 }
 
 impl Fab<Linf> {

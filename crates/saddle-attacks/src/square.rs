@@ -4,7 +4,9 @@
 use saddle_models::Classifier;
 use saddle_tensor::{rng::Rng, Backend, TensorLike};
 
-use crate::attack::{argmax_rows, check_batch, Attack, AttackResult, ModeGuard};
+use crate::attack::{
+    argmax_rows, check_batch, finite_logits, label_margins, Attack, AttackResult, ModeGuard,
+};
 use crate::error::{check_eps, AttackError, Result};
 use crate::threat::{place_toward, Linf, ThreatModel, L2};
 
@@ -197,14 +199,7 @@ impl<T: ThreatModel> Square<T> {
         self.validate()?;
         let (n, labels) = check_batch(NAME, model, x0, y, "labels")?;
         if n == 0 {
-            let res = AttackResult {
-                x_adv: x0.clone(),
-                loss: Vec::new(),
-                success: Vec::new(),
-                predictions: Vec::new(),
-                trace: None,
-            };
-            return Ok((res, Vec::new()));
+            return Ok((AttackResult::empty(x0), Vec::new()));
         }
         let model = ModeGuard::eval(model);
         let m: &dyn Classifier<B> = &*model;
@@ -390,30 +385,9 @@ fn margins<B: Backend>(
     x: &B::Tensor,
     labels: &[usize],
 ) -> Result<(Vec<f32>, Vec<usize>)> {
-    let b = m.backend();
     let k = m.num_classes();
-    let z = b.to_vec(&m.logits(x)?)?;
-    if let Some(index) = z.iter().position(|v| !v.is_finite()) {
-        return Err(AttackError::NonFinite {
-            attack: NAME,
-            what: "the model's logits",
-            index,
-            value: z[index],
-        });
-    }
-    let margin = labels
-        .iter()
-        .enumerate()
-        .map(|(i, &y)| {
-            let row = &z[i * k..(i + 1) * k];
-            let other = row
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != y)
-                .fold(f32::NEG_INFINITY, |a, (_, &v)| a.max(v));
-            row[y] - other
-        })
-        .collect();
+    let z = finite_logits(NAME, m, x)?;
+    let margin = label_margins(&z, k, labels);
     Ok((margin, argmax_rows(&z, k)))
 }
 

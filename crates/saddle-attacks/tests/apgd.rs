@@ -4,10 +4,8 @@
 
 mod common;
 
-use common::{batch, Mlp};
+use common::{batch, Linear4, Mlp};
 use saddle_attacks::{Apgd, ApgdLoss, Attack, AttackError, ThreatModel};
-use saddle_autograd::{Graph, Var};
-use saddle_models::{layers::Ctx, Classifier, Forward, ParamSet};
 use saddle_tensor::{cpu::Cpu, Backend};
 
 const SHAPE: [usize; 3] = [1, 4, 4];
@@ -166,61 +164,14 @@ fn invalid_settings_are_typed_errors() {
 /// class 1 (`c`), and `w₀ − w₁ = (1, −1, 1, −1)`, so an L∞ perturbation of size ε lowers that
 /// margin by at most `4ε` (pixels stay inside `[0, 1]` for ε ≤ 0.5): the image can be broken
 /// exactly when ε > 0.1; classes 2 and 3 trail by 3 and cannot win within ε ≤ 0.15.
-#[derive(Debug)]
-struct Linear {
-    b: Cpu,
-    params: ParamSet<Cpu>,
-}
-
-impl Linear {
-    fn new() -> Self {
-        let b = Cpu::new();
-        let mut params = ParamSet::new();
-        let w = vec![
-            0.5, -0.5, 0.5, -0.5, //
-            -0.5, 0.5, -0.5, 0.5, //
-            0.1, 0.1, 0.1, 0.1, //
-            -0.1, -0.1, -0.1, -0.1,
-        ];
-        params.push("w", b.from_vec(&[4, 4], w).unwrap()).unwrap();
-        let c = vec![0.4, 0.0, -2.8, -2.8];
-        params.push("c", b.from_vec(&[4], c).unwrap()).unwrap();
-        Linear { b, params }
-    }
-}
-
-impl Classifier<Cpu> for Linear {
-    fn backend(&self) -> &Cpu {
-        &self.b
-    }
-    fn num_classes(&self) -> usize {
-        4
-    }
-    fn input_shape(&self) -> [usize; 3] {
-        [1, 2, 2]
-    }
-    fn params(&self) -> &ParamSet<Cpu> {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut ParamSet<Cpu> {
-        &mut self.params
-    }
-    fn is_training(&self) -> bool {
-        false
-    }
-    fn set_training(&mut self, _: bool) {}
-    fn forward(&self, g: &Graph<Cpu>, x: Var, param_grads: bool) -> saddle_models::Result<Forward> {
-        let mut cx = Ctx::new(g, &self.params, param_grads, false);
-        let (w, c) = (cx.param(0), cx.param(1));
-        let logits = g.linear(g.flatten(x)?, w, Some(c))?;
-        Ok(cx.finish(logits))
-    }
+fn linear() -> Linear4 {
+    Linear4::new(0.4)
 }
 
 #[test]
 fn a_linear_model_is_broken_exactly_beyond_its_margin() {
     let b = Cpu::new();
-    let mut net = Linear::new();
+    let mut net = linear();
     let x = b.full(&[3, 1, 2, 2], 0.5).unwrap();
     let y = b.from_vec(&[3], vec![0.0; 3]).unwrap();
     assert_eq!(saddle_attacks::predict(&net, &x).unwrap(), vec![0, 0, 0]);

@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::{batch, Mlp};
+use common::{batch, Linear4, Mlp};
 use saddle_attacks::{Attack, AttackError, Fab, ThreatModel};
-use saddle_autograd::{Graph, Var};
-use saddle_models::{layers::Ctx, Classifier, Forward, ParamSet};
+use saddle_models::Classifier;
 use saddle_tensor::{cpu::Cpu, Backend};
 
 const SHAPE: [usize; 3] = [1, 4, 4];
@@ -293,55 +292,8 @@ fn invalid_settings_and_inputs_are_typed_errors() {
 /// - `x0 = (0, 1, 0.5, 0.5)`: `m = 0.2`, and pixels 0 and 1 have no room in the direction that
 ///   lowers `m` (the box binds): L∞ `0.2/2 = 0.1`, L2 `0.2/√2`. Ignoring the box would give
 ///   0.05 and 0.1 instead.
-#[derive(Debug)]
-struct Linear {
-    b: Cpu,
-    params: ParamSet<Cpu>,
-}
-
-impl Linear {
-    fn new() -> Self {
-        let b = Cpu::new();
-        let mut params = ParamSet::new();
-        let w = vec![
-            0.5, -0.5, 0.5, -0.5, //
-            -0.5, 0.5, -0.5, 0.5, //
-            0.1, 0.1, 0.1, 0.1, //
-            -0.1, -0.1, -0.1, -0.1,
-        ];
-        params.push("w", b.from_vec(&[4, 4], w).unwrap()).unwrap();
-        let c = vec![1.2, 0.0, -2.8, -2.8];
-        params.push("c", b.from_vec(&[4], c).unwrap()).unwrap();
-        Linear { b, params }
-    }
-}
-
-impl Classifier<Cpu> for Linear {
-    fn backend(&self) -> &Cpu {
-        &self.b
-    }
-    fn num_classes(&self) -> usize {
-        4
-    }
-    fn input_shape(&self) -> [usize; 3] {
-        [1, 2, 2]
-    }
-    fn params(&self) -> &ParamSet<Cpu> {
-        &self.params
-    }
-    fn params_mut(&mut self) -> &mut ParamSet<Cpu> {
-        &mut self.params
-    }
-    fn is_training(&self) -> bool {
-        false
-    }
-    fn set_training(&mut self, _: bool) {}
-    fn forward(&self, g: &Graph<Cpu>, x: Var, param_grads: bool) -> saddle_models::Result<Forward> {
-        let mut cx = Ctx::new(g, &self.params, param_grads, false);
-        let (w, c) = (cx.param(0), cx.param(1));
-        let logits = g.linear(g.flatten(x)?, w, Some(c))?;
-        Ok(cx.finish(logits))
-    }
+fn linear() -> Linear4 {
+    Linear4::new(1.2)
 }
 
 /// On a linear model every FAB iterate lies on the segment from `x0` along the exact
@@ -370,7 +322,7 @@ fn predicted_ratio(steps: usize, eta: f64, beta: f64, alpha_max: f64) -> f64 {
 #[test]
 fn a_linear_model_is_broken_at_its_minimal_distance() {
     let b = Cpu::new();
-    let mut net = Linear::new();
+    let mut net = linear();
     let x0v = vec![0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 0.5, 0.5];
     let x = b.from_vec(&[2, 1, 2, 2], x0v.clone()).unwrap();
     let y = b.from_vec(&[2], vec![0.0; 2]).unwrap();

@@ -153,27 +153,11 @@ fn row(name: &str, rate: f64, unit: &str, secs: f64, gflop: Option<f64>) {
 }
 
 fn main() {
-    let threads: usize = std::env::var("SADDLE_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    // Everything runs inside the pool: the backend's parallel loops then start from a worker
-    // thread instead of being injected from outside (rayon's injection queue allocates a block
-    // every few dozen jobs, and each hand-over costs a wake-up).
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| run(threads));
+    timing::in_pool(run);
 }
 
 fn run(threads: usize) {
-    let env = |k: &str| std::env::var(k).ok();
-    let secs: f64 = env("SADDLE_BENCH_SECS")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let only = env("SADDLE_BENCH_ROWS");
-    let want = |r: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == r));
+    let (secs, want) = timing::settings();
     let b = Cpu::new();
     let net = MnistNet::paper(b, 1).unwrap();
     let mut rng = Rng::new(2);

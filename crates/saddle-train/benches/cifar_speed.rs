@@ -135,25 +135,12 @@ fn recipe(name: &str, cfg: &TrainConfig) -> String {
 }
 
 fn main() {
-    let threads: usize = std::env::var("SADDLE_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    // Everything runs inside the pool, as in saddle-models' mnist_speed.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| run(threads));
+    timing::in_pool(run);
 }
 
 fn run(threads: usize) {
     let env = |k: &str| std::env::var(k).ok();
-    let secs: f64 = env("SADDLE_BENCH_SECS")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let only = env("SADDLE_BENCH_ROWS");
-    let want = |r: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == r));
+    let (secs, want) = timing::settings();
     let paper_on = env("SADDLE_BENCH_CIFAR_PAPER").as_deref() != Some("0");
     let isa = match saddle_tensor::cpu::cpu_isa() {
         Ok(i) => i.name(),

@@ -119,3 +119,59 @@ pub fn batch(
         b.from_vec(&[n], y).unwrap(),
     )
 }
+
+/// `z = W·x + c` on 4 pixels (`[1, 2, 2]`) and 4 classes, with `w₀ − w₁ = (1, −1, 1, −1)`,
+/// `w₂ = 0.1·𝟙`, `w₃ = −0.1·𝟙` and `c = (c₀, 0, −2.8, −2.8)`: a model whose minimal distances to
+/// the boundary of class 0 are known in closed form (each test states them for its `c₀`).
+#[derive(Debug)]
+pub struct Linear4 {
+    b: Cpu,
+    params: ParamSet<Cpu>,
+}
+
+impl Linear4 {
+    /// The model with bias `c0` on class 0.
+    pub fn new(c0: f32) -> Self {
+        let b = Cpu::new();
+        let mut params = ParamSet::new();
+        let w = vec![
+            0.5, -0.5, 0.5, -0.5, //
+            -0.5, 0.5, -0.5, 0.5, //
+            0.1, 0.1, 0.1, 0.1, //
+            -0.1, -0.1, -0.1, -0.1,
+        ];
+        params.push("w", b.from_vec(&[4, 4], w).unwrap()).unwrap();
+        params
+            .push("c", b.from_vec(&[4], vec![c0, 0.0, -2.8, -2.8]).unwrap())
+            .unwrap();
+        Linear4 { b, params }
+    }
+}
+
+impl Classifier<Cpu> for Linear4 {
+    fn backend(&self) -> &Cpu {
+        &self.b
+    }
+    fn num_classes(&self) -> usize {
+        4
+    }
+    fn input_shape(&self) -> [usize; 3] {
+        [1, 2, 2]
+    }
+    fn params(&self) -> &ParamSet<Cpu> {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut ParamSet<Cpu> {
+        &mut self.params
+    }
+    fn is_training(&self) -> bool {
+        false
+    }
+    fn set_training(&mut self, _: bool) {}
+    fn forward(&self, g: &Graph<Cpu>, x: Var, param_grads: bool) -> saddle_models::Result<Forward> {
+        let mut cx = Ctx::new(g, &self.params, param_grads, false);
+        let (w, c) = (cx.param(0), cx.param(1));
+        let logits = g.linear(g.flatten(x)?, w, Some(c))?;
+        Ok(cx.finish(logits))
+    }
+}

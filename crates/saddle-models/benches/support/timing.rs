@@ -1,5 +1,5 @@
-//! Timing helpers shared by the speed benchmarks (`mnist_speed` here, `cifar_speed` in
-//! saddle-train, which includes this file by path).
+//! What the speed benchmarks share (`mnist_speed` here, `cifar_speed` in saddle-train, which
+//! includes this file by path): the thread pool, the settings from the environment, timing.
 
 #![allow(dead_code)]
 
@@ -36,4 +36,32 @@ pub fn time_once<F: FnMut()>(mut f: F) -> f64 {
     let t = Instant::now();
     f();
     t.elapsed().as_secs_f64()
+}
+
+/// Runs `run(threads)` inside a rayon pool of `SADDLE_THREADS` threads (2 by default).
+/// Everything runs inside the pool: the backend's parallel loops then start from a worker
+/// thread instead of being injected from outside (rayon's injection queue allocates a block
+/// every few dozen jobs, and each hand-over costs a wake-up).
+pub fn in_pool(run: impl FnOnce(usize) + Send) {
+    let threads: usize = std::env::var("SADDLE_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| run(threads));
+}
+
+/// Seconds per quick row (`SADDLE_BENCH_SECS`, 3 by default) and the row filter
+/// (`SADDLE_BENCH_ROWS`, comma-separated; every row when unset).
+pub fn settings() -> (f64, impl Fn(&str) -> bool) {
+    let env = |k: &str| std::env::var(k).ok();
+    let secs: f64 = env("SADDLE_BENCH_SECS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let only = env("SADDLE_BENCH_ROWS");
+    let want = move |r: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == r));
+    (secs, want)
 }
