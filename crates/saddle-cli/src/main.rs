@@ -2,6 +2,20 @@
 //!
 //! Every error ends the program with a one-line message naming the problem and exit status 2;
 //! no panic message, no backtrace.
+//!
+//! ```sh
+//! saddle train --preset mnist-smoke --out runs/smoke
+//! saddle eval --model runs/smoke/model.safetensors --data mnist --attacks fgsm,pgd40
+//! saddle predict --arch mnist --model STATE_DICT.safetensors --inputs X.npy --out LOGITS.npy
+//! ```
+//!
+//! This crate is the command line only; a program that embeds saddle uses the library crates
+//! (`saddle-train`, `saddle-attacks`, `saddle-models`, `saddle-data`, `saddle-tensor`,
+//! `saddle-wgsl`) directly. `tests/cli.rs` runs the binary end to end.
+
+// The doc comments of the argument structs are `saddle --help` text, written for the terminal
+// (`[0, 1]`, `[n]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod commands;
 mod fsutil;

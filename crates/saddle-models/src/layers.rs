@@ -27,7 +27,8 @@
 //! ```
 
 use saddle_autograd::{Graph, Var};
-use saddle_tensor::{rng::Rng, Backend, Conv2dParams, TensorLike};
+use saddle_tensor::rng::{Normal, Rng, Uniform};
+use saddle_tensor::{ArrayExt, Backend, Conv2dParams, TensorLike};
 
 use crate::error::{ModelError, Result};
 use crate::params::{ParamSet, Role};
@@ -70,14 +71,22 @@ impl<'a, B: Backend> Builder<'a, B> {
     /// # Errors
     /// A name given twice, or a backend error.
     pub fn tensor(&mut self, name: &str, shape: &[usize], role: Role, init: Init) -> Result<usize> {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = match init {
-            Init::Zeros => vec![0.0; n],
-            Init::Ones => vec![1.0; n],
-            Init::Uniform(b) => (0..n).map(|_| self.rng.uniform(-b, b)).collect(),
-            Init::Normal(s) => (0..n).map(|_| s * self.rng.normal()).collect(),
+        let n = saddle_tensor::shape::checked_numel("init", shape)?;
+        // Random initial values are drawn as host arrays through `ndarray_rand` with the
+        // model's seeded generator: the same values, bit for bit, as `rng.uniform(-b, b)` /
+        // `s * rng.normal()` called element by element in row-major order.
+        let t = match init {
+            Init::Zeros => self.backend.from_vec(shape, vec![0.0; n])?,
+            Init::Ones => self.backend.from_vec(shape, vec![1.0; n])?,
+            Init::Uniform(b) => {
+                let a = self.rng.array(shape, Uniform::new(-b, b));
+                self.backend.from_array(&a)?
+            }
+            Init::Normal(s) => {
+                let a = self.rng.array(shape, Normal::new(s));
+                self.backend.from_array(&a)?
+            }
         };
-        let t = self.backend.from_vec(shape, data)?;
         self.params.push_with(name, t, role)
     }
 
@@ -455,4 +464,56 @@ pub fn per_image_standardization<B: Backend>(g: &Graph<B>, x: Var) -> Result<Var
     let floor = g.input(g.backend().full(&[1, 1, 1, 1], 1.0 / numel)?);
     let std = g.sqrt(g.maximum(var, floor)?)?;
     Ok(g.div(centred, std)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saddle_tensor::cpu::Cpu;
+
+    /// The initial values are those of the element-by-element draws the builder made before it
+    /// drew arrays through `ndarray_rand` (trained results and golden tests depend on them).
+    #[test]
+    fn initial_values_are_the_scalar_draws_bit_for_bit() {
+        let b = Cpu::new();
+        let (mut params, mut rng) = (ParamSet::new(), Rng::new(2018));
+        let mut legacy = rng.clone();
+        let mut bld = Builder::new(&b, &mut params, &mut rng);
+        let shapes: [(&str, &[usize], Init); 5] = [
+            ("conv.weight", &[4, 1, 5, 5], Init::Uniform(0.2)),
+            ("conv.bias", &[4], Init::Uniform(0.2)),
+            ("bn.weight", &[4], Init::Ones),
+            ("fc.weight", &[10, 36], Init::Normal(0.05)),
+            ("fc.bias", &[10], Init::Zeros),
+        ];
+        for (name, shape, init) in shapes {
+            bld.tensor(name, shape, Role::Param, init).unwrap();
+        }
+        for (i, (_, shape, init)) in shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let want: Vec<f32> = match *init {
+                Init::Zeros => vec![0.0; n],
+                Init::Ones => vec![1.0; n],
+                Init::Uniform(bd) => (0..n).map(|_| legacy.uniform(-bd, bd)).collect(),
+                Init::Normal(s) => (0..n).map(|_| s * legacy.normal()).collect(),
+            };
+            let got = b.to_vec(&params.tensors()[i]).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{}", shapes[i].0);
+        }
+        assert_eq!(
+            rng, legacy,
+            "the generator ends where the scalar draws leave it"
+        );
+    }
+
+    #[test]
+    fn a_shape_too_large_is_an_error() {
+        let b = Cpu::new();
+        let (mut params, mut rng) = (ParamSet::new(), Rng::new(1));
+        let mut bld = Builder::new(&b, &mut params, &mut rng);
+        assert!(bld
+            .tensor("w", &[usize::MAX, 2], Role::Weight, Init::Uniform(1.0))
+            .is_err());
+    }
 }

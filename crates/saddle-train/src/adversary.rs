@@ -4,7 +4,8 @@
 use saddle_attacks::{Attack, Fgsm, Pgd};
 use saddle_autograd::Graph;
 use saddle_models::{Classifier, Loss};
-use saddle_tensor::{rng::Rng, Backend, TensorLike};
+use saddle_tensor::rng::{Normal, Rng};
+use saddle_tensor::{ArrayExt, Backend, TensorLike};
 
 use crate::config::{BnMode, LossFunc, TrainConfig, TrainingMode};
 use crate::error::{Result, TrainError};
@@ -78,12 +79,13 @@ fn trades_batch<B: Backend, M: Classifier<B>>(
     let be = model.backend().clone();
     model.set_training(train_mode);
     let clean = model.logits(x)?;
-    let start: Vec<f32> = be
-        .to_vec(x)?
-        .iter()
-        .map(|&v| (v + 0.001 * rng.normal()).clamp(0.0, 1.0))
-        .collect();
-    let mut xa = be.from_vec(x.dims(), start)?;
+    // The random start, drawn as one host array from the step's generator (the same values as
+    // `0.001 * rng.normal()` element by element).
+    let mut start = be.to_array(x)?;
+    start.zip_mut_with(&rng.array(x.dims(), Normal::new(0.001)), |v, &n| {
+        *v = (*v + n).clamp(0.0, 1.0)
+    });
+    let mut xa = be.from_array(&start)?;
     for _ in 0..cfg.k {
         let g = Graph::new(be.clone());
         let xv = g.leaf(xa.clone());

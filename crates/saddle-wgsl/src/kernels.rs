@@ -1,5 +1,6 @@
-//! The compute kernels: one WGSL file each in the workspace's `shaders/` folder, embedded with
-//! `include_str!`, each with a single entry point `main`.
+//! The compute kernels: one WGSL file each in this crate's `shaders/` folder (the workspace's
+//! top-level `shaders/` is a link to it), embedded with `include_str!`, each with a single entry
+//! point `main`. The files live inside the crate so that it packages and builds on its own.
 
 macro_rules! kernels {
     ($($(#[$doc:meta])* $variant:ident => $file:literal,)*) => {
@@ -23,7 +24,7 @@ macro_rules! kernels {
             /// The kernel's WGSL source, embedded at compile time.
             pub fn source(self) -> &'static str {
                 match self {
-                    $(Kernel::$variant => include_str!(concat!("../../../shaders/", $file)),)*
+                    $(Kernel::$variant => include_str!(concat!("../shaders/", $file)),)*
                 }
             }
         }

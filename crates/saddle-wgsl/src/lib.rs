@@ -2,9 +2,9 @@
 //!
 //! The saddle [`Backend`] implemented with WGSL compute shaders through wgpu, so that saddle
 //! runs on any GPU wgpu reaches natively (Vulkan, Metal, DX12) without CUDA. Every kernel is one
-//! file in the workspace's top-level `shaders/` folder, embedded with `include_str!`
-//! ([`Kernel`] lists them); every op equals its CPU twin ([`saddle_tensor::cpu::Cpu`]) within
-//! the tolerance stated in `tests/ops.rs`.
+//! file in this crate's `shaders/` folder (the workspace's top-level `shaders/` links to it),
+//! embedded with `include_str!` ([`Kernel`] lists them); every op equals its CPU twin
+//! ([`saddle_tensor::cpu::Cpu`]) within the tolerance stated in `tests/ops.rs`.
 //!
 //! ```no_run
 //! use saddle_tensor::{Backend, TensorLike};

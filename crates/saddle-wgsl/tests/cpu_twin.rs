@@ -502,3 +502,30 @@ fn no_adapter_is_an_error_saying_what_to_install() {
         "{msg}"
     );
 }
+
+/// `ndarray` at the boundary works for this backend as for the CPU: any array or view goes up
+/// in its logical order and comes back as an owned array of the tensor's shape.
+#[test]
+fn ndarray_arrays_round_trip_through_the_device() {
+    use ndarray::{s, Array, ArrayD, IxDyn};
+    use saddle_tensor::ArrayExt;
+    let Some(gb) = common::backend() else { return };
+    let cb = Cpu::new();
+    let a = Array::from_shape_vec((3, 4, 5), random_vec(60, -1.0, 1.0, 17)).unwrap();
+    // A strided, permuted view: not contiguous in memory.
+    let v = a.slice(s![.., 1.., ..;2]).permuted_axes([2, 0, 1]);
+    assert!(v.as_slice().is_none());
+    let g = gb.from_array(&v).unwrap();
+    assert_eq!(g.dims(), &[3, 3, 3]);
+    let back: ArrayD<f32> = gb.to_array(&g).unwrap();
+    assert_eq!(back, v.to_owned().into_dyn());
+    let relu = gb.to_array(&gb.relu(&g).unwrap()).unwrap();
+    let want = cb
+        .to_array(&cb.relu(&cb.from_array(&v).unwrap()).unwrap())
+        .unwrap();
+    assert_eq!(relu, want);
+    let empty = gb
+        .from_array(&ArrayD::<f32>::zeros(IxDyn(&[0, 4])))
+        .unwrap();
+    assert_eq!(gb.to_array(&empty).unwrap().shape(), &[0, 4]);
+}

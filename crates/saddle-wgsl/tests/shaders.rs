@@ -1,6 +1,6 @@
-//! Every file in the workspace's `shaders/` folder parses and validates with naga (the WGSL
-//! front end wgpu itself uses), with no GPU: a machine without an adapter still catches a
-//! broken shader. Each file holds exactly one compute kernel, `main`, and is the source of
+//! Every file in this crate's `shaders/` folder (the workspace's top-level `shaders/` links to it)
+//! parses and validates with naga (the WGSL front end wgpu itself uses), with no GPU: a machine
+//! without an adapter still catches a broken shader. Each file holds exactly one compute kernel, `main`, and is the source of
 //! exactly one kernel of the crate (no orphans, no kernel without its file).
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn shader_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shaders")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders")
 }
 
 fn shader_files() -> Vec<(String, String)> {
@@ -111,4 +111,24 @@ fn every_kernel_has_its_file_and_every_file_its_kernel() {
             k.file_name()
         );
     }
+}
+
+/// The workspace's top-level `shaders/` (the layout's one place for kernels) is this crate's
+/// folder, not a copy that could drift: the crate keeps the files so that it packages alone.
+#[test]
+fn the_workspace_shaders_folder_is_this_crates() {
+    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shaders");
+    if !PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../Cargo.toml")
+        .exists()
+    {
+        return; // built from a package, outside the workspace
+    }
+    assert_eq!(
+        top.canonicalize()
+            .expect("the workspace has a top-level shaders/"),
+        shader_dir().canonicalize().unwrap(),
+        "top-level shaders/ must be a link to crates/saddle-wgsl/shaders \
+         (fix: rm -r shaders && ln -s crates/saddle-wgsl/shaders shaders)"
+    );
 }

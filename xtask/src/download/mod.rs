@@ -32,7 +32,7 @@ pub struct Args {
     /// Which data set to fetch.
     #[arg(value_enum)]
     pub dataset: Target,
-    /// Datasets root [default: $SADDLE_DATASETS, else <workspace>/datasets].
+    /// Datasets root [default: $SADDLE_DATASETS, else the workspace's datasets/].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
