@@ -6,18 +6,27 @@
 //! * `cargo xtask repro <mnist|cifar10> [--quick]`: train, evaluate, and report beside the
 //!   paper's Table 1 (MNIST) or Table 2 (CIFAR-10).
 //! * `cargo xtask bench [--peer]`: saddle's speed, and with `--peer` PyTorch's beside it.
+//! * `cargo xtask fuzz [--cases N] [--seed S]`: malformed inputs to every reader of untrusted
+//!   bytes, under `catch_unwind` and a counting allocator; fails on any panic or allocation
+//!   beyond what the input's size justifies.
 //!
 //! Each subcommand lives in its own module; add a new one by adding a module, a variant of
 //! [`Command`] and a line in `main`.
 
 mod bench;
 mod download;
+mod fuzz;
 mod proptest;
 mod repro;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// Counts live bytes, so that `cargo xtask fuzz` can bound what each input makes a reader
+/// allocate; otherwise the system allocator.
+#[global_allocator]
+static ALLOC: fuzz::CountingAlloc = fuzz::CountingAlloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +50,8 @@ enum Command {
     Repro(repro::Args),
     /// Benchmarks; with --peer, PyTorch side by side.
     Bench(bench::Args),
+    /// Malformed inputs to every reader (model files, .npy, configs, IDX, CIFAR-10).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +61,7 @@ fn main() -> ExitCode {
         Command::Proptest(args) => proptest::run(args),
         Command::Repro(args) => repro::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

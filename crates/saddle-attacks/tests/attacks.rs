@@ -467,6 +467,23 @@ fn attacks_are_object_safe_and_transfer_reports_both_accuracies() {
             "{name}"
         );
         assert_eq!(rep.target_accuracy(), rep.target_adversarial as f64 / 16.0);
+        // The checks above would pass for a transfer that handed the target the clean images
+        // if the attack changed no prediction: make sure it does, on both models, so that
+        // mixing up clean and adversarial inputs is caught.
+        assert!(
+            rep.source_adversarial < rep.source_natural,
+            "{name}: the white-box attack broke nothing ({} of {} correct)",
+            rep.source_adversarial,
+            rep.source_natural
+        );
+        let (clean, adv) = (
+            predict(&target, &x).unwrap(),
+            predict(&target, &res.x_adv).unwrap(),
+        );
+        assert_ne!(
+            clean, adv,
+            "{name}: the target predicts the same on x_adv as on x"
+        );
     }
     assert!(source.is_training() && !target.is_training());
     assert_eq!(
@@ -478,8 +495,11 @@ fn attacks_are_object_safe_and_transfer_reports_both_accuracies() {
     let rep = transfer(&Pgd::mnist(), &mut source, &mut twin, &x, &y).unwrap();
     assert_eq!(rep.source_adversarial, rep.target_adversarial);
     assert_eq!(rep.source_natural, rep.target_natural);
+    assert!(rep.target_adversarial < rep.target_natural);
     let mut total = rep;
     total.add(&rep);
     assert_eq!(total.examples, 32);
+    assert_eq!(total.source_natural, 2 * rep.source_natural);
+    assert_eq!(total.target_adversarial, 2 * rep.target_adversarial);
     assert_eq!(total.target_accuracy(), rep.target_accuracy());
 }

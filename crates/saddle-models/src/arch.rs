@@ -170,6 +170,19 @@ impl<B: Backend> Model<B> {
                 Model::Mnist(MnistNet::from_safetensors_unchecked(backend, bytes)?)
             }
             Arch::Wrn(spec) => {
+                // Built before its weights are read: a file must be able to hold them, so that
+                // a claim in it (`arch` = wrn-1000-32) cannot make the loader allocate more
+                // than the file's size.
+                spec.validate()?;
+                if (bytes.len() as u64) < spec.min_file_bytes() {
+                    return Err(ModelError::Mismatch(format!(
+                        "a {} network has at least {} bytes of weights, more than the whole \
+                         file ({} bytes)",
+                        spec.name(),
+                        spec.min_file_bytes(),
+                        bytes.len()
+                    )));
+                }
                 let mut net = WideResNet::new(backend, spec, 0)?;
                 let b = net.backend().clone();
                 net.params_mut().load_safetensors(&b, bytes, "")?;
@@ -228,5 +241,55 @@ impl<B: Backend> Classifier<B> for Model<B> {
     }
     fn commit_state(&mut self, g: &Graph<B>, f: &Forward) -> Result<()> {
         delegate!(self, m => m.commit_state(g, f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use saddle_tensor::cpu::Cpu;
+
+    use super::*;
+
+    /// Found by `cargo xtask fuzz`: a small file whose `arch` metadata names a far larger wide
+    /// ResNet made the loader build that network before reading a tensor.
+    #[test]
+    fn a_network_the_file_cannot_hold_is_an_error_before_it_is_built() {
+        let arch: Arch = "wrn-10-1".parse().unwrap();
+        let bytes = Model::build(&arch, Cpu::new(), 0)
+            .unwrap()
+            .to_safetensors()
+            .unwrap();
+        let from = &b"\"wrn-10-1\""[..];
+        let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+        for big in ["wrn-10-32", "wrn-994-32"] {
+            // The metadata names another network; the header's length field is kept in step.
+            let to = format!("\"{big}\"");
+            let mut lying = [&bytes[..at], to.as_bytes(), &bytes[at + from.len()..]].concat();
+            let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            let grown = header + (to.len() - from.len()) as u64;
+            lying[..8].copy_from_slice(&grown.to_le_bytes());
+            let err = Model::load(Cpu::new(), &lying, None).unwrap_err();
+            assert!(
+                err.to_string().contains("more than the whole file"),
+                "{big}: {err}"
+            );
+        }
+        assert!(Model::load(Cpu::new(), &bytes, None).is_ok());
+        // The bound is below the real size of every network (checked on a few).
+        for name in ["wrn-10-1", "wrn-16-2", "wrn-madry-16-1", "wrn-22-1"] {
+            let arch: Arch = name.parse().unwrap();
+            let Arch::Wrn(spec) = arch else {
+                unreachable!()
+            };
+            let file = Model::build(&arch, Cpu::new(), 0)
+                .unwrap()
+                .to_safetensors()
+                .unwrap();
+            assert!(spec.min_file_bytes() <= file.len() as u64, "{name}");
+            assert!(
+                spec.min_file_bytes() * 2 > file.len() as u64,
+                "{name}: a loose bound"
+            );
+        }
     }
 }

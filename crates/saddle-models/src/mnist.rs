@@ -139,6 +139,22 @@ impl<B: Backend> MnistNet<B> {
             })?,
             None => infer_scale(bytes)?,
         };
+        // The network is built before its weights are read: refuse a scale whose weights the
+        // file is too short to hold, so that a file's claim cannot make it allocate more than
+        // the file's own size.
+        if (1..=64).contains(&scale) {
+            let need = 4 * param_shapes(scale)
+                .iter()
+                .map(|(_, dims)| dims.iter().product::<usize>())
+                .sum::<usize>();
+            if bytes.len() < need {
+                return Err(ModelError::Mismatch(format!(
+                    "an MNIST network of scale {scale} has {need} bytes of weights, more than \
+                     the whole file ({} bytes)",
+                    bytes.len()
+                )));
+            }
+        }
         let mut net = Self::new(backend, scale, 0)?;
         let b = net.backend.clone();
         net.params.load_safetensors(&b, bytes, "")?;
@@ -189,5 +205,36 @@ impl<B: Backend> Classifier<B> for MnistNet<B> {
         let h = g.relu(self.fc1.forward(&mut cx, h)?)?;
         let logits = self.fc2.forward(&mut cx, h)?;
         Ok(cx.finish(logits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use saddle_tensor::cpu::Cpu;
+
+    use super::*;
+    use crate::Classifier;
+
+    /// Found by `cargo xtask fuzz`: a scale-1 file whose metadata claims scale 64 made the
+    /// loader build the 51-million-parameter network (400 MB) before reading a tensor.
+    #[test]
+    fn a_scale_the_file_cannot_hold_is_an_error_before_the_network_is_built() {
+        let bytes = MnistNet::new(Cpu::new(), 1, 0)
+            .unwrap()
+            .to_safetensors()
+            .unwrap();
+        let (from, to) = (&b"\"scale\":\"1\""[..], &b"\"scale\":\"64\""[..]);
+        let at = bytes.windows(from.len()).position(|w| w == from);
+        let at = at.expect("the metadata names the scale");
+        let mut lying = [&bytes[..at], to, &bytes[at + from.len()..]].concat();
+        // The header grew by a byte: its length field follows (data offsets are relative).
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        lying[..8].copy_from_slice(&(header + 1).to_le_bytes());
+        let err = MnistNet::from_safetensors(Cpu::new(), &lying).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the whole file"),
+            "{err}"
+        );
+        assert!(MnistNet::from_safetensors(Cpu::new(), &bytes).is_ok());
     }
 }

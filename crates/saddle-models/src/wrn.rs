@@ -59,6 +59,23 @@ impl WrnSpec {
         Ok(())
     }
 
+    /// A lower bound on the bytes of a model file of this network: the f32 weights of the
+    /// 3×3 convolutions of its residual units (most of its parameters). Lets a loader refuse a
+    /// file too short for the network it names before building the network.
+    pub fn min_file_bytes(&self) -> u64 {
+        let ch = self.channels();
+        let mut cin = ch[0] as u64;
+        let mut n = 0u64;
+        for &cout in &ch[1..] {
+            let cout = cout as u64;
+            for _ in 0..self.units() {
+                n += 9 * cout * cin + 9 * cout * cout;
+                cin = cout;
+            }
+        }
+        4 * n
+    }
+
     /// Residual units per stage.
     pub fn units(&self) -> usize {
         (self.depth - 4) / 6

@@ -156,6 +156,18 @@ fn predict_on<B: Backend>(b: &B, a: &PredictArgs) -> Result<()> {
         let xb = b.from_vec(&shape, x.data[s * per..e * per].to_vec())?;
         out.extend(b.to_vec(&model.logits(&xb)?)?);
     }
+    // A finite model on finite pixels can still overflow (weights near f32::MAX): say so
+    // instead of writing infinities as if they were logits.
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        let k = model.num_classes();
+        bail!(
+            "the model's logit {} of image {} is {}: its weights overflow float32 on this \
+             input; nothing was written",
+            i % k,
+            i / k,
+            out[i]
+        );
+    }
     fsutil::write_atomic(&a.out, &npy::encode_f32(&[n, model.num_classes()], &out))?;
     eprintln!(
         "wrote logits [{n}, {}] to {}",
