@@ -9,7 +9,8 @@
 //! - [`Attack`]: `perturb(model, x, y) -> AttackResult` (adversarial batch, per-example loss and
 //!   success, optional per-step loss trace). Implemented by [`Pgd`] (generic over the threat
 //!   model), [`Fgsm`] and [`Apgd`] (Auto-PGD on cross-entropy, DLR or targeted DLR: the
-//!   gradient stages of AutoAttack).
+//!   gradient stages of AutoAttack), [`Fab`] (FAB-T), [`Square`] (score-based, gradient-free)
+//!   and [`HopSkipJump`] (decision-based: the predicted label only, L2).
 //! - [`transfer()`]: craft on one model, evaluate on another.
 //!
 //! All parameters are in `[0, 1]` pixel units; inputs must be in `[0, 1]` (models normalise
@@ -47,6 +48,7 @@ pub mod apgd;
 pub mod attack;
 pub mod error;
 pub mod fab;
+pub mod hsj;
 pub mod pgd;
 pub mod square;
 pub mod threat;
@@ -56,8 +58,13 @@ pub use apgd::{Apgd, ApgdLoss};
 pub use attack::{predict, Attack, AttackResult, LossTrace};
 pub use error::{AttackError, Result};
 pub use fab::Fab;
+pub use hsj::HopSkipJump;
 pub use pgd::{Fgsm, Pgd, Targeting, CW_PLUS};
 pub use saddle_models::Loss;
+/// The model side, re-exported so that attacking one's own network needs this crate only:
+/// implement [`Classifier`] (its forward pass on [`saddle_autograd::Graph`]) and attack it.
+pub use saddle_models::{Classifier, Forward, MnistNet, ParamSet};
 pub use square::Square;
 pub use threat::{Linf, ThreatModel, L2};
 pub use transfer::{transfer, TransferReport};
+pub use {saddle_autograd, saddle_models};

@@ -385,7 +385,13 @@ const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
 
 /// Projection onto the L2 ball of radius `eps` around `x0` (per example), then onto `[0, 1]`;
 /// see the module documentation for the bound this guarantees.
-fn l2_project_host(x: &[f32], x0: &[f32], n: usize, d: usize, eps: f32) -> Result<Vec<f32>> {
+pub(crate) fn l2_project_host(
+    x: &[f32],
+    x0: &[f32],
+    n: usize,
+    d: usize,
+    eps: f32,
+) -> Result<Vec<f32>> {
     if let Some(k) = x.iter().position(|v| !v.is_finite()) {
         return Err(AttackError::NonFinite {
             attack: "l2 project",

@@ -913,7 +913,109 @@ fn eval_cascades_and_writes_per_example_results_and_sanity_checks() {
     ] {
         assert!(checks.contains(&(want, true)), "{want}: {checks:?}");
     }
-    assert_eq!(checks.len(), 6, "{checks:?}");
+    // Deterministic, logits, gradients, ε = 0, rising ε, ε = 1, and convergence (pgd10x1, the
+    // first gradient stage with a step count, on the images FGSM left correct).
+    assert_eq!(checks.len(), 7, "{checks:?}");
+    assert!(checks.iter().any(|c| c.0 == "converged"), "{checks:?}");
+    let conv = j["sanity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "converged")
+        .unwrap();
+    assert!(
+        conv["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("pgd10x1 leaves"),
+        "{conv}"
+    );
+}
+
+/// `--norm l2`: every attack in the L2 ball (PGD, the fast gradient method, HopSkipJump), the
+/// radius and norm in the JSON, and HopSkipJump refused under L∞.
+#[test]
+fn eval_in_the_l2_ball_with_a_decision_based_attack() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("mnist-l2");
+    let (m, _, _) = fixture(&d);
+    let out = d.join("eval.json");
+    let (code, stdout, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "12",
+        "--norm",
+        "l2",
+        "--eps",
+        "1.5",
+        "--attacks",
+        "fgsm,pgd20,hsj400",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("L2 ε = 1.5"), "{stdout}");
+    assert!(
+        stdout.contains("HopSkipJump (decision-based), 400 queries, L2"),
+        "{stdout}"
+    );
+    let j = read_json(&out);
+    assert_eq!(j["norm"], "l2");
+    assert!(close(&j["epsilon"], 1.5), "{j}");
+    assert!(close(&j["alpha"], 0.15), "L2 default step ε/10: {j}");
+    let rows = attack_rows(&j);
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["fgsm", "pgd20", "hsj400"]);
+    for a in j["attacks"].as_array().unwrap() {
+        assert_eq!(a["norm"], "l2", "{a}");
+        assert!(a["accuracy"].as_f64().unwrap() <= j["natural_accuracy"].as_f64().unwrap());
+    }
+    assert_eq!(j["attacks"][2]["queries"], 400);
+    // HopSkipJump is gradient-free: the sanity checks compare it with the gradient attacks.
+    let checks: Vec<&str> = j["sanity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert!(
+        checks.contains(&"gradient-free attack finds no more"),
+        "{checks:?}"
+    );
+    let (code, _, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "2",
+        "--attacks",
+        "hsj",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--norm l2"), "{err}");
+    let (code, _, err) = saddle(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data-dir",
+        s(&root),
+        "--limit",
+        "2",
+        "--norm",
+        "l2",
+        "--eps",
+        "-1",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("L2 radius"), "{err}");
 }
 
 /// `--attacks autoattack` is AutoAttack's standard version: APGD-CE, APGD-T, FAB-T and Square

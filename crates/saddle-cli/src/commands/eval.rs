@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use saddle_attacks::{Apgd, ApgdLoss, Attack, Fab, Fgsm, Loss, Pgd, Square, Targeting, CW_PLUS};
 use saddle_data::Split;
 use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
@@ -13,7 +12,9 @@ use saddle_tensor::Backend;
 use super::{in_pool, load_model};
 
 mod sanity;
+mod suite;
 use crate::{fsutil, Device};
+pub use suite::{doubled, parse_attack, short, NamedAttack, Norm};
 
 /// Arguments of `saddle eval`.
 #[derive(clap::Args, Debug)]
@@ -34,16 +35,23 @@ pub struct EvalArgs {
     /// with κ = 50); targeted (PGD-40 to the least-likely class); apgd-ce, apgd-dlr, apgd-t
     /// (Auto-PGD on cross-entropy, DLR, targeted DLR with 9 targets: AutoAttack's settings, 100
     /// steps); fab-t (FAB-T, 100 steps, 9 targets); square or squareN (the gradient-free Square
-    /// attack, 5,000 or N queries); autoattack (AutoAttack's standard version:
+    /// attack, 5,000 or N queries); hsj or hsjN (HopSkipJump, decision-based: the predicted
+    /// label only, 10,000 or N queries; --norm l2); apgd-*, fab-t also take a step count
+    /// (apgd-ce200); autoattack (AutoAttack's standard version:
     /// apgd-ce,apgd-t,fab-t,square as a cascade); paper (the data set's default list). Default: MNIST fgsm,pgd40,pgd100,cw,cw+,targeted (Table 1); CIFAR-10
     /// fgsm,pgd7,pgd20,cw30 (Table 2).
     #[arg(long)]
     attacks: Option<String>,
-    /// L∞ radius in [0, 1] pixel units (default: 0.3 for MNIST, 8/255 for CIFAR-10).
+    /// The threat model: linf (the paper's) or l2. Every attack but FGSM (which becomes the
+    /// L2 fast gradient method) and hsj (L2 only) runs in either.
+    #[arg(long, value_enum, default_value = "linf")]
+    norm: Norm,
+    /// Radius in [0, 1] pixel units (default, L∞: 0.3 for MNIST, 8/255 for CIFAR-10; L2: 2.0
+    /// for MNIST, 0.5 for CIFAR-10). An L2 radius may exceed 1.
     #[arg(long, allow_hyphen_values = true)]
     eps: Option<f32>,
-    /// Step size of PGD, CW and targeted attacks (default: ε/30 for MNIST, the paper's 0.01 at
-    /// ε = 0.3; ε/4 for CIFAR-10, the paper's 2/255 at ε = 8/255).
+    /// Step size of PGD, CW and targeted attacks (default, L∞: ε/30 for MNIST, the paper's 0.01
+    /// at ε = 0.3; ε/4 for CIFAR-10, the paper's 2/255 at ε = 8/255; L2: ε/10).
     #[arg(long, allow_hyphen_values = true)]
     alpha: Option<f32>,
     /// Evaluate on the first N test images only.
@@ -92,6 +100,8 @@ pub struct EvalArgs {
 pub struct Defaults {
     /// L∞ radius.
     pub eps: f32,
+    /// L2 radius (`--norm l2`).
+    pub l2_eps: f32,
     /// The step size as a fraction of ε.
     pub alpha_over_eps: f32,
     /// The attacks of the paper's table, comma-separated (what `--attacks paper` means).
@@ -105,11 +115,13 @@ pub fn defaults(data: &str) -> Result<Defaults> {
     Ok(match data {
         "mnist" | "fashion-mnist" => Defaults {
             eps: 0.3,
+            l2_eps: 2.0,
             alpha_over_eps: 1.0 / 30.0,
             attacks: "fgsm,pgd40,pgd100,cw,cw+,targeted",
         },
         "cifar10" => Defaults {
             eps: 8.0 / 255.0,
+            l2_eps: 0.5,
             alpha_over_eps: 0.25,
             attacks: "fgsm,pgd7,pgd20,cw30",
         },
@@ -138,241 +150,6 @@ pub fn attack_names(list: &str, paper_list: &str) -> Vec<String> {
         .collect()
 }
 
-/// A named attack of the evaluation suite.
-pub struct NamedAttack<B: Backend> {
-    /// Name as given on the command line.
-    pub name: String,
-    /// What it is, for the table.
-    pub description: String,
-    /// Its hyperparameters, for the JSON: epsilon, alpha, steps, restarts, random_start, loss,
-    /// kappa, targeting, seed.
-    pub params: serde_json::Value,
-    /// The attack.
-    pub attack: Box<dyn Attack<B>>,
-    /// Whether it uses only the model's outputs (no gradients): the sanity check compares what
-    /// it finds with what the gradient attacks found.
-    pub gradient_free: bool,
-}
-
-/// A short decimal for tables (0.3/30 prints as 0.01, not 0.010000001), or k/255 for a
-/// multiple of 1/255 that needs more than two decimals (8/255, not 0.0314).
-fn short(v: f32) -> String {
-    let s = format!("{v:.4}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    let k = (v * 255.0).round();
-    let decimals = s.split_once('.').map_or(0, |(_, d)| d.len());
-    if decimals > 2 && k >= 1.0 && (v * 255.0 - k).abs() < 1e-3 {
-        format!("{k}/255")
-    } else {
-        s.to_string()
-    }
-}
-
-/// Steps and restarts of `pgdK` / `pgdKxR` / `cwK` / `cwKxR` (`rest` is what follows the prefix).
-fn steps_and_restarts(rest: &str) -> Option<(usize, usize)> {
-    let (k, r) = rest.split_once('x').unwrap_or((rest, "1"));
-    match (k.parse(), r.parse()) {
-        (Ok(k), Ok(r)) if k > 0 && r > 0 => Some((k, r)),
-        _ => None,
-    }
-}
-
-const KNOWN: &str =
-    "fgsm, pgdK, pgdKxR, cw, cwK, cwKxR, cw+, targeted, apgd-ce, apgd-dlr, apgd-t, fab-t, \
-     square, squareN, autoattack, paper";
-
-/// FAB-T (`fab-t`) with AutoAttack's settings: 100 steps, 9 targets, one restart from the clean
-/// image, α_max 0.1, η 1.05, β 0.9.
-fn parse_fab<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
-    if name != "fab-t" {
-        return Ok(None);
-    }
-    let a = Fab::linf(eps, 100)?.seed(seed);
-    let params = serde_json::json!({
-        "epsilon": eps, "steps": a.steps(), "restarts": a.restart_count(),
-        "random_start": false, "loss": "linearised boundary", "target_classes": a.target_count(),
-        "alpha_max": a.alpha_max_value(), "eta": a.eta_value(), "beta": a.beta_value(),
-        "targeting": "top-ranked wrong classes", "seed": seed,
-    });
-    Ok(Some(NamedAttack {
-        name: name.to_string(),
-        description: format!(
-            "FAB-T, {} steps, {} targets, ε={}",
-            a.steps(),
-            a.target_count(),
-            short(eps)
-        ),
-        params,
-        attack: Box::new(a),
-        gradient_free: false,
-    }))
-}
-
-/// The Square attack (`square`: AutoAttack's 5,000 queries; `squareN`: N queries), p_init 0.8.
-fn parse_square<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
-    let Some(rest) = name.strip_prefix("square") else {
-        return Ok(None);
-    };
-    let queries = if rest.is_empty() {
-        5000
-    } else {
-        match rest.parse::<usize>() {
-            Ok(q) if q > 0 => q,
-            _ => bail!("unknown attack '{name}': Square is written square or squareN (N queries, e.g. square1000); known: {KNOWN}"),
-        }
-    };
-    let a = Square::linf(eps, queries)?.seed(seed);
-    let params = serde_json::json!({
-        "epsilon": eps, "steps": queries, "queries": queries, "restarts": 1,
-        "random_start": true, "loss": "margin", "p_init": 0.8, "targeting": "untargeted",
-        "seed": seed,
-    });
-    Ok(Some(NamedAttack {
-        name: name.to_string(),
-        description: format!(
-            "Square (gradient-free), {queries} queries, p_init 0.8, ε={}",
-            short(eps)
-        ),
-        params,
-        attack: Box::new(a),
-        gradient_free: true,
-    }))
-}
-
-/// APGD (`apgd-ce`, `apgd-dlr`, `apgd-t`) with AutoAttack's standard settings: 100 steps, one
-/// restart, 9 targets for APGD-T.
-fn parse_apgd<B: Backend>(name: &str, eps: f32, seed: u64) -> Result<Option<NamedAttack<B>>> {
-    let (loss, what, loss_name) = match name {
-        "apgd-ce" => (ApgdLoss::CrossEntropy, "APGD-CE", "xent"),
-        "apgd-dlr" => (ApgdLoss::Dlr, "APGD-DLR", "dlr"),
-        "apgd-t" => (
-            ApgdLoss::DlrTargeted,
-            "APGD-T (targeted DLR)",
-            "dlr-targeted",
-        ),
-        _ => return Ok(None),
-    };
-    let a = Apgd::linf(eps, 100)?.loss(loss).seed(seed);
-    let targets = (loss == ApgdLoss::DlrTargeted).then_some(a.target_count());
-    let description = format!(
-        "{what}, {} steps{}, ε={}, random start",
-        a.steps(),
-        targets.map_or(String::new(), |t| format!(", {t} targets")),
-        short(eps)
-    );
-    let params = serde_json::json!({
-        "epsilon": eps, "steps": a.steps(), "restarts": a.restart_count(),
-        "random_start": true, "loss": loss_name, "target_classes": targets,
-        "initial_step": 2.0 * eps, "momentum": 0.75, "rho": 0.75,
-        "checkpoints": a.checkpoints(), "targeting": if targets.is_some() { "top-ranked wrong classes" } else { "untargeted" },
-        "seed": seed,
-    });
-    Ok(Some(NamedAttack {
-        name: name.to_string(),
-        description,
-        params,
-        attack: Box::new(a),
-        gradient_free: false,
-    }))
-}
-
-/// Parses one attack name of the suite.
-pub fn parse_attack<B: Backend>(
-    name: &str,
-    eps: f32,
-    alpha: f32,
-    seed: u64,
-) -> Result<NamedAttack<B>> {
-    if let Some(a) = parse_apgd(name, eps, seed)? {
-        return Ok(a);
-    }
-    if let Some(a) = parse_square(name, eps, seed)? {
-        return Ok(a);
-    }
-    if let Some(a) = parse_fab(name, eps, seed)? {
-        return Ok(a);
-    }
-    let (e, al) = (short(eps), short(alpha));
-    let pgd = |steps: usize| -> Result<Pgd> {
-        Ok(Pgd::linf(eps, alpha, steps)?.random_start(true).seed(seed))
-    };
-    let restarts = |r: usize| {
-        if r > 1 {
-            format!(", {r} restarts")
-        } else {
-            String::new()
-        }
-    };
-    // (steps, restarts, random start, κ of the CW loss or None for cross-entropy, targeting)
-    type Setting = (usize, usize, bool, Option<f32>, &'static str);
-    let (description, attack, (steps, nrestarts, random, kappa, targeting)): (
-        String,
-        Box<dyn Attack<B>>,
-        Setting,
-    ) = match name {
-        "fgsm" => (
-            format!("FGSM, ε={e}"),
-            Box::new(Fgsm::new(eps)?),
-            (1, 1, false, None, "untargeted"),
-        ),
-        "cw" => (
-            format!("PGD-40 on the CW loss (κ=0), ε={e}, α={al}"),
-            Box::new(pgd(40)?.loss(Loss::Cw { kappa: 0.0 })),
-            (40, 1, true, Some(0.0), "untargeted"),
-        ),
-        "cw+" => (
-            format!("PGD-40 on the CW loss (κ=50), ε={e}, α={al}"),
-            Box::new(pgd(40)?.loss(CW_PLUS)),
-            (40, 1, true, Some(50.0), "untargeted"),
-        ),
-        "targeted" => (
-            format!("targeted PGD-40 to the least-likely class, ε={e}, α={al}"),
-            Box::new(pgd(40)?.targeting(Targeting::LeastLikely)),
-            (40, 1, true, None, "least-likely"),
-        ),
-        s if s.starts_with("pgd") => {
-            let Some((k, r)) = steps_and_restarts(&s[3..]) else {
-                bail!("unknown attack '{s}': PGD is written pgdK or pgdKxR (e.g. pgd40, pgd100x20); known: {KNOWN}")
-            };
-            (
-                format!(
-                    "PGD-{k}, {r} restart{}, ε={e}, α={al}, random start",
-                    if r > 1 { "s" } else { "" }
-                ),
-                Box::new(pgd(k)?.restarts(r)),
-                (k, r, true, None, "untargeted"),
-            )
-        }
-        s if s.starts_with("cw") => {
-            let Some((k, r)) = steps_and_restarts(&s[2..]) else {
-                bail!("unknown attack '{s}': PGD on the CW loss is written cwK or cwKxR (e.g. cw30); known: {KNOWN}")
-            };
-            (
-                format!(
-                    "PGD-{k} on the CW loss (κ=0){}, ε={e}, α={al}, random start",
-                    restarts(r)
-                ),
-                Box::new(pgd(k)?.restarts(r).loss(Loss::Cw { kappa: 0.0 })),
-                (k, r, true, Some(0.0), "untargeted"),
-            )
-        }
-        other => bail!("unknown attack '{other}'; known: {KNOWN}"),
-    };
-    let step = if name == "fgsm" { eps } else { alpha };
-    let params = serde_json::json!({
-        "epsilon": eps, "alpha": step, "steps": steps, "restarts": nrestarts,
-        "random_start": random, "loss": if kappa.is_some() { "cw" } else { "xent" },
-        "kappa": kappa, "targeting": targeting, "seed": seed,
-    });
-    Ok(NamedAttack {
-        name: name.to_string(),
-        description,
-        params,
-        attack,
-        gradient_free: false,
-    })
-}
-
 /// Loads `split` of `data`.
 pub fn load_split(
     data: &str,
@@ -393,11 +170,20 @@ pub fn load_split(
 /// `saddle eval`.
 pub fn run(a: EvalArgs) -> Result<()> {
     let d = defaults(&a.data)?;
-    let eps = a.eps.unwrap_or(d.eps);
-    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
-        bail!("--eps {eps}: expected a number in [0, 1]");
+    let (eps, alpha_over_eps) = match a.norm {
+        Norm::Linf => (a.eps.unwrap_or(d.eps), d.alpha_over_eps),
+        Norm::L2 => (a.eps.unwrap_or(d.l2_eps), 0.1),
+    };
+    match a.norm {
+        Norm::Linf if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) => {
+            bail!("--eps {eps}: expected a number in [0, 1] (pixel units)")
+        }
+        Norm::L2 if !(eps.is_finite() && eps >= 0.0) => {
+            bail!("--eps {eps}: an L2 radius must be a number of at least 0")
+        }
+        _ => {}
     }
-    let alpha = a.alpha.unwrap_or(eps * d.alpha_over_eps);
+    let alpha = a.alpha.unwrap_or(eps * alpha_over_eps);
     if a.alpha.is_some() && !(alpha.is_finite() && alpha > 0.0) {
         bail!("--alpha {alpha}: the step size must be a positive number");
     }
@@ -426,7 +212,7 @@ fn eval_on<B: Backend>(
             if eps == 0.0 {
                 bail!("--eps 0 leaves nothing to attack; use --attacks '' for natural accuracy")
             } else {
-                parse_attack(n, eps, alpha, a.seed)
+                parse_attack(n, a.norm, eps, alpha, a.seed)
             }
         })
         .collect::<Result<_>>()?;
@@ -479,7 +265,7 @@ fn eval_on<B: Backend>(
         }
         if s == 0 {
             bar.set_message("sanity checks");
-            sanity = sanity::checks(&mut model, &x, &y, &labels, eps, alpha, a.seed)?;
+            sanity = sanity::checks(&mut model, &x, &y, &labels, a.norm, eps, alpha, a.seed)?;
         }
         bar.inc(idx.len() as u64);
         for (k, at) in attacks.iter().enumerate() {
@@ -552,6 +338,45 @@ fn eval_on<B: Backend>(
             ),
         ));
     }
+    // Convergence: the strongest gradient attack with twice the steps, on the first images it
+    // ran on (in a cascade: the first gradient stage with a step count, on the images the
+    // stages before it left correct).
+    let m = n.min(sanity::IMAGES);
+    let before = |k: usize| -> Vec<usize> {
+        (0..m)
+            .filter(|&i| natural_ok[i] && (!cascade || (0..k).all(|p| robust_ok[p][i])))
+            .collect()
+    };
+    let count = |k: usize| before(k).iter().filter(|&&i| robust_ok[k][i]).count();
+    let mut candidates = (0..attacks.len())
+        .filter(|&k| !attacks[k].gradient_free && doubled(&attacks[k].name).is_some());
+    let strongest = if cascade {
+        candidates.next()
+    } else {
+        candidates.min_by_key(|&k| count(k))
+    };
+    if let Some(k) = strongest.filter(|&k| !before(k).is_empty()) {
+        let twice_name = doubled(&attacks[k].name).unwrap_or_default();
+        let twice = parse_attack::<B>(&twice_name, a.norm, eps, alpha, a.seed)?;
+        let idx = before(k);
+        let (xs, ys) = data.batch(&idx)?;
+        let x = b.from_vec(&data.batch_shape(idx.len()), xs)?;
+        let y = b.from_vec(&[idx.len()], ys.clone())?;
+        let r = twice
+            .attack
+            .perturb(&mut model, &x, &y)
+            .with_context(|| format!("sanity check: {twice_name}"))?;
+        let twice_correct = (0..idx.len())
+            .filter(|&q| r.predictions[q] as f32 == ys[q])
+            .count();
+        sanity.push(sanity::convergence(
+            &attacks[k].name,
+            &twice_name,
+            m,
+            count(k),
+            twice_correct,
+        ));
+    }
     let pct = |v: &[bool]| 100.0 * v.iter().filter(|&&o| o).count() as f64 / n as f64;
     let worst: Vec<bool> = (0..n)
         .map(|i| natural_ok[i] && robust_ok.iter().all(|r| r[i]))
@@ -562,9 +387,10 @@ fn eval_on<B: Backend>(
         format!("{} images {}–{}", a.split, a.offset, a.offset + n - 1)
     };
     println!(
-        "model {}  data {} ({which})  ε = {}",
+        "model {}  data {} ({which})  {} ε = {}",
         a.model.display(),
         a.data,
+        if a.norm == Norm::L2 { "L2" } else { "L∞" },
         short(eps)
     );
     for f in &sanity {
@@ -597,7 +423,7 @@ fn eval_on<B: Backend>(
         );
     }
     let report = serde_json::json!({
-        "model": a.model.display().to_string(), "data": a.data, "split": a.split, "offset": a.offset, "examples": n, "epsilon": eps, "alpha": alpha,
+        "model": a.model.display().to_string(), "data": a.data, "split": a.split, "offset": a.offset, "examples": n, "norm": a.norm.as_str(), "epsilon": eps, "alpha": alpha,
         "seed": a.seed, "natural_accuracy": pct(&natural_ok) / 100.0, "attacks": rows,
         "worst_case_accuracy": pct(&worst) / 100.0, "worst_case_over": names, "cascade": cascade,
         "sanity": sanity.iter().map(|f| serde_json::json!({"check": f.name, "ok": f.ok, "evidence": f.evidence})).collect::<Vec<_>>(),

@@ -4,11 +4,13 @@
 
 use anyhow::{Context, Result};
 use saddle_attacks::{Attack, Pgd};
+
+use super::suite::Norm;
 use saddle_models::{loss_and_input_grad, Classifier, Loss};
 use saddle_tensor::{Backend, TensorLike};
 
 /// Images the checks run on (the first of the first batch).
-const IMAGES: usize = 100;
+pub const IMAGES: usize = 100;
 
 /// One check: its name, whether it passed, and what was measured.
 #[derive(Clone, Debug)]
@@ -26,12 +28,14 @@ impl Flag {
 
 /// Runs the checks on the first [`IMAGES`] images of `x` (labels `labels`): a deterministic
 /// model, logits rather than probabilities, non-zero input gradients, ε = 0 giving the clean
-/// accuracy, accuracy not rising with ε, and nothing robust at ε = 1.
+/// accuracy, accuracy not rising with ε, and nothing robust at the radius that reaches every
+/// image (L∞ ε = 1; L2 ε = √d).
 pub fn checks<B: Backend, M: Classifier<B>>(
     model: &mut M,
     x: &B::Tensor,
     y: &B::Tensor,
     labels: &[usize],
+    norm: Norm,
     eps: f32,
     alpha: f32,
     seed: u64,
@@ -105,11 +109,17 @@ pub fn checks<B: Backend, M: Classifier<B>>(
     model.set_training(was_training);
 
     let acc = |model: &mut M, e: f32, a: f32, steps: usize| -> Result<usize> {
-        let r = Pgd::linf(e, a, steps)?
-            .seed(seed)
-            .perturb(model, &x, &y)
-            .with_context(|| format!("sanity check: PGD-{steps} at ε = {e}"))?;
+        let r = match norm {
+            Norm::Linf => Pgd::linf(e, a, steps)?.seed(seed).perturb(model, &x, &y),
+            Norm::L2 => Pgd::l2(e, a, steps)?.seed(seed).perturb(model, &x, &y),
+        }
+        .with_context(|| format!("sanity check: PGD-{steps} at ε = {e}"))?;
         Ok((0..n).filter(|&i| r.predictions[i] == labels[i]).count())
+    };
+    // The radius at which any image of [0, 1]^d is reachable.
+    let all = match norm {
+        Norm::Linf => 1.0f32,
+        Norm::L2 => (per as f32).sqrt(),
     };
     let clean_n = clean.iter().filter(|&&c| c).count();
     let at0 = acc(model, 0.0, alpha, 5)?;
@@ -119,19 +129,19 @@ pub fn checks<B: Backend, M: Classifier<B>>(
         format!("PGD-5 at ε = 0 leaves {at0} of {n} images correct; clean: {clean_n}"),
     ));
     let at_eps = acc(model, eps, alpha, 10)?;
-    let e2 = (2.0 * eps).min(1.0);
+    let e2 = (2.0 * eps).min(all);
     let at_2eps = acc(model, e2, 2.0 * alpha, 10)?;
     flags.push(Flag::new(
         "accuracy does not rise with ε",
         at_2eps <= at_eps,
         format!("PGD-10: {at_eps} of {n} correct at ε = {eps}, {at_2eps} at ε = {e2}"),
     ));
-    let at1 = acc(model, 1.0, 0.25, 10)?;
+    let at1 = acc(model, all, 0.25 * all, 10)?;
     flags.push(Flag::new(
         "nothing is robust at ε = 1",
         at1 == 0,
         format!(
-            "PGD-10 at ε = 1 (any image reachable) leaves {at1} of {n} images correct{}",
+            "PGD-10 at ε = {all} (any image reachable) leaves {at1} of {n} images correct{}",
             if at1 > 0 {
                 ": the gradients do not lead the attack (gradient masking?)"
             } else {
@@ -140,4 +150,51 @@ pub fn checks<B: Backend, M: Classifier<B>>(
         ),
     ));
     Ok(flags)
+}
+
+/// The convergence check: `twice` (the strongest gradient attack with doubled steps) on the
+/// first `m` images left `doubled_correct` correct where the attack itself left `correct`. More
+/// than one standard error (`√(p(1 − p)·m)` images, `p = correct/m`; at least one image) fewer
+/// means the attack had not converged.
+pub fn convergence(
+    name: &str,
+    twice: &str,
+    m: usize,
+    correct: usize,
+    doubled_correct: usize,
+) -> Flag {
+    let p = correct as f64 / m.max(1) as f64;
+    let se = (p * (1.0 - p) * m as f64).sqrt().max(1.0);
+    let drop = correct as f64 - doubled_correct as f64;
+    let ok = drop <= se + 1e-9; // p(1 − p)·m is inexact in binary (0.9·0.1·100 < 9)
+    Flag::new(
+        "converged",
+        ok,
+        format!(
+            "{twice} leaves {doubled_correct} of the first {m} images correct, {name} {correct} \
+             (one standard error: {se:.1} images){}",
+            if ok {
+                ""
+            } else {
+                ": not converged; run the attack longer or with more restarts"
+            }
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convergence_flags_a_drop_of_more_than_one_standard_error() {
+        // 100 images, 90 correct: one standard error is 3 images.
+        assert!(convergence("pgd40", "pgd80x1", 100, 90, 87).ok);
+        assert!(!convergence("pgd40", "pgd80x1", 100, 90, 86).ok);
+        // No spread at p = 1: any single image more is within the one-image floor, two are not.
+        assert!(convergence("pgd40", "pgd80x1", 50, 50, 49).ok);
+        assert!(!convergence("pgd40", "pgd80x1", 50, 50, 48).ok);
+        // A stronger original (fewer correct) is never flagged.
+        assert!(convergence("pgd40", "pgd80x1", 50, 30, 35).ok);
+    }
 }
