@@ -595,14 +595,14 @@ fn a_pytorch_state_dict_loads_with_the_architecture_named() {
         "wrn-madry-16-2"
     );
 
-    // The other network of the same name pattern does not fit: the first tensor is named.
+    // A wider network of the same name pattern cannot fit: the file is too small to hold its
+    // weights, which is said before the network is built (no allocation the file cannot
+    // justify).
     let e = Model::load(b, &file, Some("wrn-madry-16-4"))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("block1.layer.0.conv1.weight")
-            && e.contains("[32, 16, 3, 3]")
-            && e.contains("[64, 16, 3, 3]"),
+        e.contains("wrn-madry-16-4") && e.contains("more than the whole file"),
         "{e}"
     );
     let e = Model::load(b, &again, Some("wrn-16-2"))

@@ -53,7 +53,50 @@ enum Images {
     Limit,
     /// The first `--restart-limit`.
     RestartLimit,
+    /// The first N (at most `--limit`).
+    First(usize),
 }
+
+/// One `saddle eval` run of an experiment.
+#[derive(Debug)]
+struct Pass {
+    /// Attacks, comma-separated.
+    attacks: &'static str,
+    images: Images,
+    /// Output file in the experiment's folder.
+    file: &'static str,
+    /// `--norm`: `"linf"` or `"l2"`.
+    norm: &'static str,
+    /// `--eps`; `None`: the experiment's L∞ radius.
+    eps: Option<f32>,
+}
+
+/// An L∞ pass at the experiment's radius.
+const fn linf(attacks: &'static str, images: Images, file: &'static str) -> Pass {
+    Pass {
+        attacks,
+        images,
+        file,
+        norm: "linf",
+        eps: None,
+    }
+}
+
+/// An L2 pass of PGD and HopSkipJump at radius `eps` on the first 200 images: the paper's
+/// observation (§5, Figure 6) that its L∞-trained MNIST network resists gradient-based L2
+/// attacks far better than decision-based ones.
+const fn l2(eps: f32, file: &'static str) -> Pass {
+    Pass {
+        attacks: L2_ATTACKS,
+        images: Images::First(200),
+        file,
+        norm: "l2",
+        eps: Some(eps),
+    }
+}
+
+/// The L2 pass's attacks: PGD-100 (step ε/10, random start) and HopSkipJump (10,000 queries).
+const L2_ATTACKS: &str = "pgd100,hsj";
 
 /// What differs between the experiments: the data set, the presets, the evaluation passes, the
 /// paper's column and the report's words.
@@ -71,8 +114,10 @@ struct Experiment {
     preset_prefix: &'static str,
     /// The L∞ radius of the evaluation.
     eps: f32,
-    /// Evaluation passes: attacks (comma-separated), images, output file.
-    passes: &'static [(&'static str, Images, &'static str)],
+    /// Evaluation passes.
+    passes: &'static [Pass],
+    /// A published AutoAttack accuracy of the paper's own model: (who measured it, %).
+    autoattack_published: Option<(&'static str, f64)>,
     /// The paper's column: (our attack name, the paper's row, accuracy %).
     paper: &'static [(&'static str, &'static str, f64)],
     /// The report's title before ", preset": the data set's name.
@@ -129,13 +174,21 @@ const MNIST: Experiment = Experiment {
     preset_prefix: "mnist-",
     eps: 0.3,
     passes: &[
-        (CHEAP_ATTACKS, Images::Limit, "eval.json"),
-        (
+        linf(CHEAP_ATTACKS, Images::Limit, "eval.json"),
+        linf(
             ALL_MNIST_ATTACKS,
             Images::RestartLimit,
             "eval-restarts.json",
         ),
+        linf("autoattack", Images::First(1000), "eval-autoattack.json"),
+        l2(1.5, "eval-l2-1.5.json"),
+        l2(2.0, "eval-l2-2.0.json"),
+        l2(2.5, "eval-l2-2.5.json"),
     ],
+    autoattack_published: Some((
+        "Croce & Hein (2020), AutoAttack on MadryLab's released MNIST model",
+        88.50,
+    )),
     paper: PAPER_MNIST,
     title: "MNIST",
     table: "Table 1",
@@ -147,7 +200,9 @@ const MNIST: Experiment = Experiment {
     note: " The paper's targeted attack does not say which target it aims at; ours aims at the \
            least-likely class, so that row is not like for like.",
     files: "`model.safetensors` (weights, PyTorch names), `checkpoint.safetensors`, \
-            `config.toml`, `metrics.jsonl` (training log), `eval.json`, `eval-restarts.json`",
+            `config.toml`, `metrics.jsonl` (training log), `eval.json`, `eval-restarts.json`, \
+            `eval-autoattack.json` (AutoAttack, first 1,000 images), `eval-l2-*.json` (L2, \
+            first 200 images)",
 };
 
 const CIFAR10: Experiment = Experiment {
@@ -158,7 +213,8 @@ const CIFAR10: Experiment = Experiment {
     paper_preset: "cifar-paper",
     preset_prefix: "cifar-",
     eps: 8.0 / 255.0,
-    passes: &[(CIFAR_ATTACKS, Images::Limit, "eval.json")],
+    passes: &[linf(CIFAR_ATTACKS, Images::Limit, "eval.json")],
+    autoattack_published: None,
     paper: PAPER_CIFAR,
     title: "CIFAR-10",
     table: "Table 2",
@@ -225,7 +281,7 @@ pub fn run(args: Args) -> Result<()> {
             exp.preset_prefix
         );
     }
-    let has_restart_pass = exp.passes.iter().any(|p| p.1 == Images::RestartLimit);
+    let has_restart_pass = exp.passes.iter().any(|p| p.images == Images::RestartLimit);
     if args.restart_limit.is_some() && !has_restart_pass {
         bail!(
             "--restart-limit: the {} experiment has no restart attacks; use --limit",
@@ -288,22 +344,27 @@ pub fn run(args: Args) -> Result<()> {
     if limit == 0 || rlimit == 0 {
         bail!("--limit and --restart-limit must be at least 1");
     }
-    let eps = exp.eps.to_string();
     let mut evals = Vec::new();
-    for &(attacks, images, file) in exp.passes {
-        let n = match images {
+    for pass in exp.passes {
+        let (attacks, file) = (pass.attacks, pass.file);
+        let eps = pass.eps.unwrap_or(exp.eps);
+        let n = match pass.images {
             Images::Limit => limit,
             Images::RestartLimit => rlimit,
+            Images::First(k) => k.min(limit),
         };
         let json = out.join(file);
         if args.reuse_evals {
-            if let Some(v) = reusable_eval(&root, &json, &model, exp, attacks, n)? {
+            if let Some(v) = reusable_eval(&root, &json, &model, exp, pass, n)? {
                 println!("== reusing {} ({attacks} on {n} images)", json.display());
                 evals.push(v);
                 continue;
             }
         }
-        println!("== evaluating {attacks} on the first {n} test images");
+        println!(
+            "== evaluating {attacks} ({} ε = {eps}) on the first {n} test images",
+            pass.norm
+        );
         run_checked(
             Command::new(&saddle)
                 .current_dir(&root)
@@ -311,8 +372,10 @@ pub fn run(args: Args) -> Result<()> {
                     "eval",
                     "--data",
                     exp.data,
+                    "--norm",
+                    pass.norm,
                     "--eps",
-                    &eps,
+                    &eps.to_string(),
                     "--attacks",
                     attacks,
                     "--limit",
@@ -363,15 +426,19 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// An evaluation JSON that answers the same question (model file, relative to `root`, data set,
-/// attacks, ε, images) and is newer than the model, or `None`.
+/// attacks, norm, ε, images) and is newer than the model, or `None`.
 fn reusable_eval(
     root: &Path,
     json: &Path,
     model: &Path,
     exp: &Experiment,
-    attacks: &str,
+    pass: &Pass,
     n: usize,
 ) -> Result<Option<serde_json::Value>> {
+    let attacks = pass
+        .attacks
+        .replace("autoattack", "apgd-ce,apgd-t,fab-t,square");
+    let eps = pass.eps.unwrap_or(exp.eps);
     let (Ok(jm), Ok(mm)) = (std::fs::metadata(json), std::fs::metadata(root.join(model))) else {
         return Ok(None);
     };
@@ -389,7 +456,8 @@ fn reusable_eval(
         && v["examples"].as_u64() == Some(n as u64)
         && v["model"].as_str().map(Path::new) == Some(model)
         && v["data"].as_str() == Some(exp.data)
-        && (v["epsilon"].as_f64().unwrap_or(f64::NAN) - f64::from(exp.eps)).abs() < 1e-6;
+        && v["norm"].as_str().unwrap_or("linf") == pass.norm
+        && (v["epsilon"].as_f64().unwrap_or(f64::NAN) - f64::from(eps)).abs() < 1e-6;
     Ok(same.then_some(v))
 }
 
@@ -467,6 +535,107 @@ fn sanity_section(evals: &[serde_json::Value]) -> String {
     s
 }
 
+/// The AutoAttack evaluations (cascades): accuracy after each stage, beside a published number
+/// for the paper's own model. Empty without one.
+fn autoattack_section<'a>(
+    exp: &Experiment,
+    evals: impl Iterator<Item = &'a serde_json::Value>,
+) -> String {
+    let mut s = String::new();
+    for e in evals {
+        let n = e["examples"].as_u64().unwrap_or(0);
+        s.push_str(&format!(
+            "\n## AutoAttack (standard version)\n\nEach stage runs only on the images every \
+             earlier stage left correct (`saddle eval --attacks autoattack`); the accuracy after \
+             the last is AutoAttack's number. First {n} test images, L∞ ε = {}.\n\n\
+             | stage | accuracy after it | ± s.e. | time |\n|---|---:|---:|---:|\n",
+            e["epsilon"]
+                .as_f64()
+                .map_or("?".into(), |v| format!("{v:.4}")
+                    .trim_end_matches('0')
+                    .to_string())
+        ));
+        let nat = pct(&e["natural_accuracy"]);
+        s.push_str(&format!(
+            "| natural | {nat:.2}% | {:.2} | |\n",
+            std_error(nat, n)
+        ));
+        for a in e["attacks"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let acc = pct(&a["accuracy"]);
+            s.push_str(&format!(
+                "| {} | {acc:.2}% | {:.2} | {:.1} min |\n",
+                a["description"]
+                    .as_str()
+                    .or(a["name"].as_str())
+                    .unwrap_or("?"),
+                std_error(acc, n),
+                a["seconds"].as_f64().unwrap_or(f64::NAN) / 60.0
+            ));
+        }
+        if let Some((who, acc)) = exp.autoattack_published {
+            s.push_str(&format!(
+                "\nPublished: {acc:.2}% ({who}; all 10,000 test images). The paper's own PGD \
+                 numbers are in the table above.\n"
+            ));
+        }
+    }
+    s
+}
+
+/// The L2 evaluations: per radius, accuracy under PGD (gradient-based) and HopSkipJump
+/// (decision-based). Empty without one.
+fn l2_section<'a>(evals: impl Iterator<Item = &'a serde_json::Value>) -> String {
+    let mut rows: Vec<(f64, String)> = Vec::new();
+    for e in evals {
+        let n = e["examples"].as_u64().unwrap_or(0);
+        let eps = e["epsilon"].as_f64().unwrap_or(f64::NAN);
+        let cell = |name: &str| {
+            e["attacks"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == name))
+                .map_or("not run".to_string(), |x| {
+                    let acc = pct(&x["accuracy"]);
+                    format!("{acc:.1}% ± {:.1}", std_error(acc, n))
+                })
+        };
+        let hsj = e["attacks"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|x| x["name"].as_str().is_some_and(|n| n.starts_with("hsj")))
+            })
+            .and_then(|x| x["name"].as_str())
+            .unwrap_or("hsj");
+        rows.push((
+            eps,
+            format!(
+                "| {eps:.1} | {:.1}% | {} | {} | {:.1}% | {n} |\n",
+                pct(&e["natural_accuracy"]),
+                cell("pgd100"),
+                cell(hsj),
+                pct(&e["worst_case_accuracy"]),
+            ),
+        ));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut s = String::from(
+        "\n## The L2 finding\n\nThe paper (§5 and its appendix) notes that its L∞-trained MNIST \
+         network looks robust to gradient-based L2 attacks but not to decision-based ones, \
+         which need no gradient and so are not misled by the thresholding first layer. The same \
+         model under PGD-100 in the L2 ball (step ε/10, random start) and HopSkipJump (the \
+         predicted label only, 10,000 queries per image):\n\n\
+         | L2 ε | natural | PGD-100 (L2) | HopSkipJump | worst case | images |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (_, r) in rows {
+        s.push_str(&r);
+    }
+    s
+}
+
 fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Result<String> {
     // For each key, the measurement on the most images (the cheap pass beats the restart pass).
     let mut ours: Vec<(String, Measured)> = Vec::new();
@@ -476,7 +645,9 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         None => ours.push((key.to_string(), m)),
     };
     let mut worst: Option<(f64, u64, usize)> = None;
-    for e in evals {
+    let is_l2 = |e: &serde_json::Value| e["norm"].as_str() == Some("l2");
+    let is_cascade = |e: &serde_json::Value| e["cascade"].as_bool() == Some(true);
+    for e in evals.iter().filter(|e| !is_l2(e) && !is_cascade(e)) {
         let n = e["examples"].as_u64().unwrap_or(0);
         put(
             "natural",
@@ -537,6 +708,11 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         exp.note
     ));
 
+    s.push_str(&autoattack_section(
+        exp,
+        evals.iter().filter(|e| is_cascade(e)),
+    ));
+    s.push_str(&l2_section(evals.iter().filter(|e| is_l2(e))));
     s.push_str(&sanity_section(evals));
     s.push_str("\n## Training\n\n");
     let last = run
@@ -664,6 +840,61 @@ mod tests {
         );
         assert!(r.contains("7800 steps in 55.0 min"), "{r}");
         assert!(r.contains("```toml\nk = 10\n```"), "{r}");
+    }
+
+    #[test]
+    fn autoattack_and_l2_passes_get_their_own_sections_and_stay_out_of_table_1() {
+        let mut aa = eval(
+            1000,
+            0.99,
+            0.895,
+            &[
+                ("apgd-ce", 0.91),
+                ("apgd-t", 0.90),
+                ("fab-t", 0.90),
+                ("square", 0.895),
+            ],
+        );
+        aa["cascade"] = true.into();
+        aa["epsilon"] = 0.3.into();
+        let l2 = |eps: f64, pgd: f64, hsj: f64| {
+            let mut e = eval(200, 0.99, hsj.min(pgd), &[("pgd100", pgd), ("hsj", hsj)]);
+            e["norm"] = "l2".into();
+            e["epsilon"] = eps.into();
+            e
+        };
+        let evals = [
+            eval(10_000, 0.985, 0.92, &[("fgsm", 0.95), ("pgd100", 0.92)]),
+            l2(2.5, 0.70, 0.10),
+            l2(1.5, 0.90, 0.45),
+            aa,
+        ];
+        let run = RunInfo {
+            preset: "mnist-quick",
+            config: "",
+            metrics: "",
+            train_secs: None,
+            total_secs: 60.0,
+            cores: 2,
+        };
+        let r = report(&MNIST, &run, &evals).unwrap();
+        // Table 1's PGD-100 row is the L∞ pass's, and its worst case ignores the other passes.
+        assert!(
+            r.contains("| PGD, 100 steps, 1 restart | 91.8% | 92.00% |"),
+            "{r}"
+        );
+        assert!(r.contains("over the 2 attacks above | – | 92.00%"), "{r}");
+        // AutoAttack: each stage on 1,000 images (s.e. of 89.5%: 0.97), beside 88.50%.
+        assert!(r.contains("## AutoAttack (standard version)"), "{r}");
+        assert!(r.contains("L∞ ε = 0.3."), "{r}");
+        assert!(r.contains("| square | 89.50% | 0.97 | 1.0 min |"), "{r}");
+        assert!(r.contains("Published: 88.50%"), "{r}");
+        // The L2 finding, sorted by radius (s.e. of 45% over 200 images: 3.5 points).
+        let i15 = r.find("| 1.5 | 99.0% | 90.0% ± 2.1 | 45.0% ± 3.5 | 45.0% | 200 |");
+        let i25 = r.find("| 2.5 | 99.0% | 70.0% ± 3.2 | 10.0% ± 2.1 | 10.0% | 200 |");
+        assert!(i15.is_some() && i25.is_some() && i15 < i25, "{r}");
+        // CIFAR-10 has no published AutoAttack line.
+        assert!(!autoattack_section(&CIFAR10, std::iter::once(&evals[3])).contains("Published"));
     }
 
     #[test]
