@@ -1,9 +1,10 @@
 //! 01 — Attack your own model: implement `Classifier` for a network written here (not one of
 //! saddle's), then evaluate it the AutoAttack way: PGD, APGD-CE and APGD-T, worst case per image.
 //! `cargo run -p saddle-examples --example 01-attack-your-own-model`
-use saddle_attacks::{Apgd, ApgdLoss, Attack, Pgd};
-use saddle_autograd::{Graph, Var};
-use saddle_models::{layers::Ctx, Classifier, Forward, ParamSet};
+// saddle-attacks re-exports the model side: one dependency (plus the tensor backend) suffices.
+use saddle_attacks::saddle_autograd::{Graph, Var};
+use saddle_attacks::saddle_models::{self, layers::Ctx};
+use saddle_attacks::{Apgd, ApgdLoss, Attack, Classifier, Forward, ParamSet, Pgd};
 use saddle_tensor::rng::{Rng, Uniform};
 use saddle_tensor::{cpu::Cpu, ArrayExt, Backend};
 
@@ -23,10 +24,11 @@ impl TinyNet {
             let w = rng.array(&shape, Uniform::new(-bound, bound));
             params.push(name, b.from_array(&w)?)?;
         }
+        let training = false;
         Ok(TinyNet {
             b,
             params,
-            training: false,
+            training,
         })
     }
 }
@@ -54,29 +56,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Label each image with the network's own clean prediction: clean accuracy is 100%.
     let labels = saddle_attacks::predict(&net, &x)?;
     let y = b.from_vec(&[64], labels.iter().map(|&c| c as f32).collect())?;
-    let apgd_t = Apgd::linf(eps, 50)?
-        .loss(ApgdLoss::DlrTargeted)
-        .target_classes(3);
+    let apgd_t = Apgd::linf(eps, 50)?.loss(ApgdLoss::DlrTargeted);
     let attacks: [(&str, Box<dyn Attack<Cpu>>); 3] = [
         ("PGD-20", Box::new(Pgd::linf(eps, eps / 4.0, 20)?.seed(0))),
         ("APGD-CE", Box::new(Apgd::linf(eps, 50)?)),
-        ("APGD-T", Box::new(apgd_t)),
+        ("APGD-T", Box::new(apgd_t.target_classes(3))),
     ];
     let mut robust = [true; 64]; // per image: unbroken by every attack so far
     for (name, attack) in &attacks {
         let res = attack.perturb(&mut net, &x, &y)?;
         let held = res.success.iter().filter(|s| !**s).count();
         println!("{name:8} robust accuracy at eps {eps}: {held}/64");
-        robust
-            .iter_mut()
-            .zip(&res.success)
-            .for_each(|(r, s)| *r &= !s);
+        for (r, s) in robust.iter_mut().zip(&res.success) {
+            *r &= !s;
+        }
     }
     let worst = robust.iter().filter(|r| **r).count();
     println!("worst case over the three attacks, per image: {worst}/64");
-    assert!(
-        worst < 64,
-        "at ε = {eps} the attacks break some images of this undefended net"
-    );
+    assert!(worst < 64, "an undefended net: some image must break");
     Ok(())
 }

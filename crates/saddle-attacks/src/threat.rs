@@ -26,7 +26,8 @@
 //! `1e30` or as small as `1e-30` (whose squares overflow or underflow `f32`) still give a unit
 //! step; this reads the gradient and the iterate back from the device once per step.
 
-use saddle_tensor::{rng::Rng, Backend, TensorError, TensorLike};
+use saddle_tensor::rng::{Normal, Rng, Uniform};
+use saddle_tensor::{Backend, TensorError, TensorLike};
 
 use crate::error::{check_eps, AttackError, Result};
 
@@ -134,9 +135,11 @@ impl ThreatModel for Linf {
     }
 
     fn random_init<B: Backend>(&self, b: &B, x0: &B::Tensor, rng: &mut Rng) -> Result<B::Tensor> {
-        let noise: Vec<f32> = (0..x0.numel())
-            .map(|_| rng.uniform(-self.eps, self.eps))
-            .collect();
+        // Drawn with ndarray-rand from saddle's seeded generator: the same values, in the same
+        // order, as `rng.uniform(-ε, ε)` per coordinate.
+        let (noise, _) = rng
+            .array(x0.dims(), Uniform::new(-self.eps, self.eps))
+            .into_raw_vec_and_offset();
         let noise = b.from_vec(x0.dims(), noise)?;
         let moved = b.add(x0, &noise)?;
         Ok(b.project_linf(&moved, x0, self.eps)?)
@@ -273,7 +276,10 @@ impl ThreatModel for L2 {
         let mut x = vec![0.0f32; x0h.len()];
         let mut z = vec![0.0f64; d];
         for i in 0..n {
-            z.iter_mut().for_each(|v| *v = rng.normal() as f64);
+            let draw = rng.array(&[d], Normal::new(1.0));
+            z.iter_mut()
+                .zip(draw.iter())
+                .for_each(|(v, &u)| *v = u as f64);
             let zn = z.iter().map(|v| v * v).sum::<f64>().sqrt();
             let radius = self.eps as f64 * rng.next_f64().powf(1.0 / d.max(1) as f64);
             let scale = if zn > 0.0 { radius / zn } else { 0.0 };
@@ -469,6 +475,50 @@ fn two_diff(a: f64, b: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The random starts draw through ndarray-rand (`Rng::array`) the very values the
+    /// element-by-element draws gave, so seeded attacks and trained models stay reproducible.
+    #[test]
+    fn random_starts_equal_the_element_by_element_draws() {
+        use saddle_tensor::cpu::Cpu;
+        let b = Cpu::new();
+        let (n, d) = (3, 50);
+        let x0h: Vec<f32> = (0..n * d).map(|i| (i % 7) as f32 / 6.0).collect();
+        let x0 = b.from_vec(&[n, 1, 5, 10], x0h.clone()).unwrap();
+        for seed in [0, 1, 99] {
+            let eps = 0.3;
+            let got = Linf::new(eps)
+                .unwrap()
+                .random_init(&b, &x0, &mut Rng::new(seed))
+                .unwrap();
+            let mut rng = Rng::new(seed);
+            let want: Vec<f32> = x0h
+                .iter()
+                .map(|&v| {
+                    let moved = v + rng.uniform(-eps, eps);
+                    moved.clamp(v - eps, v + eps).clamp(0.0, 1.0)
+                })
+                .collect();
+            assert_eq!(b.to_vec(&got).unwrap(), want, "L∞, seed {seed}");
+
+            let got = L2::new(1.0)
+                .unwrap()
+                .random_init(&b, &x0, &mut Rng::new(seed))
+                .unwrap();
+            let mut rng = Rng::new(seed);
+            let mut x = vec![0.0f32; n * d];
+            for i in 0..n {
+                let z: Vec<f64> = (0..d).map(|_| rng.normal() as f64).collect();
+                let zn = z.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let radius = rng.next_f64().powf(1.0 / d as f64);
+                for j in 0..d {
+                    x[i * d + j] = (x0h[i * d + j] as f64 + radius / zn * z[j]) as f32;
+                }
+            }
+            let want = l2_project_host(&x, &x0h, n, d, 1.0).unwrap();
+            assert_eq!(b.to_vec(&got).unwrap(), want, "L2, seed {seed}");
+        }
+    }
 
     #[test]
     fn place_toward_never_rounds_away_from_the_centre() {
