@@ -302,6 +302,8 @@ pub fn run(args: Args) -> Result<()> {
     })?;
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("== building saddle (cargo build --release -p saddle-cli; minutes on a new machine)");
+    let t_build = Instant::now();
     run_checked(
         Command::new(&cargo).current_dir(&root).args([
             "build",
@@ -312,6 +314,7 @@ pub fn run(args: Args) -> Result<()> {
         ]),
         "building saddle",
     )?;
+    println!("   built in {:.0} s", t_build.elapsed().as_secs_f64());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));

@@ -112,11 +112,52 @@ impl Drop for Staging {
     }
 }
 
+/// Removes what a run killed with SIGKILL leaves (its guards never ran): `.FILE.part-PID` files
+/// of `dataset`'s files in `dir` and `.staging-NAME-PID` folders in `root`, where PID is no
+/// running process (`/proc/PID` is absent; a concurrent download's files are left alone).
+fn remove_leftovers(dataset: &Dataset, root: &Path, dir: &Path) {
+    let stale = |pid: &str| {
+        pid.parse::<u32>()
+            .is_ok_and(|p| p != std::process::id() && !Path::new("/proc").join(pid).exists())
+    };
+    let mut parts: Vec<String> = dataset
+        .files
+        .iter()
+        .map(|f| format!(".{}.part-", f.name))
+        .collect();
+    parts.extend(dataset.text_files.keys().map(|f| format!(".{f}.part-")));
+    let staging = vec![format!(".staging-{}-", dataset.name)];
+    for (folder, prefixes) in [(dir, &parts), (root, &staging)] {
+        let Ok(entries) = fs::read_dir(folder) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = prefixes.iter().find_map(|p| name.strip_prefix(p.as_str())) else {
+                continue;
+            };
+            if !stale(pid) {
+                continue;
+            }
+            let p = e.path();
+            let removed = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if removed.is_ok() {
+                println!("  removed {} (left by an interrupted run)", p.display());
+            }
+        }
+    }
+}
+
 /// Makes every file of `dataset` present and verified under `root`.
 fn fetch_dataset(dataset: &Dataset, root: &Path) -> Result<()> {
     let start = Instant::now();
     let name = &dataset.name;
     let dir = root.join(&dataset.dir);
+    remove_leftovers(dataset, root, &dir);
     println!(
         "{name}: checking {} files in {}",
         dataset.files.len(),
@@ -436,6 +477,56 @@ pub(crate) mod tests {
             base,
             files: [("f.bin".to_string(), m)].into(),
         }
+    }
+
+    /// A download killed with SIGKILL leaves `.part-PID` files and a staging folder; the rerun
+    /// removes them (also when nothing needs fetching), keeps those of a running process, and
+    /// leaves no `.part-*` of its own.
+    #[test]
+    fn a_rerun_after_kill_9_removes_the_leftovers() {
+        let root = temp_dir("leftovers");
+        let dir = root.join("toy");
+        fs::create_dir_all(&dir).unwrap();
+        // No process has this id (pid_max is at most 2^22); process 1 always runs.
+        let dead = 4_000_000_000u32;
+        let leftovers = [
+            dir.join(format!(".f.bin.part-{dead}")),
+            dir.join(format!(".meta.txt.part-{dead}")),
+        ];
+        for p in &leftovers {
+            fs::write(p, b"half a file").unwrap();
+        }
+        let staging = root.join(format!(".staging-toy-{dead}"));
+        fs::create_dir_all(&staging).unwrap();
+        fs::write(staging.join("f.bin.gz"), b"half").unwrap();
+        let live = dir.join(".f.bin.part-1");
+        fs::write(&live, b"another run's").unwrap();
+        let other = dir.join(format!(".g.bin.part-{dead}"));
+        fs::write(&other, b"not this data set's").unwrap();
+
+        let parts = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".part-") || n.starts_with(".staging-"))
+                .collect();
+            v.sort();
+            v
+        };
+        let d = toy_dataset(vec![http(serve(gzip(b"hello data"), 1))]);
+        fetch_dataset(&d, &root).unwrap();
+        assert_eq!(fs::read(dir.join("f.bin")).unwrap(), b"hello data");
+        assert_eq!(
+            parts(&dir),
+            [".f.bin.part-1", &format!(".g.bin.part-{dead}")]
+        );
+        assert!(parts(&root).is_empty(), "{:?}", parts(&root));
+
+        // Nothing to fetch: the leftovers go all the same.
+        fs::write(&leftovers[0], b"half a file").unwrap();
+        fetch_dataset(&toy_dataset(vec![]), &root).unwrap();
+        assert!(!leftovers[0].exists());
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

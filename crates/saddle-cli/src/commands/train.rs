@@ -197,6 +197,11 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
             ckpt_path.display()
         )
     })?;
+    if !model_path.exists() {
+        // A run killed between its last checkpoint and the model file resumes at its last step,
+        // where the loop above writes nothing: the model is the checkpoint's weights.
+        fsutil::write_atomic(&model_path, &trainer.model().to_safetensors()?)?;
+    }
     eprintln!(
         "trained {} steps in {:.1} s; model: {} ({} parameters)",
         trainer.step(),
