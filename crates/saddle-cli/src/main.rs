@@ -20,6 +20,7 @@
 mod commands;
 mod fsutil;
 mod npy;
+mod plot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,10 @@ enum Command {
     Predict(PredictArgs),
     /// Adversarial examples for a batch of images and labels.
     Attack(commands::attack::AttackArgs),
+    /// The loss landscape of PGD from many random starts (the paper's Figures 1 and 2).
+    Landscape(commands::landscape::LandscapeArgs),
+    /// A model's first-layer filters and softmax biases (the paper's Appendix C).
+    Inspect(commands::inspect::InspectArgs),
 }
 
 /// Arguments of `saddle predict`.
@@ -120,6 +125,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Predict(a) => commands::predict(a),
         Command::Attack(a) => commands::attack::run(a),
+        Command::Landscape(a) => commands::landscape::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,7 @@
 pub mod adversary;
 pub mod config;
 pub mod error;
+pub mod experiments;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

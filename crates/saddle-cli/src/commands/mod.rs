@@ -2,6 +2,8 @@
 
 pub mod attack;
 pub mod eval;
+pub mod inspect;
+pub mod landscape;
 pub mod train;
 
 use std::path::Path;
