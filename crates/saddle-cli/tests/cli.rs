@@ -2,55 +2,13 @@
 //! naming the problem, never a panic or a backtrace.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::cpu::Cpu;
 use saddle_tensor::Backend as _;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("saddle-cli-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((h.len() as u16).to_le_bytes());
-    out.extend(h.as_bytes());
-    out.extend(body);
-    std::fs::write(path, out).unwrap();
-}
-
-fn f32_npy(path: &Path, shape: &[usize], v: &[f32]) {
-    npy(
-        path,
-        "<f4",
-        shape,
-        &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
-    );
-}
-
-fn i64_npy(path: &Path, v: &[i64]) {
-    npy(
-        path,
-        "<i8",
-        &[v.len()],
-        &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
-    );
-}
+mod common;
+use common::{dir, f32_npy, i64_npy, read_json, real_data, s, saddle};
 
 /// A tiny model, 4 images and labels in `d`.
 fn fixture(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -76,18 +34,6 @@ fn fixture(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (model, x, y)
 }
 
-fn saddle(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saddle"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Runs `args`, expects status 2 and a one-line message containing `want`.
 fn fails_with(args: &[&str], want: &str) {
     let (code, _, err) = saddle(args);
@@ -102,10 +48,6 @@ fn fails_with(args: &[&str], want: &str) {
         err.contains(want),
         "{args:?}: message should mention '{want}': {err}"
     );
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -524,26 +466,6 @@ fn a_pytorch_state_dict_of_the_wide_resnet_runs_with_arch() {
     );
 }
 
-/// The datasets root (`$SADDLE_DATASETS`, else `<workspace>/datasets`) when `name` is in it;
-/// otherwise a failure saying how to get it, unless `SADDLE_SKIP_REAL_DATA=1` skips explicitly.
-fn real_data(name: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("SADDLE_DATASETS")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"));
-    if std::env::var("SADDLE_SKIP_REAL_DATA").as_deref() == Ok("1") {
-        eprintln!("SKIPPED (SADDLE_SKIP_REAL_DATA=1): needs {name}");
-        return None;
-    }
-    assert!(
-        root.join(name).is_dir(),
-        "{} is missing: run `cargo xtask download {name}` (or set SADDLE_SKIP_REAL_DATA=1 to \
-         skip the real-data tests explicitly)",
-        root.join(name).display()
-    );
-    Some(root)
-}
-
 /// An untrained `wrn-10-1` (the smallest CIFAR-10 network) in `d`.
 fn tiny_cifar_model(d: &Path) -> PathBuf {
     let wrn = d.join("wrn.safetensors");
@@ -551,10 +473,6 @@ fn tiny_cifar_model(d: &Path) -> PathBuf {
     let net = saddle_models::Model::build(&arch, Cpu::new(), 7).unwrap();
     std::fs::write(&wrn, net.to_safetensors().unwrap()).unwrap();
     wrn
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn close(v: &serde_json::Value, want: f32) -> bool {

@@ -2,29 +2,12 @@
 //! the consistency of their JSON, and one-line errors for wrong inputs.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::cpu::Cpu;
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("saddle-exp-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn saddle(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saddle"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{dir, read_json, real_data, s, saddle};
 
 /// Runs `args`, expects status 2 and one line containing `want`.
 fn fails_with(args: &[&str], want: &str) {
@@ -42,10 +25,6 @@ fn fails_with(args: &[&str], want: &str) {
     );
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn mnist_model(d: &Path, name: &str, seed: u64) -> PathBuf {
     let p = d.join(name);
     let net = MnistNet::new(Cpu::new(), 1, seed).unwrap();
@@ -59,27 +38,6 @@ fn cifar_model(d: &Path) -> PathBuf {
     let net = saddle_models::Model::build(&arch, Cpu::new(), 7).unwrap();
     std::fs::write(&p, net.to_safetensors().unwrap()).unwrap();
     p
-}
-
-fn datasets() -> Option<PathBuf> {
-    let root = std::env::var_os("SADDLE_DATASETS")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"));
-    if std::env::var("SADDLE_SKIP_REAL_DATA").as_deref() == Ok("1") {
-        eprintln!("SKIPPED (SADDLE_SKIP_REAL_DATA=1): needs mnist");
-        return None;
-    }
-    assert!(
-        root.join("mnist").is_dir(),
-        "{} is missing: run `cargo xtask download mnist` (or set SADDLE_SKIP_REAL_DATA=1)",
-        root.join("mnist").display()
-    );
-    Some(root)
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn f(v: &serde_json::Value) -> f64 {
@@ -96,7 +54,9 @@ fn is_svg(p: &Path) -> bool {
 
 #[test]
 fn landscape_writes_curves_histograms_and_consistent_json() {
-    let Some(root) = datasets() else { return };
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
     let d = dir("landscape");
     let nat = mnist_model(&d, "nat.safetensors", 1);
     let adv = mnist_model(&d, "adv.safetensors", 2);

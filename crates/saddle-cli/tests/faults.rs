@@ -11,36 +11,8 @@ use saddle_models::Model;
 use saddle_tensor::cpu::Cpu;
 use saddle_train::{TrainConfig, Trainer};
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("saddle-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The datasets root (`$SADDLE_DATASETS`, else `<workspace>/datasets`) when `name` is in it;
-/// otherwise a failure saying how to get it, unless `SADDLE_SKIP_REAL_DATA=1` skips explicitly.
-fn real_data(name: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("SADDLE_DATASETS")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"));
-    if std::env::var("SADDLE_SKIP_REAL_DATA").as_deref() == Ok("1") {
-        eprintln!("SKIPPED (SADDLE_SKIP_REAL_DATA=1): needs {name}");
-        return None;
-    }
-    assert!(
-        root.join(name).is_dir(),
-        "{} is missing: run `cargo xtask download {name}` (or set SADDLE_SKIP_REAL_DATA=1 to \
-         skip the real-data tests explicitly)",
-        root.join(name).display()
-    );
-    Some(root)
-}
+mod common;
+use common::{dir, f32_npy, i64_npy, real_data, s};
 
 /// A run of a few seconds on one thread: scale-2 network, PGD-2, a checkpoint every 10 steps.
 const CONFIG: &str = "model_scale = 2
@@ -227,34 +199,6 @@ fn training_killed_with_sigkill_and_resumed_ends_bit_identical() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-fn npy_f32(path: &Path, shape: &[usize], v: &[f32]) {
-    npy(
-        path,
-        "<f4",
-        shape,
-        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    );
-}
-
-fn npy(path: &Path, descr: &str, shape: &[usize], body: Vec<u8>) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((h.len() as u16).to_le_bytes());
-    out.extend(h.as_bytes());
-    out.extend(body);
-    std::fs::write(path, out).unwrap();
-}
-
 /// Every file in `d` with its bytes.
 fn snapshot(d: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
@@ -346,7 +290,7 @@ fn inputs(d: &Path, data: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let (code, err) = output(train_cmd(&cfg, &run, data, false, &["--steps", "10"]));
     assert_eq!(code, 0, "{err}");
     let x = d.join("x.npy");
-    npy_f32(
+    f32_npy(
         &x,
         &[4, 1, 28, 28],
         &(0..4 * 784)
@@ -354,15 +298,7 @@ fn inputs(d: &Path, data: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
             .collect::<Vec<_>>(),
     );
     let y = d.join("y.npy");
-    npy(
-        &y,
-        "<i8",
-        &[4],
-        [0i64, 1, 2, 3]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    );
+    i64_npy(&y, &[0, 1, 2, 3]);
     (cfg, run, x, y)
 }
 

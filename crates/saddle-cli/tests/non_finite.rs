@@ -2,52 +2,14 @@
 //! and labels in a `.npy` file, and weights in a model file. Each ends in a one-line error
 //! naming what is not finite (status 2), never in a number computed from it.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::cpu::Cpu;
 use saddle_tensor::{Backend as _, TensorLike as _};
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "saddle-cli-non-finite-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A `.npy` file (format 1.0) with the given dtype, shape and raw little-endian body.
-fn npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((h.len() as u16).to_le_bytes());
-    out.extend(h.as_bytes());
-    out.extend(body);
-    std::fs::write(path, out).unwrap();
-}
-
-fn f32_npy(path: &Path, shape: &[usize], v: &[f32]) {
-    let body: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    npy(path, "<f4", shape, &body);
-}
-
-fn f64_npy(path: &Path, shape: &[usize], v: &[f64]) {
-    let body: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    npy(path, "<f8", shape, &body);
-}
+mod common;
+use common::{dir, f32_npy, f64_npy, s, saddle};
 
 /// Four valid MNIST-shaped images.
 fn images() -> Vec<f32> {
@@ -64,19 +26,6 @@ fn model_file(path: &Path, poisoned: Option<(&str, f32)>) {
         *t = b.full(t.dims(), value).unwrap();
     }
     std::fs::write(path, net.to_safetensors().unwrap()).unwrap();
-}
-
-fn saddle(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_saddle"))
-        .args(args)
-        .env("SADDLE_SKIP_REAL_DATA", "0")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Runs `args`, expects status 2 and exactly one line on stderr that contains every one of
@@ -96,10 +45,6 @@ fn fails_with(args: &[&str], want: &[&str]) {
             "{args:?}: the message should mention '{w}': {err}"
         );
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
