@@ -100,7 +100,7 @@ def run_torchattacks(net, x, y, eps, seed, batch):
         idx = torch.nonzero(correct).flatten()
         for start in range(0, len(idx), batch):
             sel = idx[start:start + batch]
-            adv = attack(x[sel], y[sel])
+            adv = attack(x[sel], y[sel]).detach()
             # The threat model, checked independently of the attack's own code.
             assert float((adv - x[sel]).abs().max()) <= eps + 1e-6, f"{name} left the ball"
             assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0, f"{name} left [0, 1]"
