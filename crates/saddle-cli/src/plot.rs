@@ -80,18 +80,21 @@ pub fn save(fig: &impl Figure, stem: &Path) -> Result<()> {
         fig.draw(&root)?;
         root.present().map_err(de)?;
     }
-    let mut png_bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut png_bytes, w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(de)?;
-        wr.write_image_data(&rgb).map_err(de)?;
-        wr.finish().map_err(de)?;
-    }
-    fsutil::write_atomic(&stem.with_extension("png"), &png_bytes)?;
+    fsutil::write_atomic(&stem.with_extension("png"), &rgb_png(w, h, &rgb)?)?;
     fsutil::write_atomic(&stem.with_extension("svg"), svg.as_bytes())?;
     Ok(())
+}
+
+/// An 8-bit RGB image (`w·h·3` bytes, row-major) as a PNG file's bytes.
+pub fn rgb_png(w: u32, h: u32, rgb: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut wr = enc.write_header().map_err(de)?;
+    wr.write_image_data(rgb).map_err(de)?;
+    wr.finish().map_err(de)?;
+    Ok(out)
 }
 
 fn range(values: impl Iterator<Item = f32>) -> (f32, f32) {

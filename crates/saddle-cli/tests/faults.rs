@@ -234,10 +234,10 @@ fn one_line_failure(what: &str, (code, err): (i32, String), want: &str) {
     eprintln!("{what}: {}", lines[0]);
 }
 
+/// `common::saddle` without stdout: (exit status, stderr).
 fn saddle(args: &[&str]) -> (i32, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_saddle"));
-    c.args(args);
-    output(c)
+    let (code, _, err) = common::saddle(args);
+    (code, err)
 }
 
 /// A folder made read-only for this process, restored on drop.

@@ -47,6 +47,40 @@ fn fails_with(args: &[&str], want: &[&str]) {
     }
 }
 
+/// `saddle predict` of `x` with `model`, into `out`.
+fn predict_args<'a>(model: &'a Path, x: &'a Path, out: &'a Path) -> [&'a str; 7] {
+    [
+        "predict",
+        "--model",
+        s(model),
+        "--inputs",
+        s(x),
+        "--out",
+        s(out),
+    ]
+}
+
+/// `saddle attack` (PGD-2 at ε = 0.3) of `x` labelled `y` with `model`, into `out`.
+fn attack_args<'a>(model: &'a Path, x: &'a Path, y: &'a Path, out: &'a Path) -> [&'a str; 15] {
+    [
+        "attack",
+        "--model",
+        s(model),
+        "--inputs",
+        s(x),
+        "--labels",
+        s(y),
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.3",
+        "--steps",
+        "2",
+        "--out",
+        s(out),
+    ]
+}
+
 #[test]
 fn nan_and_infinite_pixels_are_refused_by_predict_and_attack() {
     let d = dir("pixels");
@@ -65,33 +99,9 @@ fn nan_and_infinite_pixels_are_refused_by_predict_and_attack() {
         v[1234] = value;
         f32_npy(&x, &[4, 1, 28, 28], &v);
         let shown = format!("element 1234 is {value}");
-        let predict = [
-            "predict",
-            "--model",
-            s(&model),
-            "--inputs",
-            s(&x),
-            "--out",
-            s(&out),
-        ];
+        let predict = predict_args(&model, &x, &out);
         fails_with(&predict, &["pixel values must be in [0, 1]", &shown]);
-        let attack = [
-            "attack",
-            "--model",
-            s(&model),
-            "--inputs",
-            s(&x),
-            "--labels",
-            s(&y),
-            "--attack",
-            "pgd",
-            "--eps",
-            "0.3",
-            "--steps",
-            "2",
-            "--out",
-            s(&out),
-        ];
+        let attack = attack_args(&model, &x, &y, &out);
         fails_with(&attack, &["pixel values must be in [0, 1]", &shown]);
         assert!(!out.exists(), "{name}: an output was written");
     }
@@ -102,29 +112,13 @@ fn nan_and_infinite_pixels_are_refused_by_predict_and_attack() {
         let mut v: Vec<f64> = images().iter().map(|&p| p as f64).collect();
         v[7] = value;
         f64_npy(&x, &[4, 1, 28, 28], &v);
-        let predict = [
-            "predict",
-            "--model",
-            s(&model),
-            "--inputs",
-            s(&x),
-            "--out",
-            s(&out),
-        ];
+        let predict = predict_args(&model, &x, &out);
         fails_with(&predict, &["pixel values must be in [0, 1]", "element 7"]);
     }
     // The same files with the value replaced by a valid pixel work: the refusal is the value's.
     let x = d.join("x-ok.npy");
     f32_npy(&x, &[4, 1, 28, 28], &images());
-    let (code, _, err) = saddle(&[
-        "predict",
-        "--model",
-        s(&model),
-        "--inputs",
-        s(&x),
-        "--out",
-        s(&out),
-    ]);
+    let (code, _, err) = saddle(&predict_args(&model, &x, &out));
     assert_eq!(code, 0, "{err}");
     assert!(out.exists());
     let _ = std::fs::remove_dir_all(&d);
@@ -142,23 +136,7 @@ fn nan_and_infinite_labels_are_refused_by_attack() {
         let y = d.join("y.npy");
         f32_npy(&y, &[4], &[0.0, 1.0, value, 3.0]);
         fails_with(
-            &[
-                "attack",
-                "--model",
-                s(&model),
-                "--inputs",
-                s(&x),
-                "--labels",
-                s(&y),
-                "--attack",
-                "pgd",
-                "--eps",
-                "0.3",
-                "--steps",
-                "2",
-                "--out",
-                s(&out),
-            ],
+            &attack_args(&model, &x, &y, &out),
             &[
                 "is not a class in 0..10",
                 &format!("label {value} at position 2"),
@@ -190,38 +168,8 @@ fn a_model_file_with_non_finite_weights_is_refused_by_every_command() {
             "m.safetensors".to_string(),
         ];
         let want: Vec<&str> = want.iter().map(String::as_str).collect();
-        fails_with(
-            &[
-                "predict",
-                "--model",
-                s(&model),
-                "--inputs",
-                s(&x),
-                "--out",
-                s(&out),
-            ],
-            &want,
-        );
-        fails_with(
-            &[
-                "attack",
-                "--model",
-                s(&model),
-                "--inputs",
-                s(&x),
-                "--labels",
-                s(&y),
-                "--attack",
-                "pgd",
-                "--eps",
-                "0.3",
-                "--steps",
-                "2",
-                "--out",
-                s(&out),
-            ],
-            &want,
-        );
+        fails_with(&predict_args(&model, &x, &out), &want);
+        fails_with(&attack_args(&model, &x, &y, &out), &want);
         // eval loads the model before any data: the same error whether or not MNIST is here.
         fails_with(
             &[
@@ -253,15 +201,7 @@ fn logits_that_overflow_are_refused_by_predict() {
     f32_npy(&x, &[4, 1, 28, 28], &images());
     let out = d.join("out.npy");
     fails_with(
-        &[
-            "predict",
-            "--model",
-            s(&model),
-            "--inputs",
-            s(&x),
-            "--out",
-            s(&out),
-        ],
+        &predict_args(&model, &x, &out),
         &["overflow float32", "nothing was written"],
     );
     assert!(!out.exists());

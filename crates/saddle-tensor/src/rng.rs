@@ -114,7 +114,7 @@ impl Rng {
 
     /// Uniform in `[lo, hi)`.
     pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.next_f32()
+        Uniform::new(lo, hi).sample(self)
     }
 
     /// Standard normal (Box–Muller).

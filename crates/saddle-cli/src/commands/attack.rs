@@ -168,13 +168,5 @@ fn grid_png(clean: &[f32], adv: &[f32], [n, c, h, w]: [usize; 4]) -> Result<Vec<
             }
         }
     }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, gw as u32, gh as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().context("PNG header")?;
-        wr.write_image_data(&img).context("PNG data")?;
-    }
-    Ok(out)
+    crate::plot::rgb_png(gw as u32, gh as u32, &img)
 }
