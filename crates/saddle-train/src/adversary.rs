@@ -29,20 +29,17 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
     y: &B::Tensor,
     rng: &mut Rng,
 ) -> Result<B::Tensor> {
-    let err = |e: saddle_attacks::AttackError| TrainError::Attack(e.to_string());
     let loss = attack_loss(cfg.loss_func);
     let seed = rng.next_u64();
     let train_mode = cfg.attack_bn_mode == BnMode::Train;
     let out = match cfg.training {
         TrainingMode::Natural => return Ok(x.clone()),
         _ if eps == 0.0 => return Ok(x.clone()),
-        TrainingMode::Fgsm => Fgsm::new(eps)
-            .map_err(err)?
+        TrainingMode::Fgsm => Fgsm::new(eps)?
             .loss(loss)
             .model_in_training_mode(train_mode)
             .perturb(model, x, y),
-        TrainingMode::Pgd => Pgd::linf(eps, cfg.a, cfg.k)
-            .map_err(err)?
+        TrainingMode::Pgd => Pgd::linf(eps, cfg.a, cfg.k)?
             .random_start(cfg.random_start)
             .loss(loss)
             .seed(seed)
@@ -52,15 +49,14 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
             let mut noise = Rng::new(seed);
             return trades_batch(model, cfg, eps, x, &mut noise, train_mode);
         }
-        TrainingMode::FastFgsm => Pgd::linf(eps, cfg.a, 1)
-            .map_err(err)?
+        TrainingMode::FastFgsm => Pgd::linf(eps, cfg.a, 1)?
             .random_start(true)
             .loss(loss)
             .seed(seed)
             .model_in_training_mode(train_mode)
             .perturb(model, x, y),
     };
-    Ok(out.map_err(err)?.x_adv)
+    Ok(out?.x_adv)
 }
 
 /// TRADES' inner maximisation (Zhang et al. 2019, Algorithm 1): from `x + 0.001·N(0, I)`

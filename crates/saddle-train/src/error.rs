@@ -37,5 +37,12 @@ pub enum TrainError {
     Checkpoint(String),
 }
 
+/// An attack's error, as the message of [`TrainError::Attack`].
+impl From<saddle_attacks::AttackError> for TrainError {
+    fn from(e: saddle_attacks::AttackError) -> Self {
+        TrainError::Attack(e.to_string())
+    }
+}
+
 /// Result of a training operation.
 pub type Result<T> = std::result::Result<T, TrainError>;

@@ -74,13 +74,12 @@ pub fn landscape<B: Backend>(
     let ys: Vec<f32> = (0..k).flat_map(|_| y.iter().map(|&v| v as f32)).collect();
     let xt = b.from_vec(&[k * n, c, h, w], xs)?;
     let yt = b.from_vec(&[k * n], ys)?;
-    let pgd = Pgd::linf(eps, alpha, steps)
-        .map_err(attack_err)?
+    let pgd = Pgd::linf(eps, alpha, steps)?
         .restarts(rounds)
         .early_stop(false)
         .trace(true)
         .seed(seed);
-    let res = pgd.perturb(model, &xt, &yt).map_err(attack_err)?;
+    let res = pgd.perturb(model, &xt, &yt)?;
     let trace = res.trace.expect("trace asked for");
     let mut losses = vec![Vec::with_capacity(restarts); n];
     for round in &trace.losses {
@@ -108,10 +107,6 @@ pub fn landscape<B: Backend>(
         worst,
         x_adv,
     })
-}
-
-fn attack_err(e: saddle_attacks::AttackError) -> TrainError {
-    TrainError::Attack(e.to_string())
 }
 
 /// Min, median, max of `v` (not empty, finite) and the ratio max / median.
