@@ -286,15 +286,12 @@ impl<B: Backend, T: ThreatModel> Attack<B> for Apgd<T> {
         // The result at the points returned: predictions, and the objective (for APGD-T, the
         // untargeted DLR loss, since each example may have had several targets).
         let x_adv = b.from_vec(x.dims(), x_out)?;
-        let logits = b.to_vec(&m.logits(&x_adv)?)?;
-        let predictions = argmax_rows(&logits, k);
+        let z = m.logits(&x_adv)?;
+        let predictions = argmax_rows(&b.to_vec(&z)?, k);
+        let yt = b.from_vec(&[n], labels.iter().map(|&c| c as f32).collect())?;
         let loss = match self.loss {
-            ApgdLoss::CrossEntropy => {
-                let yt = b.from_vec(&[n], labels.iter().map(|&c| c as f32).collect())?;
-                let z = b.from_vec(&[n, k], logits)?;
-                b.to_vec(&b.cross_entropy(&z, &yt)?)?
-            }
-            ApgdLoss::Dlr | ApgdLoss::DlrTargeted => dlr_loss(&logits, k, &labels, None).0,
+            ApgdLoss::CrossEntropy => b.to_vec(&b.cross_entropy(&z, &yt)?)?,
+            ApgdLoss::Dlr | ApgdLoss::DlrTargeted => b.to_vec(&b.dlr_loss(&z, &yt, None)?)?,
         };
         let success = (0..n).map(|i| predictions[i] != labels[i]).collect();
         Ok(AttackResult {
@@ -319,6 +316,10 @@ struct Found {
 
 impl<T: ThreatModel> Apgd<T> {
     /// Algorithm 1 on one batch (host rows `x0`, shape `dims`), towards `targets` for APGD-T.
+    ///
+    /// The iterates, the gradients and the best points stay backend tensors, updated per
+    /// example with [`Backend::select_rows`]; only per-example vectors (the objective, the
+    /// predictions) come back to the host each step.
     fn core<B: Backend>(
         &self,
         m: &dyn Classifier<B>,
@@ -330,21 +331,24 @@ impl<T: ThreatModel> Apgd<T> {
     ) -> Result<Found> {
         let b = m.backend();
         let n = y.len();
-        let d = x0.len() / n;
         let x0t = b.from_vec(dims, x0.to_vec())?;
         let yt = b.from_vec(&[n], y.iter().map(|&c| c as f32).collect())?;
+        let tt = targets
+            .map(|t| b.from_vec(&[n], t.iter().map(|&c| c as f32).collect()))
+            .transpose()?;
         let checkpoints = self.checkpoints();
         let eps = self.threat.eps();
+        let mask =
+            |v: &[bool]| b.from_vec(&[n], v.iter().map(|&f| f32::from(u8::from(f))).collect());
 
-        let start = self.threat.random_init(b, &x0t, rng)?;
-        let mut x = b.to_vec(&start)?;
+        let mut x = self.threat.random_init(b, &x0t, rng)?;
         let mut step_no = 0usize;
-        let mut eval = |xt: &B::Tensor| -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
-            let r = self.objective_and_grad(m, xt, y, &yt, targets, step_no);
+        let mut eval = |xt: &B::Tensor| -> Result<(Vec<f32>, B::Tensor, Vec<usize>)> {
+            let r = self.objective_and_grad(m, xt, y, &yt, tt.as_ref(), step_no);
             step_no += 1;
             r
         };
-        let (mut loss, mut grad, pred) = eval(&start)?;
+        let (mut loss, mut grad, pred) = eval(&x)?;
         let mut found: Vec<bool> = (0..n).map(|i| pred[i] != y[i]).collect();
         let mut x_best_adv = x.clone();
         let (mut x_best, mut grad_best, mut loss_best) = (x.clone(), grad.clone(), loss.clone());
@@ -358,47 +362,53 @@ impl<T: ThreatModel> Apgd<T> {
 
         for it in 0..self.steps {
             let a = if it == 0 { 1.0 } else { self.momentum };
-            let xt = b.from_vec(dims, x.clone())?;
-            let gt = b.from_vec(dims, grad.clone())?;
-            let z = self.threat.step_per_example(b, &xt, &gt, &eta)?;
-            let z = b.to_vec(&self.threat.project(b, &z, &x0t)?)?;
-            let mixed: Vec<f32> = (0..x.len())
-                .map(|j| x[j] + a * (z[j] - x[j]) + (1.0 - a) * (x[j] - x_old[j]))
-                .collect();
-            let mixed = b.from_vec(dims, mixed)?;
+            let z = self.threat.step_per_example(b, &x, &grad, &eta)?;
+            let z = self.threat.project(b, &z, &x0t)?;
+            // x + a·(z − x) + (1 − a)·(x − x_old), in this order (as f32 on the host before).
+            let towards = b.affine(&b.sub(&z, &x)?, a, 0.0)?;
+            let momentum = b.affine(&b.sub(&x, &x_old)?, 1.0 - a, 0.0)?;
+            let mixed = b.add(&b.add(&x, &towards)?, &momentum)?;
             let next = self.threat.project(b, &mixed, &x0t)?;
-            x_old = std::mem::replace(&mut x, b.to_vec(&next)?);
-            let (l, g, pred) = eval(&next)?;
+            x_old = std::mem::replace(&mut x, next);
+            let (l, g, pred) = eval(&x)?;
+            let adv: Vec<bool> = (0..n).map(|i| pred[i] != y[i]).collect();
+            if adv.iter().any(|&v| v) {
+                x_best_adv = b.select_rows(&mask(&adv)?, &x, &x_best_adv)?;
+            }
+            let mut improved = vec![false; n];
             for i in 0..n {
-                let rows = i * d..(i + 1) * d;
-                if pred[i] != y[i] {
-                    found[i] = true;
-                    x_best_adv[rows.clone()].copy_from_slice(&x[rows.clone()]);
-                }
+                found[i] |= adv[i];
                 if l[i] > loss[i] {
                     increases[i] += 1;
                 }
                 if l[i] > loss_best[i] {
                     loss_best[i] = l[i];
-                    x_best[rows.clone()].copy_from_slice(&x[rows.clone()]);
-                    grad_best[rows.clone()].copy_from_slice(&g[rows]);
+                    improved[i] = true;
                 }
+            }
+            if improved.iter().any(|&v| v) {
+                let keep = mask(&improved)?;
+                x_best = b.select_rows(&keep, &x, &x_best)?;
+                grad_best = b.select_rows(&keep, &g, &grad_best)?;
             }
             loss = l;
             grad = g;
             if next_check < checkpoints.len() && it + 1 == checkpoints[next_check] {
+                let mut reduce = vec![false; n];
                 for i in 0..n {
                     let oscillating = increases[i] as f32 <= window as f32 * self.rho;
                     let stalled = !reduced_last[i] && best_last[i] >= loss_best[i];
-                    let reduce = oscillating || stalled;
-                    reduced_last[i] = reduce;
+                    reduce[i] = oscillating || stalled;
+                    reduced_last[i] = reduce[i];
                     best_last[i] = loss_best[i];
-                    if reduce {
+                    if reduce[i] {
                         eta[i] /= 2.0;
-                        let rows = i * d..(i + 1) * d;
-                        x[rows.clone()].copy_from_slice(&x_best[rows.clone()]);
-                        grad[rows.clone()].copy_from_slice(&grad_best[rows]);
                     }
+                }
+                if reduce.iter().any(|&v| v) {
+                    let back = mask(&reduce)?;
+                    x = b.select_rows(&back, &x_best, &x)?;
+                    grad = b.select_rows(&back, &grad_best, &grad)?;
                 }
                 increases.iter_mut().for_each(|c| *c = 0);
                 next_check += 1;
@@ -409,22 +419,24 @@ impl<T: ThreatModel> Apgd<T> {
         }
         Ok(Found {
             found,
-            x_best_adv,
-            x_best,
+            x_best_adv: b.to_vec(&x_best_adv)?,
+            x_best: b.to_vec(&x_best)?,
         })
     }
 
     /// The per-example objective at the batch `xt`, the gradient of its sum with respect to
-    /// `xt` (read back), and the predictions.
+    /// `xt` (left on the backend), and the predictions. A NaN in the gradient is found from
+    /// its per-example norms (NaN exactly where a row holds a NaN); only then is the gradient
+    /// read back, to name the element.
     fn objective_and_grad<B: Backend>(
         &self,
         m: &dyn Classifier<B>,
         xt: &B::Tensor,
         y: &[usize],
         yt: &B::Tensor,
-        targets: Option<&[usize]>,
+        targets: Option<&B::Tensor>,
         step: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
+    ) -> Result<(Vec<f32>, B::Tensor, Vec<usize>)> {
         let b = m.backend();
         let k = m.num_classes();
         let (loss, gx, logits) = match self.loss {
@@ -436,9 +448,10 @@ impl<T: ThreatModel> Apgd<T> {
                 let g = Graph::new(b.clone());
                 let xv = g.leaf(xt.clone());
                 let f = m.forward(&g, xv, false)?;
-                let logits = b.to_vec(&g.value(f.logits))?;
-                let (loss, dz) = dlr_loss(&logits, k, y, targets);
-                let seed = b.from_vec(&[y.len(), k], dz)?;
+                let z = g.value(f.logits);
+                let loss = b.to_vec(&b.dlr_loss(&z, yt, targets)?)?;
+                let ones = b.full(&[y.len()], 1.0)?;
+                let seed = b.dlr_loss_backward(&z, yt, targets, &ones)?;
                 let mut grads = g.backward_with(f.logits, seed)?;
                 let gx = grads.take(xv).ok_or_else(|| AttackError::NonFinite {
                     attack: self.label(),
@@ -446,70 +459,25 @@ impl<T: ThreatModel> Apgd<T> {
                     index: 0,
                     value: f32::NAN,
                 })?;
-                (loss, gx, logits)
+                (loss, gx, b.to_vec(&z)?)
             }
         };
-        let gx = b.to_vec(&gx)?;
-        if let Some(index) = gx.iter().position(|v| v.is_nan()) {
-            let per = gx.len() / y.len().max(1);
-            return Err(AttackError::NanGradient {
-                attack: self.label(),
-                restart: 0,
-                step,
-                index,
-                example: index / per.max(1),
-            });
+        let norms = b.to_vec(&b.l2_norms(&gx)?)?;
+        if norms.iter().any(|v| v.is_nan()) {
+            let gh = b.to_vec(&gx)?;
+            if let Some(index) = gh.iter().position(|v| v.is_nan()) {
+                let per = gh.len() / y.len().max(1);
+                return Err(AttackError::NanGradient {
+                    attack: self.label(),
+                    restart: 0,
+                    step,
+                    index,
+                    example: index / per.max(1),
+                });
+            }
         }
         Ok((loss, gx, argmax_rows(&logits, k)))
     }
-}
-
-/// The DLR loss per row of `logits` (`[n, k]`) and its gradient with respect to the logits, in
-/// `f64` rounded to `f32`: untargeted `−(z_y − max_{i≠y} z_i)/(z_π1 − z_π3 + 10⁻¹²)`, or with
-/// `targets` `−(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2 + 10⁻¹²)`, `π` the classes by decreasing
-/// logit. The caller checks that there are enough classes (3, or 4 with targets).
-pub fn dlr_loss(
-    logits: &[f32],
-    k: usize,
-    y: &[usize],
-    targets: Option<&[usize]>,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut loss = Vec::with_capacity(y.len());
-    let mut dz = Vec::with_capacity(logits.len());
-    for (i, row) in logits.chunks(k).enumerate() {
-        let z: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        let (l, g) = dlr_row(&z, y[i], targets.map(|t| t[i]));
-        loss.push(l as f32);
-        dz.extend(g.into_iter().map(|v| v as f32));
-    }
-    (loss, dz)
-}
-
-/// One row of [`dlr_loss`] in `f64`: the loss and its gradient.
-fn dlr_row(z: &[f64], y: usize, target: Option<usize>) -> (f64, Vec<f64>) {
-    let mut pi: Vec<usize> = (0..z.len()).collect();
-    pi.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
-    let (other, denom, tail): (usize, f64, Vec<(usize, f64)>) = match target {
-        None => {
-            let other = if pi[0] == y { pi[1] } else { pi[0] };
-            (other, z[pi[0]] - z[pi[2]] + 1e-12, vec![(pi[2], 1.0)])
-        }
-        Some(t) => (
-            t,
-            z[pi[0]] - 0.5 * (z[pi[2]] + z[pi[3]]) + 1e-12,
-            vec![(pi[2], 0.5), (pi[3], 0.5)],
-        ),
-    };
-    let u = z[y] - z[other];
-    // ∂/∂z of −u/D: −(∂u)/D + u·(∂D)/D².
-    let mut g = vec![0.0f64; z.len()];
-    g[y] -= 1.0 / denom;
-    g[other] += 1.0 / denom;
-    g[pi[0]] += u / (denom * denom);
-    for (c, w) in tail {
-        g[c] -= w * u / (denom * denom);
-    }
-    (-u / denom, g)
 }
 
 #[cfg(test)]
@@ -524,41 +492,23 @@ mod tests {
         assert_eq!(Apgd::linf(0.3, 1).unwrap().checkpoints(), vec![1]);
     }
 
-    /// The DLR gradients against central finite differences of the loss in `f64`: step 1e-6 on
-    /// logits of order 1 gives a truncation error ~1e-12 and a rounding error ~1e-10, so 1e-7 is
-    /// a bar a wrong term (of order 0.1 here) cannot meet; the logits are distinct, away from
-    /// the sort's kinks.
-    #[test]
-    fn dlr_gradients_match_finite_differences() {
-        let z = [0.3f64, 2.0, -1.0, 0.9, 1.4, -0.2];
-        for target in [None, Some(4usize), Some(2)] {
-            for y in [1usize, 3] {
-                let (_, g) = dlr_row(&z, y, target);
-                for c in 0..z.len() {
-                    let h = 1e-6;
-                    let (mut p, mut m) = (z, z);
-                    p[c] += h;
-                    m[c] -= h;
-                    let fd = (dlr_row(&p, y, target).0 - dlr_row(&m, y, target).0) / (2.0 * h);
-                    assert!(
-                        (fd - g[c]).abs() < 1e-7,
-                        "y {y} target {target:?} class {c}: fd {fd} vs {}",
-                        g[c]
-                    );
-                }
-            }
-        }
-    }
-
+    /// The DLR loss APGD ascends is the backends' `dlr_loss` (checked against its float64
+    /// reference and finite differences in the op suite): invariant to shifting and scaling the
+    /// logits, negative when the example is correctly classified.
     #[test]
     fn dlr_is_invariant_to_shift_and_scale_and_negative_when_correct() {
+        use saddle_tensor::cpu::Cpu;
+        let b = Cpu::new();
+        let dlr = |z: &[f32], y: f32| -> f32 {
+            let zt = b.from_vec(&[1, 4], z.to_vec()).unwrap();
+            let yt = b.from_vec(&[1], vec![y]).unwrap();
+            b.to_vec(&b.dlr_loss(&zt, &yt, None).unwrap()).unwrap()[0]
+        };
         let z = [0.3f32, 2.0, -1.0, 0.9];
         let moved: Vec<f32> = z.iter().map(|v| 3.0 * v + 7.0).collect();
-        let (a, _) = dlr_loss(&z, 4, &[1], None);
-        let (b, _) = dlr_loss(&moved, 4, &[1], None);
-        assert!((a[0] - b[0]).abs() < 1e-6, "{a:?} {b:?}");
-        assert!(a[0] < 0.0, "correctly classified: negative DLR");
-        let (c, _) = dlr_loss(&z, 4, &[0], None);
-        assert!(c[0] > 0.0, "misclassified: positive DLR");
+        let (a, m) = (dlr(&z, 1.0), dlr(&moved, 1.0));
+        assert!((a - m).abs() < 1e-6, "{a} {m}");
+        assert!(a < 0.0, "correctly classified: negative DLR");
+        assert!(dlr(&z, 0.0) > 0.0, "misclassified: positive DLR");
     }
 }

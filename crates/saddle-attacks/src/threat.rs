@@ -164,27 +164,13 @@ impl ThreatModel for Linf {
         alphas: &[f32],
     ) -> Result<B::Tensor> {
         check_same("linf step", x.dims(), g.dims())?;
-        let (n, d) = batch_layout("linf step", x.dims())?;
+        let (n, _) = batch_layout("linf step", x.dims())?;
         check_alphas("linf step", alphas, n)?;
-        let mut out = b.to_vec(x)?;
-        let gh = b.to_vec(g)?;
-        for (i, &a) in alphas.iter().enumerate() {
-            for (o, &gv) in out[i * d..(i + 1) * d]
-                .iter_mut()
-                .zip(&gh[i * d..(i + 1) * d])
-            {
-                // sign(0) = 0 and sign(NaN) = NaN, as the backend's `sign`.
-                let s = if gv > 0.0 {
-                    1.0
-                } else if gv < 0.0 {
-                    -1.0
-                } else {
-                    gv * 0.0
-                };
-                *o += a * s;
-            }
-        }
-        Ok(b.from_vec(x.dims(), out)?)
+        // x + αᵢ·sign(g) on the backend: each product is ±αᵢ or 0 exactly (sign(0) = 0 and
+        // sign(NaN) = NaN, as `step`).
+        let s = b.sign(g)?;
+        let a = b.from_vec(&[n], alphas.to_vec())?;
+        Ok(b.add(x, &b.mul_rows(&s, &a)?)?)
     }
 
     fn project<B: Backend>(&self, b: &B, x: &B::Tensor, x0: &B::Tensor) -> Result<B::Tensor> {
@@ -315,6 +301,9 @@ impl ThreatModel for L2 {
         check_same("l2 step", x.dims(), g.dims())?;
         let (n, d) = batch_layout("l2 step", x.dims())?;
         check_alphas("l2 step", alphas, n)?;
+        // On the host, as `step` and `project`: the norms and `x + αᵢ·g/‖g‖` in f64, rounded
+        // once to f32. A backend composite (norms, `mul_rows`, `add`) would round the scale and
+        // the product separately and change the attacks' results.
         let out = l2_step_host(&b.to_vec(x)?, &b.to_vec(g)?, n, d, alphas)?;
         Ok(b.from_vec(x.dims(), out)?)
     }

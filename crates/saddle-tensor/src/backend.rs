@@ -338,6 +338,93 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         Ok((self.from_vec(&[n, k], gp)?, self.from_vec(&[n, k], gq)?))
     }
 
+    /// Per-example DLR loss of Croce & Hein (ICML 2020), the objective of APGD-DLR and APGD-T,
+    /// for `logits` `[n, k]` and `labels` `[n]`, shape `[n]`. With `π` the classes by
+    /// decreasing logit (ties: the lower index first), untargeted (`targets` is `None`, `k ≥ 3`):
+    /// `−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 10⁻¹²)`; targeted (`targets` `[n]` of class
+    /// indices, `k ≥ 4`): `−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 10⁻¹²)`.
+    ///
+    /// The default computes each row on the host in `f64` ([`dlr_row`]) and rounds to `f32`;
+    /// a backend may override it with a kernel.
+    fn dlr_loss(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        targets: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let op = "dlr_loss";
+        let (n, k) = check_dlr(op, logits.dims(), labels.dims(), targets.map(|t| t.dims()))?;
+        let (z, y) = (self.to_vec(logits)?, self.to_vec(labels)?);
+        let t = targets.map(|t| self.to_vec(t)).transpose()?;
+        let out = dlr_rows(op, &z, &y, t.as_deref(), k, None)?.0;
+        self.from_vec(&[n], out)
+    }
+
+    /// Gradient of [`Backend::dlr_loss`] with respect to the logits, each row scaled by `gy`
+    /// `[n]`: `gy_i · ∂/∂z` of the row's loss, with `π` (the sort) held fixed. Default on the
+    /// host in `f64`, as [`Backend::dlr_loss`].
+    fn dlr_loss_backward(
+        &self,
+        logits: &Self::Tensor,
+        labels: &Self::Tensor,
+        targets: Option<&Self::Tensor>,
+        gy: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let op = "dlr_loss_backward";
+        let (n, k) = check_dlr(op, logits.dims(), labels.dims(), targets.map(|t| t.dims()))?;
+        if gy.dims() != [n] {
+            return Err(TensorError::shape(
+                op,
+                format!("gy {:?} must be [{n}]", gy.dims()),
+            ));
+        }
+        let (z, y, g) = (self.to_vec(logits)?, self.to_vec(labels)?, self.to_vec(gy)?);
+        let t = targets.map(|t| self.to_vec(t)).transpose()?;
+        let out = dlr_rows(op, &z, &y, t.as_deref(), k, Some(&g))?.1;
+        self.from_vec(&[n, k], out)
+    }
+
+    // ---- per-example ops -----------------------------------------------------------------
+
+    /// Each example's row of `x` (`[n, …]`) times its own scalar `s[i]` (`s` of shape `[n]`):
+    /// per-example step sizes. The default broadcasts [`Backend::mul`] (one `f32` product per
+    /// element, as a kernel gives).
+    fn mul_rows(&self, x: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor> {
+        let n = check_rows("mul_rows", x.dims(), s.dims())?;
+        let mut b = vec![1usize; x.dims().len()];
+        b[0] = n;
+        self.mul(x, &self.reshape(s, &b)?)
+    }
+
+    /// Per-example select: row `i` of `a` where `mask[i] ≠ 0` (NaN counts as non-zero), else
+    /// row `i` of `b`; `a` and `b` of the same shape `[n, …]`, `mask` `[n]`. The result holds
+    /// the selected rows' bits unchanged. The default selects on the host.
+    fn select_rows(
+        &self,
+        mask: &Self::Tensor,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let op = "select_rows";
+        if a.dims() != b.dims() {
+            return Err(TensorError::shape(
+                op,
+                format!("a {:?} and b {:?} must be equal", a.dims(), b.dims()),
+            ));
+        }
+        let n = check_rows(op, a.dims(), mask.dims())?;
+        let d = a.numel().checked_div(n).unwrap_or(0);
+        let m = self.to_vec(mask)?;
+        let av = self.to_vec(a)?;
+        let mut out = self.to_vec(b)?;
+        for (i, &mi) in m.iter().enumerate() {
+            if mi != 0.0 {
+                out[i * d..(i + 1) * d].copy_from_slice(&av[i * d..(i + 1) * d]);
+            }
+        }
+        self.from_vec(a.dims(), out)
+    }
+
     // ---- batch normalisation -------------------------------------------------------------
 
     /// Batch normalisation with batch statistics over all axes but 1 (channels) of `x`
@@ -584,4 +671,109 @@ pub fn sum_to_shape_default<B: Backend>(
     }
     let s = b.sum_axes(x, &axes, true)?;
     b.reshape(&s, shape)
+}
+
+/// Checks a batch `x` `[n, …]` against one scalar per example `s` `[n]`; returns `n`.
+fn check_rows(op: &'static str, x: &[usize], s: &[usize]) -> Result<usize> {
+    match x.first() {
+        Some(&n) if s == [n] => Ok(n),
+        _ => Err(TensorError::shape(
+            op,
+            format!("{x:?} must be [n, …] with one value per example in {s:?} ([n])"),
+        )),
+    }
+}
+
+/// Checks the inputs of the DLR loss: logits `[n, k]`, labels `[n]`, targets `[n]`, and at least
+/// 3 classes (4 with targets). Returns `(n, k)`.
+pub fn check_dlr(
+    op: &'static str,
+    logits: &[usize],
+    labels: &[usize],
+    targets: Option<&[usize]>,
+) -> Result<(usize, usize)> {
+    let (n, k) = crate::shape::check_logits_labels(op, logits, labels)?;
+    let need = if targets.is_some() { 4 } else { 3 };
+    if k < need {
+        return Err(TensorError::shape(
+            op,
+            format!(
+                "logits {logits:?}: the {}DLR loss needs at least {need} classes",
+                if targets.is_some() { "targeted " } else { "" }
+            ),
+        ));
+    }
+    if let Some(t) = targets {
+        if t != [n] {
+            return Err(TensorError::shape(
+                op,
+                format!("targets {t:?} must be [{n}] for logits {logits:?}"),
+            ));
+        }
+    }
+    Ok((n, k))
+}
+
+/// The DLR loss of every row of `z` (`k` values each) and its gradient with respect to the
+/// logits, rows scaled by `gy` (1 where `None`), computed by [`dlr_row`] in `f64` and rounded
+/// to `f32`: what the CPU backend and the trait's defaults return. Checks the labels and the
+/// targets (class indices in `0..k`).
+///
+/// # Errors
+/// [`TensorError::InvalidArgument`] naming `op` for a label or target that is not a class.
+pub fn dlr_rows(
+    op: &'static str,
+    z: &[f32],
+    labels: &[f32],
+    targets: Option<&[f32]>,
+    k: usize,
+    gy: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    crate::shape::check_labels(op, labels, k)?;
+    if let Some(t) = targets {
+        crate::shape::check_labels(op, t, k)?;
+    }
+    let mut loss = Vec::with_capacity(labels.len());
+    let mut dz = Vec::with_capacity(z.len());
+    let mut row = Vec::with_capacity(k);
+    for (i, zr) in z.chunks(k.max(1)).take(labels.len()).enumerate() {
+        row.clear();
+        row.extend(zr.iter().map(|&v| f64::from(v)));
+        let (l, g) = dlr_row(&row, labels[i] as usize, targets.map(|t| t[i] as usize));
+        loss.push(l as f32);
+        let s = gy.map_or(1.0, |g| f64::from(g[i]));
+        dz.extend(g.into_iter().map(|v| (s * v) as f32));
+    }
+    Ok((loss, dz))
+}
+
+/// One row of the DLR loss in `f64`, and its gradient with respect to the logits `z`: untargeted
+/// `−(z_y − max_{i≠y} z_i)/(z_π1 − z_π3 + 10⁻¹²)`, or with a target `t`
+/// `−(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2 + 10⁻¹²)`, `π` the classes by decreasing logit (ties:
+/// the lower index first; NaN ordered as [`f64::total_cmp`] orders it). The caller ensures
+/// `y`, `t` < `z.len()` and at least 3 classes (4 with a target).
+pub fn dlr_row(z: &[f64], y: usize, target: Option<usize>) -> (f64, Vec<f64>) {
+    let mut pi: Vec<usize> = (0..z.len()).collect();
+    pi.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
+    let (other, denom, tail): (usize, f64, Vec<(usize, f64)>) = match target {
+        None => {
+            let other = if pi[0] == y { pi[1] } else { pi[0] };
+            (other, z[pi[0]] - z[pi[2]] + 1e-12, vec![(pi[2], 1.0)])
+        }
+        Some(t) => (
+            t,
+            z[pi[0]] - 0.5 * (z[pi[2]] + z[pi[3]]) + 1e-12,
+            vec![(pi[2], 0.5), (pi[3], 0.5)],
+        ),
+    };
+    let u = z[y] - z[other];
+    // ∂/∂z of −u/D: −(∂u)/D + u·(∂D)/D².
+    let mut g = vec![0.0f64; z.len()];
+    g[y] -= 1.0 / denom;
+    g[other] += 1.0 / denom;
+    g[pi[0]] += u / (denom * denom);
+    for (c, w) in tail {
+        g[c] -= w * u / (denom * denom);
+    }
+    (-u / denom, g)
 }

@@ -757,6 +757,114 @@ pub fn cw_loss(logits: &RefTensor, labels: &RefTensor, kappa: f64) -> Result<Ref
     })
 }
 
+/// Per-example DLR loss (Croce & Hein 2020) of logits `[n, k]` against labels `[n]`, shape
+/// `[n]`: untargeted `−(z_y − max_{i≠y} z_i)/(z_π1 − z_π3 + 10⁻¹²)`, or towards `targets` `[n]`
+/// `−(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2 + 10⁻¹²)`, where `π_r` is the class of rank `r`:
+/// the class `c` with exactly `r − 1` classes `j` such that `z_j > z_c`, or `z_j = z_c` and
+/// `j < c` (ties: the lower index ranks first).
+///
+/// # Errors
+/// As [`cross_entropy`] (also for the targets); [`TensorError::Shape`] for fewer than 3 classes
+/// (4 with targets) or targets that are not `[n]`.
+pub fn dlr_loss(
+    logits: &RefTensor,
+    labels: &RefTensor,
+    targets: Option<&RefTensor>,
+) -> Result<RefTensor> {
+    let op = "dlr_loss";
+    let (n, k, ys) = logits_labels(op, logits, labels)?;
+    let ts = match targets {
+        Some(t) => Some(logits_labels(op, logits, t)?.2),
+        None => None,
+    };
+    let need = if ts.is_some() { 4 } else { 3 };
+    if k < need {
+        return Err(TensorError::shape(
+            op,
+            format!("{k} classes; needs at least {need}"),
+        ));
+    }
+    let mut data = Vec::with_capacity(n);
+    for i in 0..n {
+        let z = &logits.data[i * k..(i + 1) * k];
+        // by_rank[r] = the class of rank r + 1.
+        let mut by_rank = vec![0usize; k];
+        for c in 0..k {
+            let rank = (0..k)
+                .filter(|&j| z[j] > z[c] || (z[j] == z[c] && j < c))
+                .count();
+            by_rank[rank] = c;
+        }
+        let y = ys[i];
+        let (num, den) = match &ts {
+            None => {
+                let other = (0..k)
+                    .filter(|&j| j != y)
+                    .map(|j| z[j])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                (z[y] - other, z[by_rank[0]] - z[by_rank[2]] + 1e-12)
+            }
+            Some(t) => (
+                z[y] - z[t[i]],
+                z[by_rank[0]] - (z[by_rank[2]] + z[by_rank[3]]) / 2.0 + 1e-12,
+            ),
+        };
+        data.push(-num / den);
+    }
+    Ok(RefTensor {
+        shape: vec![n],
+        data,
+    })
+}
+
+// ---- per-example ops ------------------------------------------------------------------------
+
+/// Checks a batch `[n, …]` against one value per example `[n]`; returns `(n, elements per row)`.
+fn rows(op: &'static str, x: &RefTensor, s: &RefTensor) -> Result<(usize, usize)> {
+    match x.shape.first() {
+        Some(&n) if s.shape == [n] => Ok((n, x.numel().checked_div(n).unwrap_or(0))),
+        _ => Err(TensorError::shape(
+            op,
+            format!("{:?} must be [n, …] and {:?} [n]", x.shape, s.shape),
+        )),
+    }
+}
+
+/// Each row `i` of `x` (`[n, …]`) times `s[i]` (`s` of shape `[n]`).
+///
+/// # Errors
+/// [`TensorError::Shape`] when `s` is not `[n]` or `x` is a scalar.
+pub fn mul_rows(x: &RefTensor, s: &RefTensor) -> Result<RefTensor> {
+    let (_, d) = rows("mul_rows", x, s)?;
+    let data = (0..x.numel()).map(|f| x.data[f] * s.data[f / d]).collect();
+    Ok(RefTensor {
+        shape: x.shape.clone(),
+        data,
+    })
+}
+
+/// Row `i` of `a` where `mask[i] ≠ 0`, else row `i` of `b`.
+///
+/// # Errors
+/// [`TensorError::Shape`] when `a` and `b` differ in shape or `mask` is not `[n]`.
+pub fn select_rows(mask: &RefTensor, a: &RefTensor, b: &RefTensor) -> Result<RefTensor> {
+    same_shape("select_rows", a, b)?;
+    let (_, d) = rows("select_rows", a, mask)?;
+    let data = (0..a.numel())
+        .map(|f| {
+            if mask.data[f / d] != 0.0 {
+                a.data[f]
+            } else {
+                b.data[f]
+            }
+        })
+        .collect();
+    Ok(RefTensor {
+        shape: a.shape.clone(),
+        data,
+    })
+}
+
 // ---- batch normalisation --------------------------------------------------------------------
 
 /// Checks `x` (`[n, c]` or `[n, c, h, w]`) against per-channel vectors and returns `c`.

@@ -496,6 +496,10 @@ pub fn checks<B: Backend>() -> Vec<(&'static str, CheckFn<B>)> {
         ("cw_loss_backward", check_cw_loss_backward::<B>),
         ("kl_div", check_kl_div::<B>),
         ("kl_div_backward", check_kl_div_backward::<B>),
+        ("dlr_loss", check_dlr_loss::<B>),
+        ("dlr_loss_backward", check_dlr_loss_backward::<B>),
+        ("mul_rows", check_mul_rows::<B>),
+        ("select_rows", check_select_rows::<B>),
         ("batch_norm_train", check_batch_norm_train::<B>),
         ("batch_norm_eval", check_batch_norm_eval::<B>),
         (
@@ -1945,6 +1949,363 @@ pub fn check_cw_loss_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult {
     })
 }
 
+// ---- DLR loss -------------------------------------------------------------------------------
+
+/// `(n, k, targeted)` for the DLR loss: 3 and 4 classes (the least each variant takes), 10 and
+/// 17, batch 1 to 50.
+const DLR_CASES: [(usize, usize, bool); 8] = [
+    (5, 10, false),
+    (5, 10, true),
+    (1, 3, false),
+    (3, 4, true),
+    (50, 10, true),
+    (9, 17, false),
+    (7, 17, true),
+    (4, 5, false),
+];
+
+/// Logits `[n, k]` in `[-3, 3]`, labels, and (when `targeted`) targets other than the label.
+/// Each row is redrawn until its five largest logits are at least [`KINK_GAP`] apart (so the
+/// sort, and the maximum over the other classes, are constant within a finite-difference
+/// stencil) and `z_π1 − z_π3 ≥ 0.5` (so the denominator, whose third derivative grows as its
+/// fourth inverse power, is not small).
+fn dlr_inputs(
+    rng: &mut SplitMix64,
+    n: usize,
+    k: usize,
+    targeted: bool,
+) -> (Host, Host, Option<Host>) {
+    let y = labels(rng, n, k);
+    let t = targeted.then(|| {
+        let data = y
+            .data
+            .iter()
+            .map(|&l| ((l as usize + 1 + rng.below(k - 1)) % k) as f32)
+            .collect();
+        Host::new(&[n], data)
+    });
+    let mut z = Host::random(rng, &[n, k], -3.0, 3.0);
+    for i in 0..n {
+        loop {
+            let mut s = z.data[i * k..(i + 1) * k].to_vec();
+            s.sort_by(|a, b| b.total_cmp(a));
+            let top = &s[..k.min(5)];
+            if top.windows(2).all(|w| w[0] - w[1] >= KINK_GAP) && s[0] - s[2] >= 0.5 {
+                break;
+            }
+            for v in &mut z.data[i * k..(i + 1) * k] {
+                *v = rng.uniform(-3.0, 3.0);
+            }
+        }
+    }
+    (z, y, t)
+}
+
+/// For one row: the loss's rounding magnitude `(|z_y| + |z_o|)/D + |u|·S_D/D²` (`u = z_y − z_o`,
+/// `S_D` the sum of the magnitudes of the logits in `D`), and per class the sum of the
+/// magnitudes of the gradient's terms times `1 + S/D` (`S` every logit involved): how far `f32`
+/// rounding of the inputs' differences can move each result.
+fn dlr_mags(z: &[f32], y: usize, t: Option<usize>) -> (f64, Vec<f64>) {
+    let z: Vec<f64> = z.iter().map(|&v| f64::from(v)).collect();
+    let mut pi: Vec<usize> = (0..z.len()).collect();
+    pi.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
+    let (o, tail): (usize, Vec<(usize, f64)>) = match t {
+        None => (if pi[0] == y { pi[1] } else { pi[0] }, vec![(pi[2], 1.0)]),
+        Some(t) => (t, vec![(pi[2], 0.5), (pi[3], 0.5)]),
+    };
+    let d = z[pi[0]] - tail.iter().map(|&(c, w)| w * z[c]).sum::<f64>();
+    let u = (z[y] - z[o]).abs();
+    let s_d = z[pi[0]].abs() + tail.iter().map(|&(c, w)| w * z[c].abs()).sum::<f64>();
+    let s = s_d + z[y].abs() + z[o].abs();
+    let loss = (z[y].abs() + z[o].abs()) / d + u * s_d / (d * d);
+    let mut g = vec![0.0; z.len()];
+    g[y] += 1.0 / d;
+    g[o] += 1.0 / d;
+    g[pi[0]] += u / (d * d);
+    for (c, w) in tail {
+        g[c] += w * u / (d * d);
+    }
+    for v in &mut g {
+        *v *= 1.0 + s / d;
+    }
+    (loss, g)
+}
+
+/// The error cases of the DLR loss beyond [`loss_errors`]: too few classes, targets of the wrong
+/// shape or not a class. `f(logits, labels, targets)` runs the op.
+fn dlr_errors<B: Backend>(
+    b: &B,
+    op: &'static str,
+    f: impl Fn(&B::Tensor, &B::Tensor, Option<&B::Tensor>) -> crate::Result<B::Tensor>,
+) -> CheckResult {
+    loss_errors(b, op, |z, y| f(z, y, None))?;
+    let ctx = format!("[{}] {op} errors", b.name());
+    let t = |s: &[usize], v: Vec<f32>| Host::new(s, v).up(b, &ctx);
+    let (z2, z3, z4) = (
+        t(&[2, 2], vec![0.5; 4])?,
+        t(&[2, 3], vec![0.5; 6])?,
+        t(&[2, 4], vec![0.5; 8])?,
+    );
+    let y = t(&[2], vec![0.0, 1.0])?;
+    expect_err(&ctx, op, true, "2 classes", || f(&z2, &y, None))?;
+    expect_err(&ctx, op, true, "3 classes with targets", || {
+        f(&z3, &y, Some(&y))
+    })?;
+    let t3 = t(&[3], vec![1.0; 3])?;
+    expect_err(&ctx, op, true, "3 targets for 2 rows", || {
+        f(&z4, &y, Some(&t3))
+    })?;
+    let t21 = t(&[2, 1], vec![1.0; 2])?;
+    expect_err(&ctx, op, true, "targets [2, 1]", || f(&z4, &y, Some(&t21)))?;
+    for bad in [4.0f32, -1.0, 1.5, f32::NAN] {
+        let tb = t(&[2], vec![1.0, bad])?;
+        expect_err(
+            &ctx,
+            op,
+            true,
+            &format!("target {bad} with 4 classes"),
+            || f(&z4, &y, Some(&tb)),
+        )?;
+    }
+    Ok(())
+}
+
+/// `dlr_loss` against [`reference::dlr_loss`], untargeted and targeted, with the magnitudes of
+/// `dlr_mags`; the loss is invariant to shifting and scaling the logits.
+pub fn check_dlr_loss<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "dlr_loss";
+    let mut rng = SplitMix64::new(0xD1);
+    for (n, k, targeted) in DLR_CASES {
+        let ctx = format!("[{name}] {op} (logits [{n}, {k}], targeted {targeted})");
+        let (z, y, t) = dlr_inputs(&mut rng, n, k, targeted);
+        let rt = t.as_ref().map(Host::r);
+        let want = reference::dlr_loss(&z.r(), &y.r(), rt.as_ref()).reference(&ctx)?;
+        let mut mag = RefTensor::full(&[n], 0.0);
+        for i in 0..n {
+            let ti = t.as_ref().map(|t| t.data[i] as usize);
+            mag.data[i] = dlr_mags(&z.data[i * k..(i + 1) * k], y.data[i] as usize, ti).0;
+        }
+        let tt = t.as_ref().map(|t| t.up(b, &ctx)).transpose()?;
+        let got = b
+            .dlr_loss(&z.up(b, &ctx)?, &y.up(b, &ctx)?, tt.as_ref())
+            .backend(&ctx, op)?;
+        expect_close(b, &ctx, &got, &want, Some(&mag), tol)?;
+        // 3·z + 7 has the same loss (up to the 1e-12 in the denominator and rounding).
+        let moved = Host::new(&[n, k], z.data.iter().map(|v| 3.0 * v + 7.0).collect());
+        let ctx2 = format!("{ctx}, logits 3·z + 7");
+        let got = b
+            .dlr_loss(&moved.up(b, &ctx2)?, &y.up(b, &ctx2)?, tt.as_ref())
+            .backend(&ctx2, op)?;
+        let mut mag2 = mag.clone();
+        for (i, m) in mag2.data.iter_mut().enumerate() {
+            let ti = t.as_ref().map(|t| t.data[i] as usize);
+            *m = m.max(dlr_mags(&moved.data[i * k..(i + 1) * k], y.data[i] as usize, ti).0);
+        }
+        expect_close(b, &ctx2, &got, &want, Some(&mag2), tol)?;
+    }
+    dlr_errors(b, op, |z, y, t| b.dlr_loss(z, y, t))
+}
+
+/// `dlr_loss_backward` against central finite differences of [`reference::dlr_loss`] (away from
+/// the sort's kinks), with the magnitudes of `dlr_mags`; on tied logits, by hand: the lower
+/// index ranks first.
+pub fn check_dlr_loss_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "dlr_loss_backward";
+    let mut rng = SplitMix64::new(0xD1B);
+    for (n, k, targeted) in DLR_CASES {
+        let ctx =
+            format!("[{name}] {op} (logits [{n}, {k}], targeted {targeted}) vs finite differences");
+        let (z, y, t) = dlr_inputs(&mut rng, n, k, targeted);
+        let gy = Host::random(&mut rng, &[n], -2.0, 2.0);
+        let (ry, rt) = (y.r(), t.as_ref().map(Host::r));
+        let (want, noise) = fd_grad(&ctx, &z.r(), &gy.r(), |z| {
+            reference::dlr_loss(z, &ry, rt.as_ref())
+        })?;
+        let mut mag = RefTensor::full(&[n, k], 0.0);
+        for i in 0..n {
+            let ti = t.as_ref().map(|t| t.data[i] as usize);
+            let g = dlr_mags(&z.data[i * k..(i + 1) * k], y.data[i] as usize, ti).1;
+            for j in 0..k {
+                mag.data[i * k + j] = f64::from(gy.data[i]).abs() * g[j];
+            }
+        }
+        let tt = t.as_ref().map(|t| t.up(b, &ctx)).transpose()?;
+        let got = b
+            .dlr_loss_backward(
+                &z.up(b, &ctx)?,
+                &y.up(b, &ctx)?,
+                tt.as_ref(),
+                &gy.up(b, &ctx)?,
+            )
+            .backend(&ctx, op)?;
+        expect_close(b, &ctx, &got, &want, Some(&mag), tol.plus_atol(noise))?;
+    }
+    // Untargeted, by hand: z = [0, 3, 3, 1, 2], y = 0, gy = 2. π = (1, 2, 4, 3, 0): of the tied
+    // classes 1 and 2, class 1 ranks first, so it is both π1 and the largest other logit.
+    // u = z_0 − z_1 = −3, D = z_1 − z_4 = 1; ∂(−u/D) = −∂u/D + u·∂D/D²:
+    //   class 0: −1; class 1: +1 + u = −2; class 4: −u = 3  → times gy: [−2, −4, 0, 0, 6].
+    let ctx = format!("[{name}] {op} with tied logits (untargeted)");
+    let z = Host::new(&[1, 5], vec![0.0, 3.0, 3.0, 1.0, 2.0]);
+    let y = Host::new(&[1], vec![0.0]);
+    let gy = Host::new(&[1], vec![2.0]);
+    let want = RefTensor::new(&[1, 5], vec![-2.0, -4.0, 0.0, 0.0, 6.0]).reference(&ctx)?;
+    let got = b
+        .dlr_loss_backward(&z.up(b, &ctx)?, &y.up(b, &ctx)?, None, &gy.up(b, &ctx)?)
+        .backend(&ctx, op)?;
+    expect_close(b, &ctx, &got, &want, None, tol)?;
+    let loss = b
+        .dlr_loss(&z.up(b, &ctx)?, &y.up(b, &ctx)?, None)
+        .backend(&ctx, "dlr_loss")?;
+    expect_close(b, &ctx, &loss, &RefTensor::full(&[1], 3.0), None, tol)?;
+    // Targeted, by hand: z = [3, 2, 1, 0.5, 0.5, −1], y = 5, t = 1. π = (0, 1, 2, 3, 4, 5): of
+    // the tied classes 3 and 4, class 3 is π4 and class 4 gets no gradient.
+    // u = z_5 − z_1 = −3, D = 3 − (1 + 0.5)/2 = 2.25.
+    let ctx = format!("[{name}] {op} with tied logits (targeted)");
+    let z = Host::new(&[1, 6], vec![3.0, 2.0, 1.0, 0.5, 0.5, -1.0]);
+    let (y, t) = (Host::new(&[1], vec![5.0]), Host::new(&[1], vec![1.0]));
+    let gy = Host::new(&[1], vec![1.0]);
+    let (u, d) = (-3.0f64, 2.25f64);
+    let want = RefTensor::new(
+        &[1, 6],
+        vec![
+            u / (d * d),
+            1.0 / d,
+            -0.5 * u / (d * d),
+            -0.5 * u / (d * d),
+            0.0,
+            -1.0 / d,
+        ],
+    )
+    .reference(&ctx)?;
+    let tt = t.up(b, &ctx)?;
+    let got = b
+        .dlr_loss_backward(
+            &z.up(b, &ctx)?,
+            &y.up(b, &ctx)?,
+            Some(&tt),
+            &gy.up(b, &ctx)?,
+        )
+        .backend(&ctx, op)?;
+    expect_close(b, &ctx, &got, &want, None, tol)?;
+
+    let ctx = format!("[{name}] {op} errors");
+    let gy2 = Host::new(&[2], vec![1.0; 2]).up(b, &ctx)?;
+    dlr_errors(b, op, |z, y, t| b.dlr_loss_backward(z, y, t, &gy2))?;
+    let z = Host::new(&[2, 4], vec![0.5; 8]).up(b, &ctx)?;
+    let y = Host::new(&[2], vec![0.0, 3.0]).up(b, &ctx)?;
+    let gy3 = Host::new(&[3], vec![1.0; 3]).up(b, &ctx)?;
+    expect_err(&ctx, op, true, "gy [3] for 2 rows", || {
+        b.dlr_loss_backward(&z, &y, None, &gy3)
+    })
+}
+
+// ---- per-example ops ------------------------------------------------------------------------
+
+/// Batch shapes for the per-example ops: images, a batch of 1, a batch of vectors, one scalar
+/// per example (`[n]`), odd sizes, and an empty row.
+const ROW_CASES: [&[usize]; 6] = [
+    &[5, 3, 4, 4],
+    &[1, 1, 7, 9],
+    &[6, 13],
+    &[9],
+    &[3, 1, 28, 28],
+    &[4, 0],
+];
+
+/// `mul_rows` against [`reference::mul_rows`] (one rounding: `mag = |want|`), with zero,
+/// negative and non-finite scales, and its shape errors.
+pub fn check_mul_rows<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "mul_rows";
+    let mut rng = SplitMix64::new(0x3A);
+    for shape in ROW_CASES {
+        let ctx = format!("[{name}] {op} ({shape:?})");
+        let n = shape[0];
+        let x = Host::random(&mut rng, shape, -2.0, 2.0).sprinkle(&mut rng, 0.05, 0.0);
+        let s = Host::random(&mut rng, &[n], -3.0, 3.0).sprinkle(&mut rng, 0.2, 0.0);
+        let want = reference::mul_rows(&x.r(), &s.r()).reference(&ctx)?;
+        let got = b
+            .mul_rows(&x.up(b, &ctx)?, &s.up(b, &ctx)?)
+            .backend(&ctx, op)?;
+        expect_close(b, &ctx, &got, &want, None, tol)?;
+    }
+    let ctx = format!("[{name}] {op} with non-finite values");
+    let x = Host::new(&[3, 2], vec![1.0, -2.0, f32::INFINITY, 0.5, 3.0, f32::NAN]);
+    let s = Host::new(&[3], vec![f32::INFINITY, 2.0, -1.0]);
+    let want = reference::mul_rows(&x.r(), &s.r()).reference(&ctx)?;
+    let got = b
+        .mul_rows(&x.up(b, &ctx)?, &s.up(b, &ctx)?)
+        .backend(&ctx, op)?;
+    expect_close(b, &ctx, &got, &want, None, tol)?;
+
+    let ctx = format!("[{name}] {op} errors");
+    let t = |s: &[usize]| Host::new(s, vec![0.5; s.iter().product()]).up(b, &ctx);
+    let (x, s3, s21, scalar) = (t(&[2, 3])?, t(&[3])?, t(&[2, 1])?, t(&[])?);
+    expect_err(&ctx, op, true, "3 scales for 2 rows", || {
+        b.mul_rows(&x, &s3)
+    })?;
+    expect_err(&ctx, op, true, "scales [2, 1]", || b.mul_rows(&x, &s21))?;
+    expect_err(&ctx, op, true, "a scalar x", || b.mul_rows(&scalar, &s3))
+}
+
+/// `select_rows` bit for bit against [`reference::select_rows`] (NaN and infinities in the rows
+/// are copied; `−0` in the mask counts as zero), and its shape errors.
+pub fn check_select_rows<B: Backend>(b: &B, _tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "select_rows";
+    let mut rng = SplitMix64::new(0x5E);
+    for shape in ROW_CASES {
+        let ctx = format!("[{name}] {op} ({shape:?})");
+        let n = shape[0];
+        let a = Host::random(&mut rng, shape, -2.0, 2.0)
+            .sprinkle(&mut rng, 0.05, f32::NAN)
+            .sprinkle(&mut rng, 0.05, f32::NEG_INFINITY);
+        let c = Host::random(&mut rng, shape, -2.0, 2.0).sprinkle(&mut rng, 0.05, -0.0);
+        let choices = [0.0f32, 1.0, -0.0, -2.5, 1e-30];
+        let m = Host::new(&[n], (0..n).map(|_| choices[rng.below(5)]).collect());
+        let want = reference::select_rows(&m.r(), &a.r(), &c.r()).reference(&ctx)?;
+        // Exact: the selected rows' own bits (the reference's f64 values narrow back exactly).
+        let d = a.data.len().checked_div(n).unwrap_or(0);
+        let bits: Vec<f32> = (0..a.data.len())
+            .map(|f| {
+                if m.data[f / d.max(1)] != 0.0 {
+                    a.data[f]
+                } else {
+                    c.data[f]
+                }
+            })
+            .collect();
+        if want
+            .to_f32()
+            .iter()
+            .zip(&bits)
+            .any(|(w, v)| !same_bits(*w, *v))
+        {
+            return Err(format!(
+                "{ctx}: suite bug: reference and host selection differ"
+            ));
+        }
+        let got = b
+            .select_rows(&m.up(b, &ctx)?, &a.up(b, &ctx)?, &c.up(b, &ctx)?)
+            .backend(&ctx, op)?;
+        expect_bits(b, &ctx, &got, shape, &bits)?;
+    }
+    let ctx = format!("[{name}] {op} errors");
+    let t = |s: &[usize]| Host::new(s, vec![0.5; s.iter().product()]).up(b, &ctx);
+    let (a, a32, m2, m3, scalar) = (t(&[2, 3])?, t(&[3, 2])?, t(&[2])?, t(&[3])?, t(&[])?);
+    expect_err(&ctx, op, true, "a [2, 3] and b [3, 2]", || {
+        b.select_rows(&m2, &a, &a32)
+    })?;
+    expect_err(&ctx, op, true, "3 mask values for 2 rows", || {
+        b.select_rows(&m3, &a, &a)
+    })?;
+    expect_err(&ctx, op, true, "scalar rows", || {
+        b.select_rows(&m2, &scalar, &scalar)
+    })
+}
+
 // ---- batch normalisation --------------------------------------------------------------------
 
 /// `(x shape, value range, eps)` for batch norm: `[n, c]` and `[n, c, h, w]`, batch 1 with a
@@ -2668,6 +3029,10 @@ macro_rules! op_suite {
             cw_loss_backward => check_cw_loss_backward,
             kl_div => check_kl_div,
             kl_div_backward => check_kl_div_backward,
+            dlr_loss => check_dlr_loss,
+            dlr_loss_backward => check_dlr_loss_backward,
+            mul_rows => check_mul_rows,
+            select_rows => check_select_rows,
             batch_norm_train => check_batch_norm_train,
             batch_norm_eval => check_batch_norm_eval,
             batch_norm_train_backward => check_batch_norm_train_backward,

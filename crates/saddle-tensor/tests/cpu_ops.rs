@@ -288,6 +288,59 @@ fn attack_steps_by_hand() {
 }
 
 #[test]
+fn per_example_ops_by_hand() {
+    let b = Cpu::new();
+    // mul_rows: row i times s[i].
+    let x = t(&b, &[2, 1, 3], &[1.0, 2.0, 3.0, -1.0, 0.5, 4.0]);
+    let s = t(&b, &[2], &[2.0, -0.5]);
+    assert_close(
+        &b,
+        &b.mul_rows(&x, &s).unwrap(),
+        &[2, 1, 3],
+        &[2.0, 4.0, 6.0, 0.5, -0.25, -2.0],
+    );
+    // select_rows: row 0 from a (mask 1), row 1 from b (mask 0), row 2 from a (mask −3).
+    let a = t(&b, &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let c = t(&b, &[3, 2], &[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]);
+    let m = t(&b, &[3], &[1.0, 0.0, -3.0]);
+    assert_close(
+        &b,
+        &b.select_rows(&m, &a, &c).unwrap(),
+        &[3, 2],
+        &[1.0, 2.0, -3.0, -4.0, 5.0, 6.0],
+    );
+    // DLR, z = [1, 4, 2, 3], y = 1 (correct): −(4 − 3)/(4 − 2) = −0.5; y = 0: −(1 − 4)/2 = 1.5.
+    // Targeted at t = 2 with y = 1: −(4 − 2)/(4 − (2 + 1)/2) = −0.8.
+    let z = t(&b, &[2, 4], &[1.0, 4.0, 2.0, 3.0, 1.0, 4.0, 2.0, 3.0]);
+    let y = t(&b, &[2], &[1.0, 0.0]);
+    assert_close(&b, &b.dlr_loss(&z, &y, None).unwrap(), &[2], &[-0.5, 1.5]);
+    let tg = t(&b, &[2], &[2.0, 2.0]);
+    // Row 1, y = 0, t = 2: −(1 − 2)/2.5 = 0.4.
+    assert_close(
+        &b,
+        &b.dlr_loss(&z, &y, Some(&tg)).unwrap(),
+        &[2],
+        &[-0.8, 0.4],
+    );
+    // Gradient of row 0 (y = 1, other = 3, π1 = 1, π3 = 2, u = 1, D = 2), gy = 2:
+    // class 1: −1/D + u/D² = −0.25; class 3: +1/D = 0.5; class 2: −u/D² = −0.25; → ×2.
+    let gy = t(&b, &[2], &[2.0, 0.0]);
+    assert_close(
+        &b,
+        &b.dlr_loss_backward(&z, &y, None, &gy).unwrap(),
+        &[2, 4],
+        &[0.0, -0.5, -0.5, 1.0, 0.0, 0.0, 0.0, 0.0],
+    );
+    // Bad shapes and labels are errors, not panics.
+    assert!(b.mul_rows(&x, &t(&b, &[3], &[1.0; 3])).is_err());
+    assert!(b.select_rows(&m, &a, &x).is_err());
+    assert!(b.dlr_loss(&z, &t(&b, &[2], &[1.0, 4.0]), None).is_err());
+    assert!(b
+        .dlr_loss(&t(&b, &[2, 2], &[0.0; 4]), &t(&b, &[2], &[0.0; 2]), None)
+        .is_err());
+}
+
+#[test]
 fn optimiser_steps_by_hand() {
     let b = Cpu::new();
     // Adam's first step from m = v = 0: m = 0.1·g, v = 0.001·g², bias correction undoes both
@@ -343,6 +396,10 @@ enum Bug {
     LinfNoBoxClip,
     /// `adam_update` skips bias correction.
     AdamNoBiasCorrection,
+    /// `dlr_loss_backward` ranks tied logits with the higher index first.
+    DlrTiesToHigherIndex,
+    /// `mul_rows` scales every row by the first example's scalar.
+    MulRowsFirstScale,
 }
 
 #[derive(Clone, Debug)]
@@ -525,6 +582,33 @@ impl Backend for Buggy {
     fn cw_loss_backward(&self, logits: &T, labels: &T, kappa: f32, gy: &T) -> Result<T> {
         self.cpu.cw_loss_backward(logits, labels, kappa, gy)
     }
+    fn dlr_loss_backward(&self, logits: &T, labels: &T, targets: Option<&T>, gy: &T) -> Result<T> {
+        if self.bug != Bug::DlrTiesToHigherIndex {
+            return self.cpu.dlr_loss_backward(logits, labels, targets, gy);
+        }
+        // The classes in reverse order: ties now break towards the higher original index.
+        let k = logits.dims()[1];
+        let flip = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&c| (k - 1) as f32 - c).collect() };
+        let rev = |v: Vec<f32>| -> Vec<f32> {
+            v.chunks(k).flat_map(|r| r.iter().rev().copied()).collect()
+        };
+        let z = self.cpu.from_vec(logits.dims(), rev(self.host(logits)))?;
+        let y = self.cpu.from_vec(labels.dims(), flip(self.host(labels)))?;
+        let t = match targets {
+            Some(t) => Some(self.cpu.from_vec(t.dims(), flip(self.host(t)))?),
+            None => None,
+        };
+        let g = self.cpu.dlr_loss_backward(&z, &y, t.as_ref(), gy)?;
+        self.cpu.from_vec(logits.dims(), rev(self.host(&g)))
+    }
+    fn mul_rows(&self, x: &T, s: &T) -> Result<T> {
+        if self.bug != Bug::MulRowsFirstScale {
+            return self.cpu.mul_rows(x, s);
+        }
+        let first = self.host(s)[0];
+        let n = s.dims()[0];
+        self.cpu.mul_rows(x, &self.cpu.full(&[n], first)?)
+    }
     fn batch_norm_train(
         &self,
         x: &T,
@@ -629,6 +713,17 @@ fn catches_an_unflipped_conv_input_gradient() {
 fn catches_max_pool_gradient_to_the_last_maximum() {
     // Random inputs have no ties, so only the suite's hand-made tie case can see this.
     assert_caught(Bug::MaxPoolLastMax, testing::check_max_pool2d_backward);
+}
+
+#[test]
+fn catches_dlr_gradient_breaking_ties_the_other_way() {
+    // Random inputs have no ties, so only the suite's hand-made tie cases can see this.
+    assert_caught(Bug::DlrTiesToHigherIndex, testing::check_dlr_loss_backward);
+}
+
+#[test]
+fn catches_mul_rows_with_one_scale_for_all_rows() {
+    assert_caught(Bug::MulRowsFirstScale, testing::check_mul_rows);
 }
 
 #[test]

@@ -66,6 +66,14 @@ kernels! {
     CwLoss => "cw_loss.wgsl",
     /// Gradient of the CW loss with respect to the logits.
     CwLossBackward => "cw_loss_backward.wgsl",
+    /// Per-example DLR loss (untargeted or targeted), a top-4 of each row.
+    DlrLoss => "dlr_loss.wgsl",
+    /// Gradient of the DLR loss with respect to the logits.
+    DlrLossBackward => "dlr_loss_backward.wgsl",
+    /// Each example's row times its own scalar.
+    MulRows => "mul_rows.wgsl",
+    /// Per-example select between two batches.
+    SelectRows => "select_rows.wgsl",
     /// Per-channel batch mean and variance.
     BatchNormStats => "batch_norm_stats.wgsl",
     /// Per-channel normalisation with given statistics.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use saddle_tensor::backend::check_dlr;
 use saddle_tensor::shape::{
     bn_layout, broadcast_shape, check_labels, check_logits_labels, checked_numel, pool_out_shape,
     same_shape, ConvGeometry,
@@ -53,11 +54,13 @@ enum UnOp {
 }
 
 /// Bits of the device status word set by the loss kernels on an invalid label.
-const STATUS_OPS: [&str; 4] = [
+const STATUS_OPS: [&str; 6] = [
     "cross_entropy",
     "cross_entropy_backward",
     "cw_loss",
     "cw_loss_backward",
+    "dlr_loss",
+    "dlr_loss_backward",
 ];
 
 fn u(v: usize) -> u32 {
@@ -327,6 +330,66 @@ impl Wgpu {
         Ok(out)
     }
 
+    /// The DLR loss (`gy` `None`) or its gradient: shapes and host labels checked, one kernel.
+    fn dlr(
+        &self,
+        op: &'static str,
+        logits: &T,
+        labels: &T,
+        targets: Option<&T>,
+        gy: Option<&T>,
+    ) -> Result<T> {
+        let (n, k) = check_dlr(
+            op,
+            &logits.shape,
+            &labels.shape,
+            targets.map(|t| &t.shape[..]),
+        )?;
+        if let Some(gy) = gy {
+            same_shape(op, &gy.shape, &[n])?;
+        }
+        check_host_labels(op, labels, k)?;
+        if let Some(t) = targets {
+            check_host_labels(op, t, k)?;
+        }
+        let (kernel, shape) = match gy {
+            None => (Kernel::DlrLoss, vec![n]),
+            Some(_) => (Kernel::DlrLossBackward, vec![n, k]),
+        };
+        let out = self.out(op, &shape)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let params = Params::new()
+            .u(u(n))
+            .u(u(k))
+            .u(u32::from(targets.is_some()))
+            .u(0);
+        let mut binds = vec![
+            logits.bind(),
+            labels.bind(),
+            targets.unwrap_or(labels).bind(),
+        ];
+        if let Some(gy) = gy {
+            binds.push(gy.bind());
+        }
+        binds.push(out.bind());
+        self.ctx
+            .dispatch(kernel, &params, &binds, true, self.g1(n))?;
+        Ok(out)
+    }
+
+    /// `(n, d)` of a batch `x` `[n, …]` with one value per example in `s` `[n]`.
+    fn rows(op: &'static str, x: &[usize], s: &[usize]) -> Result<(usize, usize)> {
+        match x.first() {
+            Some(&n) if s == [n] => Ok((n, x.iter().skip(1).product())),
+            _ => Err(TensorError::shape(
+                op,
+                format!("{x:?} must be [n, …] with one value per example in {s:?} ([n])"),
+            )),
+        }
+    }
+
     fn conv_params(g: &ConvGeometry, last: usize) -> Params {
         Params::new()
             .u(u(g.n))
@@ -479,7 +542,7 @@ impl Backend for Wgpu {
                 .map(|(_, s)| *s)
                 .collect();
             return Err(TensorError::invalid(
-                STATUS_OPS[status.trailing_zeros().min(3) as usize],
+                STATUS_OPS[(status.trailing_zeros() as usize).min(STATUS_OPS.len() - 1)],
                 format!(
                     "a label computed on the device was not a class index: found by {} on this \
                      device since the last read-back, and reported here; those rows are NaN",
@@ -894,6 +957,53 @@ impl Backend for Wgpu {
     fn cw_loss_backward(&self, logits: &T, labels: &T, kappa: f32, gy: &T) -> Result<T> {
         let k = Kernel::CwLossBackward;
         self.loss_backward("cw_loss_backward", k, logits, labels, gy, Some(kappa))
+    }
+
+    fn dlr_loss(&self, logits: &T, labels: &T, targets: Option<&T>) -> Result<T> {
+        self.dlr("dlr_loss", logits, labels, targets, None)
+    }
+
+    fn dlr_loss_backward(&self, logits: &T, labels: &T, targets: Option<&T>, gy: &T) -> Result<T> {
+        self.dlr("dlr_loss_backward", logits, labels, targets, Some(gy))
+    }
+
+    fn mul_rows(&self, x: &T, s: &T) -> Result<T> {
+        let op = "mul_rows";
+        let (_, d) = Self::rows(op, &x.shape, &s.shape)?;
+        let out = self.out(op, &x.shape)?;
+        let total = x.numel();
+        if total == 0 {
+            return Ok(out);
+        }
+        let params = Params::new().u(u(total)).u(u(d)).u(0).u(0);
+        self.ctx.dispatch(
+            Kernel::MulRows,
+            &params,
+            &[x.bind(), s.bind(), out.bind()],
+            false,
+            self.g1(total),
+        )?;
+        Ok(out)
+    }
+
+    fn select_rows(&self, mask: &T, a: &T, b: &T) -> Result<T> {
+        let op = "select_rows";
+        same_shape(op, &a.shape, &b.shape)?;
+        let (_, d) = Self::rows(op, &a.shape, &mask.shape)?;
+        let out = self.out(op, &a.shape)?;
+        let total = a.numel();
+        if total == 0 {
+            return Ok(out);
+        }
+        let params = Params::new().u(u(total)).u(u(d)).u(0).u(0);
+        self.ctx.dispatch(
+            Kernel::SelectRows,
+            &params,
+            &[mask.bind(), a.bind(), b.bind(), out.bind()],
+            false,
+            self.g1(total),
+        )?;
+        Ok(out)
     }
 
     fn batch_norm_train(

@@ -394,6 +394,72 @@ fn element_wise_ops_fold_beyond_65535_workgroups() {
 }
 
 #[test]
+fn per_example_ops_and_the_dlr_loss_match() {
+    let Some(gb) = common::backend() else { return };
+    let shape = [37, 1, 28, 28];
+    let x = pair(&gb, &shape, 1500);
+    let s = pair(&gb, &[37], 1501);
+    same(
+        &gb,
+        "mul_rows",
+        &gb.mul_rows(&x.g, &s.g).unwrap(),
+        &Cpu.mul_rows(&x.c, &s.c).unwrap(),
+    );
+    // select_rows copies bits: equal exactly.
+    let a = pair(&gb, &shape, 1502);
+    let mask: Vec<f32> = (0..37).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
+    let (mg, mc) = (
+        gb.from_vec(&[37], mask.clone()).unwrap(),
+        Cpu.from_vec(&[37], mask).unwrap(),
+    );
+    let got = gb
+        .to_vec(&gb.select_rows(&mg, &a.g, &x.g).unwrap())
+        .unwrap();
+    let want = Cpu.select_rows(&mc, &a.c, &x.c).unwrap();
+    assert!(got == want.as_slice(), "select_rows differs");
+
+    // Logits of ten distinct levels 0.5 apart (plus noise below 0.01), so that the DLR
+    // denominators are at least 0.5 and the order is the same on both backends.
+    let noise = random_vec(370, 0.0, 0.01, 1503);
+    let z: Vec<f32> = (0..370)
+        .map(|f| ((f % 10 * 3 + f / 10) % 10) as f32 * 0.5 - 2.0 + noise[f])
+        .collect();
+    let zg = gb.from_vec(&[37, 10], z.clone()).unwrap();
+    let zc = Cpu.from_vec(&[37, 10], z).unwrap();
+    let labels: Vec<f32> = (0..37).map(|i| ((i * 7) % 10) as f32).collect();
+    let targets: Vec<f32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| ((l as usize + 1 + i % 9) % 10) as f32)
+        .collect();
+    let (yg, yc) = (
+        gb.from_vec(&[37], labels.clone()).unwrap(),
+        Cpu.from_vec(&[37], labels).unwrap(),
+    );
+    let (tg, tc) = (
+        gb.from_vec(&[37], targets.clone()).unwrap(),
+        Cpu.from_vec(&[37], targets).unwrap(),
+    );
+    let w = pair(&gb, &[37], 1504);
+    for (what, t) in [("untargeted", None), ("targeted", Some((&tg, &tc)))] {
+        same(
+            &gb,
+            &format!("dlr_loss {what}"),
+            &gb.dlr_loss(&zg, &yg, t.map(|t| t.0)).unwrap(),
+            &Cpu.dlr_loss(&zc, &yc, t.map(|t| t.1)).unwrap(),
+        );
+        same(
+            &gb,
+            &format!("dlr_loss_backward {what}"),
+            &gb.dlr_loss_backward(&zg, &yg, t.map(|t| t.0), &w.g)
+                .unwrap(),
+            &Cpu.dlr_loss_backward(&zc, &yc, t.map(|t| t.1), &w.c)
+                .unwrap(),
+        );
+    }
+}
+
+#[test]
 fn invalid_labels_are_errors_on_the_host_and_on_the_device() {
     if common::backend().is_none() {
         return;
@@ -442,6 +508,27 @@ fn invalid_labels_are_errors_on_the_host_and_on_the_device() {
     let ok = gb.cross_entropy(&z, &good).unwrap();
     let v = gb.to_vec(&ok).unwrap();
     assert!((v[0] - 4f32.ln()).abs() < 1e-6, "{v:?}");
+    // The same for the DLR loss's targets, and for its gradient.
+    let loss = gb.dlr_loss(&z, &good, Some(&shifted)).unwrap();
+    let e = gb.to_vec(&loss).unwrap_err();
+    assert!(
+        matches!(e, TensorError::InvalidArgument { op: "dlr_loss", .. }),
+        "{e}"
+    );
+    let ones = gb.full(&[3], 1.0).unwrap();
+    let grad = gb.dlr_loss_backward(&z, &shifted, None, &ones).unwrap();
+    let e = gb.to_vec(&grad).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TensorError::InvalidArgument {
+                op: "dlr_loss_backward",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(gb.to_vec(&gb.dlr_loss(&z, &good, None).unwrap()).is_ok());
 }
 
 #[test]

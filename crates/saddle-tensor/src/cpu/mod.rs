@@ -27,7 +27,7 @@ use std::sync::Arc;
 use ndarray::{ArrayViewD, IxDyn, Zip};
 use rayon::prelude::*;
 
-use crate::backend::{Backend, BatchNormGrads, BatchNormStats, TensorLike};
+use crate::backend::{check_dlr, dlr_rows, Backend, BatchNormGrads, BatchNormStats, TensorLike};
 use crate::error::{Result, TensorError};
 use crate::shape::{
     bn_layout, broadcast_shape, check_labels, check_logits_labels, checked_numel, pool_out_shape,
@@ -826,6 +826,92 @@ impl Backend for Cpu {
                     out[i * k + y] = -gs[i];
                     out[i * k + j] = gs[i];
                 }
+            }
+        }))
+    }
+
+    fn dlr_loss(
+        &self,
+        logits: &CpuTensor,
+        labels: &CpuTensor,
+        targets: Option<&CpuTensor>,
+    ) -> Result<CpuTensor> {
+        let op = "dlr_loss";
+        let (n, k) = check_dlr(op, logits.dims(), labels.dims(), targets.map(|t| t.dims()))?;
+        let t = targets.map(|t| t.as_slice());
+        let (loss, _) = dlr_rows(op, logits.as_slice(), labels.as_slice(), t, k, None)?;
+        Ok(CpuTensor::from_parts(vec![n], loss))
+    }
+
+    fn dlr_loss_backward(
+        &self,
+        logits: &CpuTensor,
+        labels: &CpuTensor,
+        targets: Option<&CpuTensor>,
+        gy: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let op = "dlr_loss_backward";
+        let (n, k) = check_dlr(op, logits.dims(), labels.dims(), targets.map(|t| t.dims()))?;
+        same_shape(op, gy.dims(), &[n])?;
+        let t = targets.map(|t| t.as_slice());
+        let g = Some(gy.as_slice());
+        let (_, dz) = dlr_rows(op, logits.as_slice(), labels.as_slice(), t, k, g)?;
+        Ok(CpuTensor::from_parts(vec![n, k], dz))
+    }
+
+    fn mul_rows(&self, x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor> {
+        let n = match x.dims().first() {
+            Some(&n) if s.dims() == [n] => n,
+            _ => {
+                return Err(TensorError::shape(
+                    "mul_rows",
+                    format!(
+                        "{:?} must be [n, …] with one value per example in {:?} ([n])",
+                        x.dims(),
+                        s.dims()
+                    ),
+                ))
+            }
+        };
+        let d = x.numel().checked_div(n).unwrap_or(0);
+        let (xs, ss) = (x.as_slice(), s.as_slice());
+        Ok(CpuTensor::build(x.dims(), |out| {
+            for (i, &si) in ss.iter().enumerate() {
+                let r = i * d..(i + 1) * d;
+                for (o, &v) in out[r.clone()].iter_mut().zip(&xs[r]) {
+                    *o = v * si;
+                }
+            }
+        }))
+    }
+
+    fn select_rows(&self, mask: &CpuTensor, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let op = "select_rows";
+        same_shape(op, a.dims(), b.dims())?;
+        let n = match a.dims().first() {
+            Some(&n) if mask.dims() == [n] => n,
+            _ => {
+                return Err(TensorError::shape(
+                    op,
+                    format!(
+                        "{:?} must be [n, …] with one mask value per example in {:?} ([n])",
+                        a.dims(),
+                        mask.dims()
+                    ),
+                ))
+            }
+        };
+        let d = a.numel().checked_div(n).unwrap_or(0);
+        let (ms, av, bv) = (mask.as_slice(), a.as_slice(), b.as_slice());
+        Ok(CpuTensor::build(a.dims(), |out| {
+            for (i, &m) in ms.iter().enumerate() {
+                let r = i * d..(i + 1) * d;
+                let src = if m != 0.0 {
+                    &av[r.clone()]
+                } else {
+                    &bv[r.clone()]
+                };
+                out[r].copy_from_slice(src);
             }
         }))
     }
