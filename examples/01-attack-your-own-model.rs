@@ -10,40 +10,19 @@ use saddle_tensor::{cpu::Cpu, ArrayExt, Backend};
 
 /// Your network: 1×8×8 images → linear 64→32 → ReLU → linear 32→4 (weights named as in PyTorch).
 #[derive(Debug)]
-struct TinyNet {
-    b: Cpu,
-    params: ParamSet<Cpu>,
-    training: bool,
-}
-
-impl TinyNet {
-    fn new(seed: u64) -> Result<Self, Box<dyn std::error::Error>> {
-        let (b, mut rng, mut params) = (Cpu::new(), Rng::new(seed), ParamSet::new());
-        for (name, shape) in [("fc1.weight", [32, 64]), ("fc2.weight", [4, 32])] {
-            let bound = 3.0 / (shape[1] as f32).sqrt();
-            let w = rng.array(&shape, Uniform::new(-bound, bound));
-            params.push(name, b.from_array(&w)?)?;
-        }
-        let training = false;
-        Ok(TinyNet {
-            b,
-            params,
-            training,
-        })
-    }
-}
+struct TinyNet(Cpu, ParamSet<Cpu>); // its backend and its weights
 
 #[rustfmt::skip] // one line per accessor
 impl Classifier<Cpu> for TinyNet {
-    fn backend(&self) -> &Cpu { &self.b }
+    fn backend(&self) -> &Cpu { &self.0 }
     fn num_classes(&self) -> usize { 4 }
     fn input_shape(&self) -> [usize; 3] { [1, 8, 8] }
-    fn params(&self) -> &ParamSet<Cpu> { &self.params }
-    fn params_mut(&mut self) -> &mut ParamSet<Cpu> { &mut self.params }
-    fn is_training(&self) -> bool { self.training }
-    fn set_training(&mut self, training: bool) { self.training = training }
+    fn params(&self) -> &ParamSet<Cpu> { &self.1 }
+    fn params_mut(&mut self) -> &mut ParamSet<Cpu> { &mut self.1 }
+    fn is_training(&self) -> bool { false } // no batch norm or dropout: one mode
+    fn set_training(&mut self, _training: bool) {}
     fn forward(&self, g: &Graph<Cpu>, x: Var, grads: bool) -> saddle_models::Result<Forward> {
-        let mut cx = Ctx::new(g, &self.params, grads, self.training);
+        let mut cx = Ctx::new(g, &self.1, grads, false);
         let (w1, w2) = (cx.param(0), cx.param(1));
         let h = g.relu(g.linear(g.flatten(x)?, w1, None)?)?;
         Ok(cx.finish(g.linear(h, w2, None)?))
@@ -51,8 +30,14 @@ impl Classifier<Cpu> for TinyNet {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut net, b, eps) = (TinyNet::new(1)?, Cpu::new(), 0.1);
-    let x = b.from_array(&Rng::new(2).array(&[64, 1, 8, 8], Uniform::new(0.0, 1.0)))?;
+    let (b, mut rng, mut params, eps) = (Cpu::new(), Rng::new(1), ParamSet::new(), 0.1);
+    for (name, shape) in [("fc1.weight", [32, 64]), ("fc2.weight", [4, 32])] {
+        let bound = 3.0 / (shape[1] as f32).sqrt(); // uniform init, as nn.Linear's but wider
+        let w = rng.array(&shape, Uniform::new(-bound, bound));
+        params.push(name, b.from_array(&w)?)?;
+    }
+    let mut net = TinyNet(b, params);
+    let x = b.from_array(&rng.array(&[64, 1, 8, 8], Uniform::new(0.0, 1.0)))?;
     // Label each image with the network's own clean prediction: clean accuracy is 100%.
     let labels = saddle_attacks::predict(&net, &x)?;
     let y = b.from_vec(&[64], labels.iter().map(|&c| c as f32).collect())?;
@@ -65,11 +50,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut robust = [true; 64]; // per image: unbroken by every attack so far
     for (name, attack) in &attacks {
         let res = attack.perturb(&mut net, &x, &y)?;
-        let held = res.success.iter().filter(|s| !**s).count();
-        println!("{name:8} robust accuracy at eps {eps}: {held}/64");
         for (r, s) in robust.iter_mut().zip(&res.success) {
             *r &= !s;
         }
+        let held = res.success.iter().filter(|s| !**s).count();
+        println!("{name:8} robust accuracy at eps {eps}: {held}/64");
     }
     let worst = robust.iter().filter(|r| **r).count();
     println!("worst case over the three attacks, per image: {worst}/64");

@@ -404,12 +404,30 @@ pub fn run(args: Args) -> Result<()> {
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
+        machine: machine(),
+        model_sha256: crate::download::verify::hash_file(&root.join(&model))?.sha256,
     };
     let report = report(exp, &run, &evals)?;
     let path = out.join("REPORT.md");
     crate::download::verify::write_text(&path, &report)?;
     println!("== wrote {}", path.display());
     Ok(())
+}
+
+/// The CPU's model name (Linux's `/proc/cpuinfo`) and the instruction set the CPU kernels use.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let isa = saddle_tensor::cpu::cpu_isa()
+        .map(|i| i.name())
+        .unwrap_or("unknown");
+    format!("{cpu}; CPU kernels: {isa}")
 }
 
 /// The output folder under `results/`: `mnist-quick` for the MNIST experiment's presets (whose
@@ -438,9 +456,7 @@ fn reusable_eval(
     pass: &Pass,
     n: usize,
 ) -> Result<Option<serde_json::Value>> {
-    let attacks = pass
-        .attacks
-        .replace("autoattack", "apgd-ce,apgd-t,fab-t,square");
+    let attacks = pass.attacks.replace("autoattack", saddle_cli::AUTOATTACK);
     let eps = pass.eps.unwrap_or(exp.eps);
     let (Ok(jm), Ok(mm)) = (std::fs::metadata(json), std::fs::metadata(root.join(model))) else {
         return Ok(None);
@@ -475,6 +491,10 @@ struct RunInfo<'a> {
     train_secs: Option<f64>,
     total_secs: f64,
     cores: usize,
+    /// The CPU and the instruction set of the CPU kernels, e.g. `AMD EPYC; kernels: avx512`.
+    machine: String,
+    /// SHA-256 of the evaluated model file.
+    model_sha256: String,
 }
 
 /// One measured number: accuracy in %, the images it was measured on, seconds it took.
@@ -751,10 +771,12 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         ));
     }
     s.push_str(&format!(
-        "\nThis invocation took {:.1} min on this machine ({} logical cores); evaluations it reused \
-         are not in that time.\n",
+        "\nThis invocation took {:.1} min on this machine ({} logical cores, {}); evaluations it \
+         reused are not in that time. The model evaluated: SHA-256 `{}`.\n",
         run.total_secs / 60.0,
-        run.cores
+        run.cores,
+        run.machine,
+        run.model_sha256
     ));
     s.push_str(&format!("\nFiles: {}.\n", exp.files));
     Ok(s)
@@ -816,6 +838,8 @@ mod tests {
             train_secs: Some(3310.0),
             total_secs: 6000.0,
             cores: 2,
+            machine: "test CPU; CPU kernels: avx2".into(),
+            model_sha256: "00".into(),
         };
         let r = report(&MNIST, &run, &evals).unwrap();
         // Natural and FGSM come from the 10,000-image pass, not the 1,000-image one; the
@@ -879,6 +903,8 @@ mod tests {
             train_secs: None,
             total_secs: 60.0,
             cores: 2,
+            machine: "test CPU; CPU kernels: avx2".into(),
+            model_sha256: "00".into(),
         };
         let r = report(&MNIST, &run, &evals).unwrap();
         // Table 1's PGD-100 row is the L∞ pass's, and its worst case ignores the other passes.
@@ -921,6 +947,8 @@ mod tests {
             train_secs: Some(320.0),
             total_secs: 600.0,
             cores: 2,
+            machine: "test CPU; CPU kernels: avx2".into(),
+            model_sha256: "00".into(),
         };
         let r = report(&CIFAR10, &run, &evals).unwrap();
         assert!(

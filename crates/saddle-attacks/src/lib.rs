@@ -66,5 +66,5 @@ pub use saddle_models::Loss;
 pub use saddle_models::{Classifier, Forward, MnistNet, ParamSet};
 pub use square::Square;
 pub use threat::{Linf, ThreatModel, L2};
-pub use transfer::{transfer, TransferReport};
+pub use transfer::{transfer, transfer_matrix, TransferMatrix, TransferReport};
 pub use {saddle_autograd, saddle_models};

@@ -42,3 +42,63 @@ pub fn append_line(path: &Path, line: &str) -> Result<()> {
     writeln!(f, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// Removes what interrupted [`write_atomic`]s of `names` left in `dir`: the temporary files
+/// `.NAME.tmp-PID` of processes that no longer run (a run killed while writing). Returns how
+/// many it removed.
+pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let pid = names.iter().find_map(|n| {
+            file.strip_prefix(&format!(".{n}.tmp-"))
+                .and_then(|p| p.parse::<u32>().ok())
+        });
+        let Some(pid) = pid else { continue };
+        // A live process's file is its own business (Linux: /proc/PID; elsewhere only ours
+        // is known to be alive).
+        let alive = pid == std::process::id()
+            || (Path::new("/proc/self").exists()
+                && Path::new("/proc").join(pid.to_string()).exists());
+        if !alive {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("cannot remove the stale {}", e.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Keeps the lines of the JSON-lines log `path` whose `"step"` is at most `step`, dropping the
+/// rest and an incomplete last line; returns how many lines it dropped. For a resumed run: the
+/// killed run may have logged steps after its last checkpoint (which the resumed run logs
+/// again) and may have been killed in the middle of a line. A missing file is no error.
+pub fn trim_log(path: &Path, step: u64) -> Result<usize> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.split_inclusive('\n') {
+        let keep = line.ends_with('\n')
+            && serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step);
+        if keep {
+            kept.push_str(line);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(dropped)
+}

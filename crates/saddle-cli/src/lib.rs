@@ -1,7 +1,10 @@
 //! `saddle`: train, evaluate and attack adversarially robust models (Madry et al. 2018).
 //!
-//! Every error ends the program with a one-line message naming the problem and exit status 2;
-//! no panic message, no backtrace.
+//! The crate is the `saddle` binary and, as a library, the same command line callable from
+//! Rust: [`Cli::parse_args`] parses a command line, [`run`] executes it, and [`main_with_args`]
+//! does both and reports an error as the binary does (one line, exit status 2; no panic message,
+//! no backtrace). [`npy`] reads and writes the `.npy` files of `saddle predict` and
+//! `saddle attack`, and [`attack_names`] expands an `--attacks` list (`paper`, `autoattack`).
 //!
 //! ```sh
 //! saddle train --preset mnist-smoke --out runs/smoke
@@ -9,9 +12,41 @@
 //! saddle predict --arch mnist --model STATE_DICT.safetensors --inputs X.npy --out LOGITS.npy
 //! ```
 //!
-//! This crate is the command line only; a program that embeds saddle uses the library crates
+//! The same `saddle predict`, from Rust, on a freshly initialised network of the paper's MNIST
+//! architecture:
+//!
+//! ```
+//! use saddle_cli::{main_with_args, npy};
+//! use saddle_models::{Arch, Classifier, Model};
+//! use saddle_tensor::cpu::Cpu;
+//!
+//! let dir = std::env::temp_dir().join(format!("saddle-cli-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let net = Model::build(&"mnist".parse::<Arch>().unwrap(), Cpu::new(), 7).unwrap();
+//! std::fs::write(dir.join("net.safetensors"), net.to_safetensors().unwrap()).unwrap();
+//! std::fs::write(dir.join("x.npy"), npy::encode_f32(&[3, 1, 28, 28], &[0.5; 3 * 784])).unwrap();
+//!
+//! let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+//! let status = main_with_args([
+//!     "saddle", "predict", "--model", &path("net.safetensors"),
+//!     "--inputs", &path("x.npy"), "--out", &path("logits.npy"), "--threads", "1",
+//! ]);
+//! assert_eq!(status, std::process::ExitCode::SUCCESS);
+//! let logits = npy::read(&dir.join("logits.npy")).unwrap();
+//! assert_eq!(logits.shape, [3, 10]);
+//! assert!(logits.data.iter().all(|v| v.is_finite()));
+//! // Three identical images: three identical rows of logits.
+//! assert_eq!(logits.data[..10], logits.data[10..20]);
+//!
+//! // A wrong command line is an error value, not an exit.
+//! assert!(saddle_cli::Cli::parse_args(["saddle", "eval", "--eps", "0.3"]).is_err());
+//! std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+//!
+//! A program that embeds saddle's models, attacks or training uses the library crates
 //! (`saddle-train`, `saddle-attacks`, `saddle-models`, `saddle-data`, `saddle-tensor`,
-//! `saddle-wgsl`) directly. `tests/cli.rs` runs the binary end to end.
+//! `saddle-wgsl`) directly; this one is for scripts that want the command line's exact
+//! behaviour (its presets, reports and files). `tests/cli.rs` runs the binary end to end.
 
 // The doc comments of the argument structs are `saddle --help` text, written for the terminal
 // (`[0, 1]`, `[n]`), not rustdoc links.
@@ -19,20 +54,46 @@
 
 mod commands;
 mod fsutil;
-mod npy;
+pub mod npy;
 mod plot;
+mod progress;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use commands::attack::AttackArgs;
+pub use commands::capacity::CapacityArgs;
+pub use commands::eval::{attack_names, EvalArgs, AUTOATTACK};
+pub use commands::inspect::InspectArgs;
+pub use commands::landscape::LandscapeArgs;
+pub use commands::train::TrainArgs;
+pub use commands::transfer::{TransferArgs, TransferAttack};
+
 /// Train and honestly evaluate adversarially robust models (Madry et al., ICLR 2018).
 #[derive(Parser, Debug)]
 #[command(name = "saddle", version, about)]
-struct Cli {
+pub struct Cli {
+    /// The subcommand and its arguments.
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parses a command line (its first item is the program name, as in `std::env::args_os`).
+    ///
+    /// # Errors
+    /// clap's error for an unknown subcommand or flag, a missing argument or a bad value; also
+    /// the "error" that carries `--help` and `--version` text (`use_stderr()` is false for it).
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
+    }
 }
 
 /// Where tensors are computed.
@@ -48,8 +109,9 @@ pub enum Device {
     Any,
 }
 
+/// The subcommands of `saddle`.
 #[derive(Subcommand, Debug)]
-enum Command {
+pub enum Command {
     /// Train a model from a preset or a TOML config (keys as in MadryLab's mnist_challenge).
     Train(commands::train::TrainArgs),
     /// Evaluate a model: natural accuracy and accuracy under attacks, as a table and JSON.
@@ -62,6 +124,12 @@ enum Command {
     Landscape(commands::landscape::LandscapeArgs),
     /// A model's first-layer filters and softmax biases (the paper's Appendix C).
     Inspect(commands::inspect::InspectArgs),
+    /// Accuracies and adversarial loss against network width, per training mode (the paper's
+    /// Figure 4).
+    Capacity(commands::capacity::CapacityArgs),
+    /// A target's accuracy on examples crafted on other models, and gradient cosines
+    /// (transferability).
+    Transfer(commands::transfer::TransferArgs),
 }
 
 /// Arguments of `saddle predict`.
@@ -88,19 +156,35 @@ pub struct PredictArgs {
     threads: Option<usize>,
 }
 
-fn main() -> ExitCode {
-    // Errors are reported as one line; a panic (a bug) is reported the same way, without a
-    // backtrace, and with a request to report it.
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".into());
-        eprintln!("saddle: internal error (please report it): {msg}");
-    }));
-    let cli = match Cli::try_parse() {
+/// Executes a parsed command line.
+///
+/// # Errors
+/// Whatever the command reports: a missing or corrupt file, a bad value, an invalid model or
+/// configuration, an attack that leaves its threat model. A `SADDLE_CPU_ISA` this CPU cannot run
+/// is refused before any work.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    saddle_tensor::cpu::cpu_isa()?;
+    match cli.command {
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Predict(a) => commands::predict(a),
+        Command::Attack(a) => commands::attack::run(a),
+        Command::Landscape(a) => commands::landscape::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Capacity(a) => commands::capacity::run(a),
+        Command::Transfer(a) => commands::transfer::run(a),
+    }
+}
+
+/// The `saddle` binary: parses `args` (program name first), runs the command, and reports an
+/// error as one line on stderr (`saddle: error: ...`), returning exit status 2; `--help` and
+/// `--version` print their text and succeed.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::parse_args(args) {
         Ok(c) => c,
         Err(e) => {
             if !e.use_stderr() {
@@ -115,20 +199,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A SADDLE_CPU_ISA the CPU cannot run (or a misspelt one) is refused before any work.
-    if let Err(e) = saddle_tensor::cpu::cpu_isa() {
-        eprintln!("saddle: error: {e}");
-        return ExitCode::from(2);
-    }
-    let result = match cli.command {
-        Command::Train(a) => commands::train::run(a),
-        Command::Eval(a) => commands::eval::run(a),
-        Command::Predict(a) => commands::predict(a),
-        Command::Attack(a) => commands::attack::run(a),
-        Command::Landscape(a) => commands::landscape::run(a),
-        Command::Inspect(a) => commands::inspect::run(a),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");

@@ -360,6 +360,267 @@ impl Figure for Inspect {
     }
 }
 
+/// One panel of lines: a series per group (a training mode), points joined and marked.
+#[derive(Debug)]
+pub struct LinePanel {
+    /// The panel's title.
+    pub title: String,
+    /// The y axis' label.
+    pub y_label: String,
+    /// A fixed y range (accuracies: 0 to 100), else the data's.
+    pub y_range: Option<(f32, f32)>,
+    /// `(name, points)` per series, drawn in the palette's order with a legend.
+    pub series: Vec<(String, Vec<(f32, f32)>)>,
+}
+
+/// Line panels in a grid of two columns, sharing a logarithmic x axis (base 2, labelled at the
+/// powers of two; the capacity study).
+#[derive(Debug)]
+pub struct LinePanels {
+    /// The panels, row by row.
+    pub panels: Vec<LinePanel>,
+    /// The x axis' label.
+    pub x_label: String,
+}
+
+impl LinePanels {
+    fn grid(&self) -> (usize, usize) {
+        let cols = self.panels.len().clamp(1, 2);
+        (self.panels.len().div_ceil(cols).max(1), cols)
+    }
+}
+
+impl Figure for LinePanels {
+    fn size(&self) -> (u32, u32) {
+        let (rows, cols) = self.grid();
+        (480 * cols as u32, 360 * rows as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(de)?;
+        let areas = root.split_evenly(self.grid());
+        let (x0, x1) = self
+            .panels
+            .iter()
+            .flat_map(|p| p.series.iter().flat_map(|s| s.1.iter().map(|q| q.0)))
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        // The axis is log2 of x, labelled at the powers of two (1, 2, 4, ...); half a doubling
+        // of room on the left, more on the right: the legend's place.
+        let (x0, x1) = if x0.is_finite() {
+            (x0.log2() - 0.5, x1.log2() + 1.5)
+        } else {
+            (0.0, 1.0)
+        };
+        let ticks = (x1.floor() - x0.ceil()) as usize + 1;
+        for (p, area) in self.panels.iter().zip(&areas) {
+            let (lo, hi) = p
+                .y_range
+                .unwrap_or_else(|| range(p.series.iter().flat_map(|s| s.1.iter().map(|q| q.1))));
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(50)
+                .build_cartesian_2d(x0..x1, lo..hi)
+                .map_err(de)?;
+            chart
+                .configure_mesh()
+                .x_desc(&self.x_label)
+                .y_desc(&p.y_label)
+                .x_labels(ticks.max(2))
+                .x_label_formatter(&|v| {
+                    if (v - v.round()).abs() < 0.01 {
+                        format!("{}", 2f32.powf(v.round()))
+                    } else {
+                        String::new()
+                    }
+                })
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(de)?;
+            for (k, (name, pts)) in p.series.iter().enumerate() {
+                let c = PALETTE[k % PALETTE.len()];
+                let pts: Vec<(f32, f32)> = pts
+                    .iter()
+                    .filter(|q| q.0 > 0.0 && q.1.is_finite())
+                    .map(|q| (q.0.log2(), q.1))
+                    .collect();
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        pts.clone(),
+                        c.stroke_width(2),
+                    )))
+                    .map_err(de)?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))
+                    .map_err(de)?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(de)?;
+        }
+        Ok(())
+    }
+}
+
+/// The transfer figure: a heatmap of accuracies (rows: the model the examples were crafted on;
+/// columns: the model evaluated) beside a bar chart of input-gradient cosine similarities.
+#[derive(Debug)]
+pub struct TransferFigure {
+    /// The heatmap's title.
+    pub title: String,
+    /// Model names, rows and columns alike.
+    pub names: Vec<String>,
+    /// `accuracy[i][j]` in `[0, 1]`: model `j` on the examples crafted on model `i`.
+    pub accuracy: Vec<Vec<f64>>,
+    /// The bar chart's title.
+    pub cosine_title: String,
+    /// `(source name, mean cosine similarity)` per bar.
+    pub cosines: Vec<(String, f64)>,
+}
+
+/// White (0) to dark blue (1).
+fn sequential(v: f64) -> RGBColor {
+    let t = v.clamp(0.0, 1.0);
+    let mix = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0))
+}
+
+impl Figure for TransferFigure {
+    fn size(&self) -> (u32, u32) {
+        (1000, 480)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(de)?;
+        let (left, right) = root.split_horizontally(560);
+        let k = self.names.len();
+        let names = &self.names;
+        // Row 0 at the top: row i is drawn at y = k - 1 - i.
+        let name_at = move |v: f32| {
+            let i = v.round();
+            if (v - i).abs() < 0.01 && i >= 0.0 && (i as usize) < k {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        };
+        let x_label = move |v: &f32| name_at(*v);
+        // Room for the longest name (about 7 pixels a character at this size).
+        let label_width = (self
+            .names
+            .iter()
+            .map(|n| n.chars().count())
+            .max()
+            .unwrap_or(1)
+            * 7
+            + 15)
+            .clamp(40, 180) as u32;
+        let y_label = move |v: &f32| name_at(k as f32 - 1.0 - *v);
+        let mut chart = ChartBuilder::on(&left)
+            .caption(&self.title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(label_width)
+            .build_cartesian_2d(-0.5f32..k as f32 - 0.5, -0.5f32..k as f32 - 0.5)
+            .map_err(de)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("evaluated on")
+            .y_desc("crafted on")
+            .x_labels(k.max(1))
+            .y_labels(k.max(1))
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
+            .draw()
+            .map_err(de)?;
+        let row_y = |i: usize| (k - 1 - i) as f32;
+        chart
+            .draw_series(self.accuracy.iter().enumerate().flat_map(|(i, r)| {
+                r.iter().enumerate().map(move |(j, &v)| {
+                    let (x, y) = (j as f32, row_y(i));
+                    Rectangle::new(
+                        [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                        sequential(v).filled(),
+                    )
+                })
+            }))
+            .map_err(de)?;
+        // The diagonal (white-box) outlined.
+        chart
+            .draw_series((0..k).map(|i| {
+                let (x, y) = (i as f32, row_y(i));
+                Rectangle::new(
+                    [(x - 0.48, y - 0.48), (x + 0.48, y + 0.48)],
+                    BLACK.stroke_width(2),
+                )
+            }))
+            .map_err(de)?;
+        chart
+            .draw_series(self.accuracy.iter().enumerate().flat_map(|(i, r)| {
+                r.iter().enumerate().map(move |(j, &v)| {
+                    let colour = if v > 0.55 { WHITE } else { BLACK };
+                    Text::new(
+                        format!("{:.1}%", 100.0 * v),
+                        (j as f32 - 0.22, row_y(i) + 0.08),
+                        ("sans-serif", 14).into_font().color(&colour),
+                    )
+                })
+            }))
+            .map_err(de)?;
+
+        let m = self.cosines.len();
+        let (lo, hi) = range(self.cosines.iter().map(|c| c.1 as f32).chain([0.0, 1.0]));
+        let bars = &self.cosines;
+        let bar_label = move |v: &f32| {
+            let i = v.round();
+            if (v - i).abs() < 0.01 && i >= 0.0 && (i as usize) < m {
+                bars[i as usize].0.clone()
+            } else {
+                String::new()
+            }
+        };
+        let mut chart = ChartBuilder::on(&right)
+            .caption(&self.cosine_title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(45)
+            .build_cartesian_2d(-0.5f32..m.max(1) as f32 - 0.5, lo..hi)
+            .map_err(de)?;
+        chart
+            .configure_mesh()
+            .x_desc("source")
+            .y_desc("mean cosine similarity")
+            .x_labels(m.max(1))
+            .x_label_formatter(&bar_label)
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(de)?;
+        chart
+            .draw_series(self.cosines.iter().enumerate().map(|(i, c)| {
+                let x = i as f32;
+                Rectangle::new(
+                    [(x - 0.35, 0.0), (x + 0.35, c.1 as f32)],
+                    PALETTE[0].filled(),
+                )
+            }))
+            .map_err(de)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +640,13 @@ mod tests {
             names(&[p("r/nat/model.st"), p("r/adv/model.st")]),
             vec!["nat/model", "adv/model"]
         );
+    }
+
+    #[test]
+    fn sequential_colours_run_from_white_to_blue() {
+        assert_eq!(sequential(0.0), RGBColor(255, 255, 255));
+        assert_eq!(sequential(1.0), RGBColor(8, 48, 107));
+        assert_eq!(sequential(2.0), sequential(1.0));
     }
 
     #[test]

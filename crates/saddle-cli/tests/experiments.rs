@@ -1,5 +1,6 @@
-//! `saddle landscape` and `saddle inspect` end to end on tiny models: the files they write,
-//! the consistency of their JSON, and one-line errors for wrong inputs.
+//! `saddle landscape`, `saddle inspect`, `saddle capacity` and `saddle transfer` end to end on
+//! tiny models and budgets: the files they write, the consistency of their JSON, reuse of
+//! trained models, and one-line errors for wrong inputs.
 
 use std::path::{Path, PathBuf};
 
@@ -202,5 +203,284 @@ fn wrong_inputs_are_one_line_errors() {
         ],
         "different input shapes",
     );
+    assert!(!out.exists(), "nothing is written on an error");
+}
+
+fn rows(j: &serde_json::Value) -> &Vec<serde_json::Value> {
+    j["rows"].as_array().unwrap()
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+/// `k / n` for a whole `k`: an accuracy over `n` images.
+fn is_fraction_of(v: f64, n: f64) -> bool {
+    (0.0..=1.0).contains(&v) && ((v * n).round() - v * n).abs() < 1e-9
+}
+
+#[test]
+fn capacity_trains_each_model_once_and_draws_figure_4() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("capacity");
+    let out = d.join("out");
+    let args = |steps: &str| {
+        vec![
+            "capacity".to_string(),
+            "--scales".into(),
+            "1,2".into(),
+            "--training".into(),
+            "natural,pgd".into(),
+            "--steps".into(),
+            steps.into(),
+            "--limit".into(),
+            "50".into(),
+            "--threads".into(),
+            "1".into(),
+            "--data-dir".into(),
+            s(&root).into(),
+            "--out".into(),
+            s(&out).into(),
+        ]
+    };
+    let run = |steps: &str| {
+        let a = args(steps);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        saddle(&a)
+    };
+    let (code, stdout, err) = run("20");
+    assert_eq!(code, 0, "{err}");
+    assert!(is_png(&out.join("capacity.png")));
+    assert!(is_svg(&out.join("capacity.svg")));
+    let j = read_json(&out.join("capacity.json"));
+    let keys: Vec<&str> = rows(&j)
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["natural-s1", "natural-s2", "pgd-s1", "pgd-s2"]);
+    let models: Vec<PathBuf> = keys
+        .iter()
+        .map(|k| out.join("models").join(k).join("model.safetensors"))
+        .collect();
+    for (r, m) in rows(&j).iter().zip(&models) {
+        assert!(m.is_file(), "{}", m.display());
+        assert_eq!(r["steps"], 20);
+        assert_eq!(r["examples"], 50);
+        assert_eq!(r["reused"], false);
+        for k in ["natural_accuracy", "fgsm_accuracy", "pgd_accuracy"] {
+            assert!(is_fraction_of(f(&r[k]), 50.0), "{k}: {}", r[k]);
+        }
+        for k in [
+            "adversarial_loss",
+            "train_loss",
+            "pgd_train_loss",
+            "train_seconds",
+        ] {
+            assert!(f(&r[k]).is_finite() && f(&r[k]) >= 0.0, "{k}: {}", r[k]);
+        }
+        // An attack can turn a wrong image right (its random start, or a step across two
+        // boundaries) but rarely: 5 images of 50 is a generous allowance.
+        assert!(
+            f(&r["pgd_accuracy"]) <= f(&r["natural_accuracy"]) + 0.1,
+            "{r}"
+        );
+    }
+    let wider = &rows(&j)[1];
+    assert!(wider["parameters"].as_u64() > rows(&j)[0]["parameters"].as_u64());
+    assert_eq!(
+        rows(&j)[0]["adversarial_loss"],
+        rows(&j)[0]["pgd_train_loss"]
+    );
+    assert_eq!(rows(&j)[2]["adversarial_loss"], rows(&j)[2]["train_loss"]);
+    assert!(stdout.contains("training") && stdout.contains("pgd") && stdout.contains("natural"));
+    assert_eq!(stdout.lines().count(), 5, "a header and 4 rows: {stdout}");
+
+    // Again: every model is reused (files untouched), the numbers are the same.
+    let before: Vec<_> = models.iter().map(|m| mtime(m)).collect();
+    let (code, _, err) = run("20");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("reusing").count(), 4, "{err}");
+    let again = read_json(&out.join("capacity.json"));
+    for (m, t) in models.iter().zip(&before) {
+        assert_eq!(mtime(m), *t, "{} was written again", m.display());
+    }
+    for (a, b) in rows(&j).iter().zip(rows(&again)) {
+        assert_eq!(b["reused"], true);
+        for k in [
+            "natural_accuracy",
+            "fgsm_accuracy",
+            "pgd_accuracy",
+            "adversarial_loss",
+        ] {
+            assert_eq!(a[k], b[k], "{k}");
+        }
+        assert_eq!(a["train_seconds"], b["train_seconds"]);
+    }
+
+    // Models trained for another step count are not silently reused.
+    let (code, _, err) = run("21");
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("another configuration"), "{err}");
+}
+
+#[test]
+fn transfer_writes_the_matrix_and_gradient_cosines() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("transfer");
+    let a = mnist_model(&d, "a.safetensors", 1);
+    let a2 = mnist_model(&d, "a2.safetensors", 2);
+    let nat = mnist_model(&d, "nat.safetensors", 3);
+    let b = mnist_model(&d, "b.safetensors", 4);
+    let sources = format!("{},{},{}", s(&a), s(&a2), s(&nat));
+    for attack in ["pgd", "fgsm"] {
+        let out = d.join(format!("out-{attack}"));
+        let (code, stdout, err) = saddle(&[
+            "transfer",
+            "--sources",
+            &sources,
+            "--target",
+            s(&b),
+            "--attack",
+            attack,
+            "--steps",
+            "3",
+            "--limit",
+            "20",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--data-dir",
+            s(&root),
+            "--out",
+            s(&out),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(is_png(&out.join("transfer.png")));
+        assert!(is_svg(&out.join("transfer.svg")));
+        assert!(stdout.contains("b (target)"), "{stdout}");
+        let j = read_json(&out.join("transfer.json"));
+        assert_eq!(j["examples"], 20);
+        assert_eq!(j["attack"]["name"], attack);
+        assert_eq!(j["target"], 3);
+        let models = j["models"].as_array().unwrap();
+        let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "a2", "nat", "b"]);
+        let acc = j["accuracy"].as_array().unwrap();
+        assert_eq!(acc.len(), 4);
+        for (i, m) in models.iter().enumerate() {
+            let row = acc[i].as_array().unwrap();
+            assert_eq!(row.len(), 4);
+            assert!(row.iter().all(|v| is_fraction_of(f(v), 20.0)));
+            assert_eq!(m["white_box_accuracy"], row[i]);
+            assert_eq!(m["target_accuracy"], row[3]);
+            assert!(is_fraction_of(f(&m["natural_accuracy"]), 20.0));
+            let c = f(&m["gradient_cosine"]);
+            assert!((-1.0..=1.0).contains(&c), "{c}");
+            assert_eq!(
+                m["gradient_cosine_images"], 20,
+                "no zero gradient at random init"
+            );
+            if i < 3 {
+                // Independently initialised networks: far from the same gradients.
+                assert!(c < 0.99, "{c}");
+            }
+        }
+        // The target with itself: the same gradient (f64 cosine; 1e-9 is far above its
+        // rounding, ~1e-15, and far below the others' distance from 1).
+        let c = f(&models[3]["gradient_cosine"]);
+        assert!((c - 1.0).abs() < 1e-9, "{c}");
+        assert_eq!(models[3]["role"], "target");
+    }
+    // A target listed among the sources is attacked once.
+    let out = d.join("out-same");
+    let (code, _, err) = saddle(&[
+        "transfer",
+        "--sources",
+        &format!("{},{}", s(&a), s(&b)),
+        "--target",
+        s(&b),
+        "--limit",
+        "5",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--data-dir",
+        s(&root),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let j = read_json(&out.join("transfer.json"));
+    assert_eq!(j["models"].as_array().unwrap().len(), 2);
+    assert_eq!(j["target"], 1);
+}
+
+#[test]
+fn capacity_and_transfer_wrong_inputs_are_one_line_errors() {
+    let d = dir("errors-ct");
+    let m = mnist_model(&d, "m.safetensors", 1);
+    let wrn = cifar_model(&d);
+    let missing = d.join("missing.safetensors");
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = d.join("out");
+    let cap = |extra: &[&str], want: &str| {
+        let mut v = vec!["capacity", "--out", s(&out), "--data-dir", s(&empty)];
+        v.extend_from_slice(extra);
+        fails_with(&v, want);
+    };
+    cap(&["--scales", "0"], "--scales");
+    cap(&["--scales", "1,0"], "--scales");
+    cap(&["--scales", ""], "--scales");
+    cap(&["--scales", "1,two"], "--scales");
+    cap(&["--scales", "2,2"], "twice");
+    cap(
+        &["--training", "natural,adam"],
+        "unknown training mode 'adam'",
+    );
+    cap(&["--training", ""], "--training");
+    cap(&["--steps", "0"], "--steps");
+    cap(&["--limit", "0"], "--limit");
+    cap(&["--data", "cifar10"], "--data");
+    // No data set in the folder.
+    cap(&["--scales", "1", "--training", "natural"], "mnist");
+    let tr = |extra: &[&str], want: &str| {
+        let mut v = vec!["transfer", "--out", s(&out), "--data-dir", s(&empty)];
+        v.extend_from_slice(extra);
+        fails_with(&v, want);
+    };
+    tr(
+        &["--sources", s(&missing), "--target", s(&m)],
+        "missing.safetensors",
+    );
+    tr(
+        &["--sources", s(&m), "--target", s(&missing)],
+        "missing.safetensors",
+    );
+    tr(
+        &["--sources", s(&m), "--target", s(&wrn)],
+        "different input shapes",
+    );
+    tr(
+        &["--sources", s(&m), "--target", s(&m), "--limit", "0"],
+        "--limit",
+    );
+    tr(
+        &["--sources", s(&m), "--target", s(&m), "--attack", "cw"],
+        "cw",
+    );
+    tr(
+        &["--sources", s(&m), "--target", s(&m), "--eps", "2"],
+        "--eps",
+    );
+    tr(&["--target", s(&m)], "required arguments");
+    tr(&["--sources", s(&m)], "required arguments");
     assert!(!out.exists(), "nothing is written on an error");
 }

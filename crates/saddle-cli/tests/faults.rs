@@ -115,9 +115,17 @@ fn training_killed_with_sigkill_and_resumed_ends_bit_identical() {
 
     let base = d.join("base");
     let t0 = Instant::now();
-    let (code, err) = output(train_cmd(&cfg_path, &base, &data, false, &[]));
+    let mut uninterrupted = train_cmd(&cfg_path, &base, &data, false, &[]);
+    // stderr is a pipe here, as in a log: plain progress lines (every update with 0 s).
+    uninterrupted.env("SADDLE_PROGRESS_SECS", "0");
+    let (code, err) = output(uninterrupted);
     assert_eq!(code, 0, "{err}");
     let full = t0.elapsed();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("training: ") && l.contains(&format!("/{total} ("))),
+        "no progress line in a piped stderr: {err}"
+    );
 
     let seed = std::env::var("SADDLE_FAULT_SEED")
         .ok()
@@ -179,9 +187,47 @@ fn training_killed_with_sigkill_and_resumed_ends_bit_identical() {
         mid_training_kills >= 2,
         "only {mid_training_kills} kills landed during training; the test checks too little"
     );
+    // What a kill can leave besides the checkpoint, made certain here: a temporary file of a
+    // write that never finished, a log line past the checkpoint, and a line cut in the middle.
+    let stale = run.join(".checkpoint.safetensors.tmp-4000000");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    if ckpt.exists() {
+        let at = load_checkpoint(&ckpt, &cfg);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(run.join("metrics.jsonl"))
+            .unwrap();
+        use std::io::Write;
+        write!(
+            log,
+            "{{\"step\":{},\"loss\":9.0}}\n{{\"step\":{},\"lo",
+            at + 1,
+            at + 2
+        )
+        .unwrap();
+    }
     let (code, err) = output(train_cmd(&cfg_path, &run, &data, ckpt.exists(), &[]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(load_checkpoint(&ckpt, &cfg), total);
+    assert!(!stale.exists(), "the stale temporary file is still there");
+    // The resumed log is the uninterrupted run's, step for step (times aside).
+    let steps = |d: &Path| -> Vec<(u64, String)> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect(l);
+                (v["step"].as_u64().unwrap(), v["loss"].to_string())
+            })
+            .collect()
+    };
+    assert_eq!(steps(&run), steps(&base));
+    // The same weights are the same file, byte for byte (safetensors metadata sorted).
+    assert_eq!(
+        std::fs::read(base.join("model.safetensors")).unwrap(),
+        std::fs::read(run.join("model.safetensors")).unwrap()
+    );
     same_tensors(
         &base.join("model.safetensors"),
         &run.join("model.safetensors"),

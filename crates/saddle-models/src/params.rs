@@ -321,7 +321,37 @@ pub fn serialize_safetensors(
                 .map_err(|e| ModelError::Format(format!("tensor {}: {e}", t.name)))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, Some(metadata)).map_err(|e| ModelError::Format(e.to_string()))
+    let bytes = safetensors::serialize(views, Some(metadata.clone()))
+        .map_err(|e| ModelError::Format(e.to_string()))?;
+    sort_metadata(bytes, &metadata)
+}
+
+/// Rewrites the metadata of safetensors bytes with its keys sorted.
+///
+/// safetensors writes the map in `HashMap` order, which differs from one process to the next, so
+/// that the same weights saved twice gave two different files (and two different checksums).
+/// The map is always the header's first entry and its sorted form has the same length (the same
+/// entries, compact JSON), so it is replaced in place.
+fn sort_metadata(mut bytes: Vec<u8>, metadata: &HashMap<String, String>) -> Result<Vec<u8>> {
+    if metadata.len() < 2 {
+        return Ok(bytes);
+    }
+    let sorted: std::collections::BTreeMap<&String, &String> = metadata.iter().collect();
+    let want = serde_json::to_string(&sorted).map_err(|e| ModelError::Format(e.to_string()))?;
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let start = 8 + PREFIX.len();
+    let end = start + want.len();
+    let found = bytes.get(start..end).filter(|_| &bytes[8..start] == PREFIX);
+    let same_map = found
+        .and_then(|f| serde_json::from_slice::<HashMap<String, String>>(f).ok())
+        .is_some_and(|m| &m == metadata);
+    if !same_map {
+        return Err(ModelError::Format(
+            "safetensors wrote its metadata in an unexpected place: cannot sort it".into(),
+        ));
+    }
+    bytes[start..end].copy_from_slice(want.as_bytes());
+    Ok(bytes)
 }
 
 /// Reads the metadata map of a safetensors file.
@@ -357,4 +387,35 @@ pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
 /// Encodes f32 values as little-endian bytes.
 pub fn f32_to_le(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod metadata_order_tests {
+    use super::*;
+
+    /// The same tensors and metadata give the same bytes, whatever order the maps iterate in
+    /// (every `HashMap` has its own random hash keys, so twelve keys in two maps almost surely
+    /// iterate differently: this failed before the keys were sorted), and the file reads back.
+    #[test]
+    fn saved_bytes_do_not_depend_on_hash_map_order() {
+        let t = HostTensor {
+            name: "w".into(),
+            dtype: Dtype::F32,
+            shape: vec![2],
+            bytes: f32_to_le(&[1.0, -2.0]),
+        };
+        let meta = |rev: bool| {
+            let mut keys: Vec<String> = (0..12).map(|i| format!("key{i}")).collect();
+            if rev {
+                keys.reverse();
+            }
+            keys.into_iter()
+                .map(|k| (k.clone(), format!("value \"of\" {k}")))
+                .collect::<HashMap<_, _>>()
+        };
+        let a = serialize_safetensors(std::slice::from_ref(&t), meta(false)).unwrap();
+        let b = serialize_safetensors(std::slice::from_ref(&t), meta(true)).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(safetensors_metadata(&a).unwrap(), meta(false));
+    }
 }

@@ -95,7 +95,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
         );
     }
     in_pool(a.threads, || {
-        crate::with_backend!(a.device, |b| attack_on(&b, &a))
+        crate::commands::with_backend!(a.device, |b| attack_on(&b, &a))
     })
 }
 

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use saddle_data::Split;
 use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
@@ -13,6 +12,7 @@ use super::{in_pool, load_model};
 
 mod sanity;
 mod suite;
+use crate::progress::Progress;
 use crate::{fsutil, Device};
 pub use suite::{doubled, parse_attack, short, NamedAttack, Norm};
 
@@ -194,7 +194,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     in_pool(a.threads, || {
-        crate::with_backend!(a.device, |b| eval_on(b, &a, &names, eps, alpha, cascade))
+        crate::commands::with_backend!(a.device, |b| eval_on(b, &a, &names, eps, alpha, cascade))
     })
 }
 
@@ -247,12 +247,7 @@ fn eval_on<B: Backend>(
     let mut natural_ok = vec![false; n];
     let mut robust_ok: Vec<Vec<bool>> = vec![vec![false; n]; attacks.len()];
     let mut seconds = vec![0.0f64; attacks.len()];
-    let bar = ProgressBar::new((n * (attacks.len() + 1)) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta} {msg}")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .progress_chars("=> "),
-    );
+    let mut bar = Progress::new((n * (attacks.len() + 1)) as u64, "evaluation")?;
     for s in (0..n).step_by(a.batch_size) {
         let idx: Vec<usize> = (s..(s + a.batch_size).min(n)).collect();
         let (xs, ys) = data.batch(&idx)?;
@@ -264,12 +259,12 @@ fn eval_on<B: Backend>(
             natural_ok[i] = pred[j] == labels[j];
         }
         if s == 0 {
-            bar.set_message("sanity checks");
+            bar.message("sanity checks");
             sanity = sanity::checks(&mut model, &x, &y, &labels, a.norm, eps, alpha, a.seed)?;
         }
         bar.inc(idx.len() as u64);
         for (k, at) in attacks.iter().enumerate() {
-            bar.set_message(at.name.clone());
+            bar.message(at.name.clone());
             // In a cascade, only the images every earlier stage left correct.
             let live: Vec<usize> = (0..idx.len())
                 .filter(|&j| {
@@ -301,7 +296,7 @@ fn eval_on<B: Backend>(
             bar.inc(idx.len() as u64);
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     // A gradient-free attack breaking images that every gradient attack left correct.
     let gradient_free: Vec<usize> = (0..attacks.len())
         .filter(|&k| attacks[k].gradient_free)

@@ -82,7 +82,7 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
         bail!("--alpha {alpha}: the step size must be a positive number");
     }
     in_pool(a.threads, || {
-        crate::with_backend!(a.device, |b| run_on(&b, &a, eps, alpha))
+        crate::commands::with_backend!(a.device, |b| run_on(&b, &a, eps, alpha))
     })
 }
 

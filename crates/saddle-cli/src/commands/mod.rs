@@ -1,10 +1,12 @@
 //! The subcommands and what they share.
 
 pub mod attack;
+pub mod capacity;
 pub mod eval;
 pub mod inspect;
 pub mod landscape;
 pub mod train;
+pub mod transfer;
 
 use std::path::Path;
 
@@ -59,7 +61,6 @@ pub fn backend(device: Device) -> Result<AnyBackend> {
 }
 
 /// Runs `$body` with `$b` bound to the backend `--device` selects (monomorphised per backend).
-#[macro_export]
 macro_rules! with_backend {
     ($device:expr, |$b:ident| $body:expr) => {
         match $crate::commands::backend($device)? {
@@ -71,6 +72,7 @@ macro_rules! with_backend {
         }
     };
 }
+pub(crate) use with_backend;
 
 /// Loads a model from a safetensors file: its architecture is `arch` (the `--arch` flag) or the
 /// file's `arch` metadata, which must agree when both are there.
@@ -139,7 +141,7 @@ pub fn load_labels<B: Backend>(b: &B, path: &Path, n: usize, classes: usize) -> 
 /// `saddle predict`.
 pub fn predict(a: PredictArgs) -> Result<()> {
     in_pool(a.threads, || {
-        crate::with_backend!(a.device, |b| predict_on(&b, &a))
+        crate::commands::with_backend!(a.device, |b| predict_on(&b, &a))
     })
 }
 

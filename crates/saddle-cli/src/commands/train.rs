@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use saddle_data::{Dataset, Split};
 use saddle_models::{Classifier, Model};
 use saddle_train::{config::PRESETS, Event, TrainConfig, Trainer};
 
 use super::in_pool;
+use crate::progress::Progress;
 use crate::{fsutil, Device};
 
 /// Arguments of `saddle train`.
@@ -104,7 +104,7 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     in_pool(a.threads, || {
         let cfg = build_config(&a)?;
-        crate::with_backend!(a.device, |b| train_on(b, &a, cfg.clone()))
+        crate::commands::with_backend!(a.device, |b| train_on(b, &a, cfg.clone()))
     })
 }
 
@@ -113,6 +113,18 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let ckpt_path = a.out.join("checkpoint.safetensors");
+    let stale = fsutil::remove_stale_temps(
+        &a.out,
+        &[
+            "checkpoint.safetensors",
+            "model.safetensors",
+            "config.toml",
+            "metrics.jsonl",
+        ],
+    )?;
+    if stale > 0 {
+        eprintln!("removed {stale} temporary file(s) left by an interrupted run");
+    }
     let model = Model::build(&cfg.arch()?, b, cfg.random_seed)?;
     let mut trainer = Trainer::new(model, cfg.clone())?;
     if a.resume {
@@ -137,6 +149,8 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
             trainer.step(),
             cfg.max_num_training_steps
         );
+        // The log continues from the checkpoint: lines the killed run wrote after it go.
+        fsutil::trim_log(&a.out.join("metrics.jsonl"), trainer.step())?;
     } else {
         let _ = std::fs::remove_file(a.out.join("metrics.jsonl"));
     }
@@ -146,28 +160,25 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
     )?;
 
     let total = cfg.max_num_training_steps;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ETA {eta} {msg}")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .progress_chars("=> "),
-    );
-    bar.set_position(trainer.step());
+    let mut bar = Progress::new(total, "training")?;
+    bar.resume_at(trainer.step());
     let metrics_path = a.out.join("metrics.jsonl");
     let t0 = Instant::now();
     let model_path = a.out.join("model.safetensors");
     let res = trainer.run(&data, |ev| {
         match ev {
             Event::Step(m) => {
-                bar.set_position(m.step);
-                bar.set_message(format!(
-                    "loss {:.3} adv acc {:.1}%{}",
-                    m.loss,
-                    100.0 * m.adv_accuracy,
-                    m.nat_accuracy
-                        .map(|v| format!(" nat {:.1}%", 100.0 * v))
-                        .unwrap_or_default()
-                ));
+                bar.set(
+                    m.step,
+                    format!(
+                        "loss {:.3} adv acc {:.1}%{}",
+                        m.loss,
+                        100.0 * m.adv_accuracy,
+                        m.nat_accuracy
+                            .map(|v| format!(" nat {:.1}%", 100.0 * v))
+                            .unwrap_or_default()
+                    ),
+                );
                 if m.nat_accuracy.is_some() || m.step == total {
                     let line = serde_json::json!({
                         "step": m.step, "loss": m.loss, "adv_accuracy": m.adv_accuracy,
@@ -190,7 +201,7 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
         }
         Ok(())
     });
-    bar.finish_and_clear();
+    bar.finish();
     res.with_context(|| {
         format!(
             "training stopped; the last checkpoint is {}",
