@@ -49,8 +49,8 @@
 //! behaviour (its presets, reports and files). `tests/cli.rs` runs the binary end to end.
 
 // The doc comments of the argument structs are `saddle --help` text, written for the terminal
-// (`[0, 1]`, `[n]`), not rustdoc links.
-#![allow(rustdoc::broken_intra_doc_links)]
+// (`[0, 1]`, `[n]`, `models/<mode>-s<scale>`), not rustdoc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod commands;
 mod fsutil;

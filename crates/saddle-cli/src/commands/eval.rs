@@ -108,6 +108,25 @@ pub struct Defaults {
     pub attacks: &'static str,
 }
 
+impl Defaults {
+    /// The L∞ radius and PGD step size of `--eps` and `--alpha`, these defaults filling in what
+    /// is not given (the step: ε times `alpha_over_eps`).
+    ///
+    /// # Errors
+    /// A radius outside `[0, 1]` (pixel units) or a step size that is not a positive number.
+    pub fn linf(&self, eps: Option<f32>, alpha: Option<f32>) -> Result<(f32, f32)> {
+        let eps = eps.unwrap_or(self.eps);
+        if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
+            bail!("--eps {eps}: expected a number in [0, 1] (pixel units)");
+        }
+        let alpha = alpha.unwrap_or(eps * self.alpha_over_eps);
+        if !(alpha.is_finite() && alpha > 0.0) {
+            bail!("--alpha {alpha}: the step size must be a positive number");
+        }
+        Ok((eps, alpha))
+    }
+}
+
 /// The paper's evaluation setting for `data`: MNIST and Fashion-MNIST as Table 1 (ε = 0.3,
 /// step 0.01 = ε/30; FGSM, PGD-40, PGD-100, CW, CW+, targeted), CIFAR-10 as Table 2
 /// (ε = 8/255, step 2/255 = ε/4; FGSM, PGD-7, PGD-20, CW-30).

@@ -73,14 +73,7 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
     if a.images == 0 {
         bail!("--images must be at least 1");
     }
-    let eps = a.eps.unwrap_or(d.eps);
-    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
-        bail!("--eps {eps}: expected a number in [0, 1] (pixel units)");
-    }
-    let alpha = a.alpha.unwrap_or(eps * d.alpha_over_eps);
-    if !(alpha.is_finite() && alpha > 0.0) {
-        bail!("--alpha {alpha}: the step size must be a positive number");
-    }
+    let (eps, alpha) = d.linf(a.eps, a.alpha)?;
     in_pool(a.threads, || {
         crate::commands::with_backend!(a.device, |b| run_on(&b, &a, eps, alpha))
     })

@@ -84,14 +84,7 @@ pub fn run(a: TransferArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let eps = a.eps.unwrap_or(d.eps);
-    if !(eps.is_finite() && (0.0..=1.0).contains(&eps)) {
-        bail!("--eps {eps}: expected a number in [0, 1] (pixel units)");
-    }
-    let alpha = a.alpha.unwrap_or(eps * d.alpha_over_eps);
-    if !(alpha.is_finite() && alpha > 0.0) {
-        bail!("--alpha {alpha}: the step size must be a positive number");
-    }
+    let (eps, alpha) = d.linf(a.eps, a.alpha)?;
     let steps = a.steps.unwrap_or(if a.data == "cifar10" { 7 } else { 40 });
     if steps == 0 {
         bail!("--steps must be at least 1");
