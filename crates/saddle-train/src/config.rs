@@ -28,6 +28,20 @@ pub enum TrainingMode {
     Trades,
 }
 
+impl TrainingMode {
+    /// The name configs give it (`training = "..."`): `natural`, `fgsm`, `pgd`, `fast_fgsm`,
+    /// `trades`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainingMode::Natural => "natural",
+            TrainingMode::Fgsm => "fgsm",
+            TrainingMode::Pgd => "pgd",
+            TrainingMode::FastFgsm => "fast_fgsm",
+            TrainingMode::Trades => "trades",
+        }
+    }
+}
+
 /// How training batches are augmented before the attack sees them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

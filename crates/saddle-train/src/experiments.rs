@@ -290,21 +290,10 @@ pub fn softmax_biases<B: Backend>(
 pub const CAPACITY_MODES: [TrainingMode; 3] =
     [TrainingMode::Natural, TrainingMode::Fgsm, TrainingMode::Pgd];
 
-/// The name of a training mode as configs spell it (`natural`, `fgsm`, `pgd`, `fast_fgsm`,
-/// `trades`).
-pub fn mode_name(mode: TrainingMode) -> &'static str {
-    match mode {
-        TrainingMode::Natural => "natural",
-        TrainingMode::Fgsm => "fgsm",
-        TrainingMode::Pgd => "pgd",
-        TrainingMode::FastFgsm => "fast_fgsm",
-        TrainingMode::Trades => "trades",
-    }
-}
 
 /// The name under which a capacity sweep stores the model of `mode` at `scale`: `pgd-s4`.
 pub fn capacity_key(mode: TrainingMode, scale: usize) -> String {
-    format!("{}-s{scale}", mode_name(mode))
+    format!("{}-s{scale}", mode.name())
 }
 
 /// One model of the capacity sweep: the `mnist-quick` preset with `training`, `model_scale` and

@@ -8,8 +8,7 @@ use anyhow::{bail, Context, Result};
 use saddle_data::Split;
 use saddle_tensor::Backend;
 use saddle_train::experiments::{
-    capacity_config, capacity_sweep, mode_name, CapacityEval, CapacityEvent, CapacityRow,
-    ModelStore,
+    capacity_config, capacity_sweep, CapacityEval, CapacityEvent, CapacityRow, ModelStore,
 };
 use saddle_train::{TrainError, TrainingMode};
 use serde_json::json;
@@ -195,7 +194,7 @@ fn run_on<B: Backend>(
             configs.len(),
             modes
                 .iter()
-                .map(|&m| mode_name(m))
+                .map(|&m| m.name())
                 .collect::<Vec<_>>()
                 .join(","),
             scales,
@@ -307,7 +306,7 @@ fn print_table(rows: &[CapacityRow]) {
     for r in rows {
         println!(
             "{:<9} {:>5} {:>10} {:>6} {:>7.1}% {:>7.1}% {:>7.1}% {:>9.4} {:>8.1}{}",
-            mode_name(r.training),
+            r.training.name(),
             r.scale,
             r.parameters,
             r.steps,
@@ -331,7 +330,7 @@ fn figure(rows: &[CapacityRow], modes: &[TrainingMode]) -> LinePanels {
                     .filter(|r| r.training == m)
                     .map(|r| (r.scale as f32, f(r)))
                     .collect();
-                (mode_name(m).to_string(), pts)
+                (m.name().to_string(), pts)
             })
             .collect()
     };
