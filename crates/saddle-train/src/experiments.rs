@@ -290,7 +290,6 @@ pub fn softmax_biases<B: Backend>(
 pub const CAPACITY_MODES: [TrainingMode; 3] =
     [TrainingMode::Natural, TrainingMode::Fgsm, TrainingMode::Pgd];
 
-
 /// The name under which a capacity sweep stores the model of `mode` at `scale`: `pgd-s4`.
 pub fn capacity_key(mode: TrainingMode, scale: usize) -> String {
     format!("{}-s{scale}", mode.name())
