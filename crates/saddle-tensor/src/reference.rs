@@ -7,7 +7,9 @@
 //!
 //! The op suite ([`crate::testing`]) converts a backend's `f32` inputs to `f64`, runs the op here
 //! and compares; the backward ops of a backend are compared with central finite differences of
-//! these forward functions, so the reference has no backward functions of its own.
+//! these forward functions, so the reference has no backward functions of its own, except the
+//! max-pool gradients ([`max_pool2d_backward`], [`relu_max_pool2d_backward`]) that spell out the
+//! tie rule finite differences cannot see.
 //!
 //! Functions take their inputs by reference and return new tensors; the optimiser updates return
 //! the new state instead of writing in place. Hyper-parameters given as `f32` to a backend are
@@ -632,6 +634,91 @@ pub fn max_pool2d(x: &RefTensor, size: usize) -> Result<RefTensor> {
         }
     }
     Ok(y)
+}
+
+/// `relu(conv2d(x, w, bias))`: the fused convolution + ReLU, composed from [`conv2d`] and
+/// [`relu`].
+///
+/// # Errors
+/// Those of [`conv2d`].
+pub fn conv2d_relu(
+    x: &RefTensor,
+    w: &RefTensor,
+    bias: Option<&RefTensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<RefTensor> {
+    Ok(relu(&conv2d(x, w, bias, stride, padding)?))
+}
+
+/// The gradient of [`max_pool2d`] with the backends' documented tie rule: each window's `gy`
+/// goes to the **first** position, in row-major order within the window, holding the window's
+/// maximum; every other input (and the rows and columns no window reaches) gets 0.
+///
+/// This and [`relu_max_pool2d_backward`] are the only backward functions here: finite
+/// differences cannot see which of several tied maxima takes the gradient, so the tie rule is
+/// written out once, plainly, and the op suite checks it against finite differences wherever
+/// there are no ties.
+///
+/// # Errors
+/// Those of [`max_pool2d`], and [`TensorError::Shape`] if `gy` is not shaped like its output.
+pub fn max_pool2d_backward(x: &RefTensor, gy: &RefTensor, size: usize) -> Result<RefTensor> {
+    pool_backward("max_pool2d_backward", x, gy, size, false)
+}
+
+/// The gradient of `max_pool2d(relu(z))` with respect to `z`, given `y = relu(z)`: as
+/// [`max_pool2d_backward`] of `y`, then ReLU's gradient (0 where `y ≤ 0`, that is `z ≤ 0`). So a
+/// window's `gy` goes to its first maximum of `y` only if that maximum is positive.
+///
+/// # Errors
+/// As [`max_pool2d_backward`].
+pub fn relu_max_pool2d_backward(y: &RefTensor, gy: &RefTensor, size: usize) -> Result<RefTensor> {
+    pool_backward("relu_max_pool2d_backward", y, gy, size, true)
+}
+
+fn pool_backward(
+    op: &'static str,
+    x: &RefTensor,
+    gy: &RefTensor,
+    size: usize,
+    relu_mask: bool,
+) -> Result<RefTensor> {
+    let out = max_pool2d(x, size).map_err(|e| match e {
+        TensorError::Shape { detail, .. } => TensorError::Shape { op, detail },
+        TensorError::InvalidArgument { detail, .. } => TensorError::InvalidArgument { op, detail },
+        other => other,
+    })?;
+    if gy.shape != out.shape {
+        return Err(TensorError::shape(
+            op,
+            format!("gy {:?} for a pooled output {:?}", gy.shape, out.shape),
+        ));
+    }
+    let (n, c, oh, ow) = (out.shape[0], out.shape[1], out.shape[2], out.shape[3]);
+    let mut gx = RefTensor::full(&x.shape, 0.0);
+    for b in 0..n {
+        for ch in 0..c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    // The first strict maximum in row-major order within the window.
+                    let mut best: Option<(usize, f64)> = None;
+                    for u in 0..size {
+                        for v in 0..size {
+                            let at = offset(&x.shape, &[b, ch, i * size + u, j * size + v]);
+                            if best.is_none_or(|(_, m)| x.data[at] > m) {
+                                best = Some((at, x.data[at]));
+                            }
+                        }
+                    }
+                    let (at, m) = best.expect("windows are not empty");
+                    if !relu_mask || m > 0.0 {
+                        gx.data[at] = gy.at(&[b, ch, i, j]);
+                    }
+                }
+            }
+        }
+    }
+    Ok(gx)
 }
 
 // ---- losses ---------------------------------------------------------------------------------

@@ -490,6 +490,11 @@ pub fn checks<B: Backend>() -> Vec<(&'static str, CheckFn<B>)> {
         ("conv2d_backward_weight", check_conv2d_backward_weight::<B>),
         ("max_pool2d", check_max_pool2d::<B>),
         ("max_pool2d_backward", check_max_pool2d_backward::<B>),
+        ("conv2d_relu", check_conv2d_relu::<B>),
+        (
+            "relu_max_pool2d_backward",
+            check_relu_max_pool2d_backward::<B>,
+        ),
         ("cross_entropy", check_cross_entropy::<B>),
         ("cross_entropy_backward", check_cross_entropy_backward::<B>),
         ("cw_loss", check_cw_loss::<B>),
@@ -1581,6 +1586,289 @@ pub fn check_max_pool2d_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult {
     })?;
     expect_err(&ctx, op, true, "window 0", || {
         b.max_pool2d_backward(&x, &gy_bad, 0)
+    })
+}
+
+// ---- fused ops ------------------------------------------------------------------------------
+
+/// `conv2d_relu(x, w, bias)` with a replaceable op, so a unit test can show that a wrong fused
+/// op fails the same cases.
+type ConvReluFn<'a, B> = &'a dyn Fn(
+    &<B as Backend>::Tensor,
+    &<B as Backend>::Tensor,
+    Option<&<B as Backend>::Tensor>,
+    Conv2dParams,
+) -> crate::Result<<B as Backend>::Tensor>;
+
+/// `conv2d_relu` against [`reference::conv2d_relu`] (the float64 convolution, then ReLU) on every
+/// convolution case of [`check_conv2d`]: strides 1 to 3, padding 0 to 2, odd sizes, and the
+/// paper's MNIST layers (28×28×1 → 32 and 14×14×32 → 64, 5×5 kernels, padding 2), with and
+/// without bias, plus a bias that makes most outputs negative.
+///
+/// Tolerance: the same as `conv2d` with `mag` the convolution of the absolute values. ReLU is
+/// 1-Lipschitz (`|relu(a) − relu(b)| ≤ |a − b|`), so the fused op's error is at most the
+/// convolution's, including outputs whose `f32` sum lands on the other side of 0 than the
+/// `f64` one; a missing ReLU or a ReLU before the bias is off by `O(mag)` on about half the
+/// outputs. Its errors are those of `conv2d` (named by the primitive when the op is a default
+/// body, so the name is not held strictly).
+pub fn check_conv2d_relu<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    conv2d_relu_cases(b, tol, &|x, w, bias, p| b.conv2d_relu(x, w, bias, p))
+}
+
+fn conv2d_relu_cases<B: Backend>(b: &B, tol: Tol, f: ConvReluFn<'_, B>) -> CheckResult {
+    let name = b.name();
+    let op = "conv2d_relu";
+    let mut rng = SplitMix64::new(0xC0_4E1);
+    let mut cases: Vec<(ConvCase, Option<(f32, f32)>)> = CONV_SMALL
+        .iter()
+        .chain(&CONV_LARGE)
+        .enumerate()
+        .map(|(i, cs)| (*cs, (i % 2 == 1).then_some((-1.0, 1.0))))
+        .collect();
+    // A strongly negative bias: most outputs are cut by the ReLU, a few survive.
+    cases.push((cc(2, 3, (9, 11), 5, (3, 3), (1, 1)), Some((-4.0, -1.0))));
+    cases.push((cc(2, 1, (28, 28), 32, (5, 5), (1, 2)), Some((-1.5, 0.5))));
+    let (mut cut, mut total) = (0usize, 0usize);
+    for (i, (cs, bias_range)) in cases.iter().enumerate() {
+        let ctx = format!(
+            "[{name}] {op} case {i} ({}, bias {bias_range:?})",
+            cs.describe()
+        );
+        let x = Host::random(&mut rng, &cs.x_shape(), -1.0, 1.0);
+        let w = Host::random(&mut rng, &cs.w_shape(), -1.0, 1.0);
+        let (lo, hi) = bias_range.unwrap_or((0.0, 0.0));
+        let bias = Host::random(&mut rng, &[cs.k], lo, hi);
+        let (rb, rb_abs) = (bias.r(), bias.r().abs());
+        let with_bias = bias_range.is_some();
+        let want = reference::conv2d_relu(
+            &x.r(),
+            &w.r(),
+            with_bias.then_some(&rb),
+            cs.stride,
+            cs.padding,
+        )
+        .reference(&ctx)?;
+        let mag = reference::conv2d(
+            &x.r().abs(),
+            &w.r().abs(),
+            with_bias.then_some(&rb_abs),
+            cs.stride,
+            cs.padding,
+        )
+        .reference(&ctx)?;
+        cut += want.data.iter().filter(|&&v| v == 0.0).count();
+        total += want.numel();
+        let bt = bias.up(b, &ctx)?;
+        let got = f(
+            &x.up(b, &ctx)?,
+            &w.up(b, &ctx)?,
+            with_bias.then_some(&bt),
+            cs.params(),
+        )
+        .backend(&ctx, op)?;
+        expect_close(b, &ctx, &got, &want, Some(&mag), tol)?;
+    }
+    // The ReLU must matter: a good share of the outputs on each side of it.
+    if cut * 4 < total || cut * 4 > 3 * total {
+        return Err(format!(
+            "[{name}] {op}: suite bug: {cut} of {total} outputs cut by the ReLU"
+        ));
+    }
+    let ctx = format!("[{name}] {op} errors");
+    let t = |s: &[usize]| Host::new(s, vec![1.0; s.iter().product()]).up(b, &ctx);
+    let (x, w, w4, x3) = (
+        t(&[1, 2, 5, 5])?,
+        t(&[3, 2, 3, 3])?,
+        t(&[3, 4, 3, 3])?,
+        t(&[2, 5, 5])?,
+    );
+    let (bias2, big) = (t(&[2])?, t(&[3, 2, 8, 8])?);
+    expect_err(
+        &ctx,
+        op,
+        false,
+        "2 input channels with a 4-channel kernel",
+        || f(&x, &w4, None, p(1, 0)),
+    )?;
+    expect_err(&ctx, op, false, "a 3-D input", || f(&x3, &w, None, p(1, 0)))?;
+    expect_err(&ctx, op, false, "a bias [2] for 3 filters", || {
+        f(&x, &w, Some(&bias2), p(1, 0))
+    })?;
+    expect_err(&ctx, op, false, "stride 0", || f(&x, &w, None, p(0, 1)))?;
+    expect_err(
+        &ctx,
+        op,
+        false,
+        "an 8×8 kernel on a 5×5 image with padding 1",
+        || f(&x, &big, None, p(1, 1)),
+    )
+}
+
+/// `relu_max_pool2d_backward(y, gy, size)` with a replaceable op (see [`ConvReluFn`]).
+type ReluPoolBackFn<'a, B> = &'a dyn Fn(
+    &<B as Backend>::Tensor,
+    &<B as Backend>::Tensor,
+    usize,
+) -> crate::Result<<B as Backend>::Tensor>;
+
+/// `(pre-activation shape, window)` for the fused ReLU + max-pool gradient, small enough for
+/// finite differences. The 2×2 windows of the paper run 16 windows at a time on AVX-512 with
+/// masked tails, so the output widths cover a full group (16), less than half a group (1, 7),
+/// exactly half (8), more than half (9, 14), one past a group (17) and two groups and one
+/// (33); odd heights and widths leave rows and columns no window reads; windows 1, 3 and 4
+/// take the general loop. The full MNIST activations, whose planes split into several work
+/// blocks, are checked against the exact reference in [`check_relu_max_pool2d_backward`].
+const RELU_POOL_CASES: [(&[usize], usize); 14] = [
+    (&[1, 1, 4, 4], 2),
+    (&[2, 3, 7, 9], 2),
+    (&[1, 2, 28, 28], 2),
+    (&[1, 3, 14, 14], 2),
+    (&[1, 2, 2, 32], 2),
+    (&[1, 2, 5, 34], 2),
+    (&[1, 1, 3, 67], 2),
+    (&[2, 1, 2, 16], 2),
+    (&[1, 2, 4, 19], 2),
+    (&[1, 1, 2, 2], 2),
+    (&[2, 2, 9, 9], 3),
+    (&[3, 2, 8, 6], 4),
+    (&[2, 3, 5, 5], 1),
+    (&[2, 5, 28, 28], 2),
+];
+
+/// Pre-activations `z` for the ReLU + pool gradient: `|z| ≥ KINK_GAP` everywhere (ReLU's kink),
+/// and every window's maximum at least `KINK_GAP` ahead of its runner-up (the pool's kink), so
+/// that a positive maximum of `relu(z)` also leads the window's other `relu` values by that
+/// much. Values uniform in `[lo, hi]`; a negative `lo` gives windows whose `relu` is all zero.
+fn relu_pool_input(rng: &mut SplitMix64, shape: &[usize], size: usize, lo: f32, hi: f32) -> Host {
+    let mut z = away_from_zero(rng, shape, lo, hi);
+    separate_window_maxima(&mut z, size);
+    // Separation only raises a window's maximum; one raised into (−KINK_GAP, KINK_GAP) is raised
+    // further, which keeps it the maximum and its lead.
+    for v in &mut z.data {
+        if v.abs() < KINK_GAP {
+            *v = 2.0 * KINK_GAP;
+        }
+    }
+    z
+}
+
+/// `relu_max_pool2d_backward` (the gradient of `max_pool2d(relu(z))` in `z`, given
+/// `y = relu(z)`) against:
+///
+/// - **central finite differences in float64** of `max_pool2d(relu(z))` composed from
+///   [`reference::relu`] and [`reference::max_pool2d`], on pre-activations kept [`KINK_GAP`] from
+///   both kinks (see `relu_pool_input`), with every other window all negative in some cases;
+/// - the exact [`reference::relu_max_pool2d_backward`] (first maximum of `y`, only if positive)
+///   on the same inputs, and on the paper's full MNIST activations (`[2, 32, 28, 28]` and
+///   `[2, 64, 14, 14]`, too large for finite differences) and the SIMD-tail shapes with values
+///   from {0, 0.25, 0.5} — exact ties everywhere, zero windows included —, where the first
+///   maximum must take the gradient, and a zero maximum must pass none;
+/// - a hand-worked case.
+///
+/// Tolerance: the gradient only selects `gy` values, so the backend's answer is exact; the
+/// allowance is [`Tol`] plus the finite differences' rounding bound from `fd_grad` (≈ 1e-9).
+/// Every injected mistake (the mask missing or taken as `y ≥ 0`, the last maximum taking a tied
+/// window, a tail of windows dropped) is off by a whole `|gy|` ≥ 0.1 (`gy` is drawn from
+/// `±[0.1, 2]`) on some element.
+pub fn check_relu_max_pool2d_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult {
+    relu_max_pool2d_backward_cases(b, tol, &|y, gy, size| {
+        b.relu_max_pool2d_backward(y, gy, size)
+    })
+}
+
+fn relu_max_pool2d_backward_cases<B: Backend>(
+    b: &B,
+    tol: Tol,
+    f: ReluPoolBackFn<'_, B>,
+) -> CheckResult {
+    let name = b.name();
+    let op = "relu_max_pool2d_backward";
+    let mut rng = SplitMix64::new(0x4E1_9002);
+    let out_of = |s: &[usize], size: usize| vec![s[0], s[1], s[2] / size, s[3] / size];
+    for (i, (shape, size)) in RELU_POOL_CASES.iter().enumerate() {
+        // Alternate between balanced signs and mostly negative pre-activations.
+        let (lo, hi) = if i % 2 == 0 { (-1.0, 1.0) } else { (-1.0, 0.4) };
+        let ctx = format!(
+            "[{name}] {op} (z {shape:?}, window {size}, z in [{lo}, {hi}]) vs finite differences"
+        );
+        let z = relu_pool_input(&mut rng, shape, *size, lo, hi);
+        let y = Host::new(shape, z.data.iter().map(|&v| v.max(0.0)).collect());
+        let gy = Host::random_magnitude(&mut rng, &out_of(shape, *size), 0.1, 2.0);
+        let (want, noise) = fd_grad(&ctx, &z.r(), &gy.r(), |z| {
+            reference::max_pool2d(&reference::relu(z), *size)
+        })?;
+        let got = f(&y.up(b, &ctx)?, &gy.up(b, &ctx)?, *size).backend(&ctx, op)?;
+        let data = b.to_vec(&got).backend(&ctx, "to_vec")?;
+        compare(&ctx, got.dims(), &data, &want, None, tol.plus_atol(noise))?;
+        let exact = reference::relu_max_pool2d_backward(&y.r(), &gy.r(), *size).reference(&ctx)?;
+        compare(
+            &format!("{ctx}, exact reference"),
+            got.dims(),
+            &data,
+            &exact,
+            None,
+            tol,
+        )?;
+    }
+    // Exact ties everywhere, including all-zero windows, on the MNIST activations and the tails.
+    let tie_shapes: [&[usize]; 6] = [
+        &[2, 32, 28, 28],
+        &[2, 64, 14, 14],
+        &[1, 2, 5, 34],
+        &[1, 1, 3, 67],
+        &[2, 1, 2, 16],
+        &[1, 2, 4, 19],
+    ];
+    for shape in tie_shapes {
+        let ctx = format!("[{name}] {op} (y {shape:?}, window 2) with tied and zero maxima");
+        let mut y = Host::random(&mut rng, shape, 0.0, 1.0);
+        for v in &mut y.data {
+            *v = [0.0, 0.0, 0.25, 0.5][rng.below(4)];
+        }
+        let gy = Host::random_magnitude(&mut rng, &out_of(shape, 2), 0.1, 2.0);
+        let want = reference::relu_max_pool2d_backward(&y.r(), &gy.r(), 2).reference(&ctx)?;
+        let got = f(&y.up(b, &ctx)?, &gy.up(b, &ctx)?, 2).backend(&ctx, op)?;
+        expect_close(b, &ctx, &got, &want, None, tol)?;
+    }
+    // By hand, y is 1×1×2×8 with four 2×2 windows:
+    //   [0 0 | 3 1 | 2 2 | 0 4]
+    //   [0 0 | 3 2 | 2 2 | 0 0]
+    // window 0 is all zero → nothing; window 1: 3 at (0, 2) and (1, 2) → the first, (0, 2);
+    // window 2: four ties → (0, 4); window 3: 4 at (0, 7).
+    let ctx = format!("[{name}] {op} by hand");
+    let y = Host::new(
+        &[1, 1, 2, 8],
+        vec![
+            0.0, 0.0, 3.0, 1.0, 2.0, 2.0, 0.0, 4.0, //
+            0.0, 0.0, 3.0, 2.0, 2.0, 2.0, 0.0, 0.0,
+        ],
+    );
+    let gy = Host::new(&[1, 1, 1, 4], vec![10.0, 20.0, 30.0, 40.0]);
+    let want = RefTensor::new(
+        &[1, 1, 2, 8],
+        vec![
+            0.0, 0.0, 20.0, 0.0, 30.0, 0.0, 0.0, 40.0, //
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ],
+    )
+    .reference(&ctx)?;
+    let got = f(&y.up(b, &ctx)?, &gy.up(b, &ctx)?, 2).backend(&ctx, op)?;
+    expect_close(b, &ctx, &got, &want, None, tol)?;
+
+    let ctx = format!("[{name}] {op} errors");
+    let t = |s: &[usize]| Host::new(s, vec![1.0; s.iter().product()]).up(b, &ctx);
+    let (y, gy_bad, y3) = (t(&[1, 1, 4, 4])?, t(&[1, 1, 3, 3])?, t(&[1, 4, 4])?);
+    expect_err(
+        &ctx,
+        op,
+        false,
+        "gy [1, 1, 3, 3] for a 2×2 pool of 4×4",
+        || f(&y, &gy_bad, 2),
+    )?;
+    expect_err(&ctx, op, false, "a 3-D input", || f(&y3, &gy_bad, 2))?;
+    expect_err(&ctx, op, false, "window 0", || f(&y, &gy_bad, 0))?;
+    expect_err(&ctx, op, false, "window 5 on a 4×4 image", || {
+        f(&y, &gy_bad, 5)
     })
 }
 
@@ -3023,6 +3311,8 @@ macro_rules! op_suite {
             conv2d_backward_weight => check_conv2d_backward_weight,
             max_pool2d => check_max_pool2d,
             max_pool2d_backward => check_max_pool2d_backward,
+            conv2d_relu => check_conv2d_relu,
+            relu_max_pool2d_backward => check_relu_max_pool2d_backward,
             cross_entropy => check_cross_entropy,
             cross_entropy_backward => check_cross_entropy_backward,
             cw_loss => check_cw_loss,
@@ -3114,5 +3404,154 @@ mod tests {
         let mut v = x.data.clone();
         v.sort_by(f32::total_cmp);
         assert!(v[3] - v[2] >= KINK_GAP);
+    }
+    // ---- the fused-op checks catch wrong fused ops ------------------------------------------
+
+    use crate::cpu::Cpu;
+
+    type T = <Cpu as Backend>::Tensor;
+
+    /// The check passes with the right op and fails with `wrong`; prints what it said.
+    fn caught(what: &str, good: CheckResult, bad: CheckResult) {
+        assert!(good.is_ok(), "the check fails on the CPU backend: {good:?}");
+        let e = bad.expect_err(&format!("the injected bug ({what}) was not caught"));
+        eprintln!("{what}: caught: {e}");
+    }
+
+    fn conv_relu_caught(what: &str, wrong: ConvReluFn<'_, Cpu>) {
+        let b = Cpu::new();
+        let good = conv2d_relu_cases(&b, Tol::CPU, &|x, w, bias, p| b.conv2d_relu(x, w, bias, p));
+        caught(what, good, conv2d_relu_cases(&b, Tol::CPU, wrong));
+    }
+
+    #[test]
+    fn conv2d_relu_check_catches_a_missing_relu() {
+        let b = Cpu::new();
+        conv_relu_caught("conv2d without the ReLU", &|x, w, bias, p| {
+            b.conv2d(x, w, bias, p)
+        });
+    }
+
+    #[test]
+    fn conv2d_relu_check_catches_the_relu_before_the_bias() {
+        let b = Cpu::new();
+        conv_relu_caught("relu(conv2d(x, w)) + bias", &|x, w, bias, p| {
+            let y = b.conv2d_relu(x, w, None, p)?;
+            match bias {
+                None => Ok(y),
+                Some(bias) => b.add(&y, &b.reshape(bias, &[bias.dims()[0], 1, 1])?),
+            }
+        });
+    }
+
+    /// Host version of the fused gradient with a chosen mistake, for the injected bugs.
+    #[derive(Clone, Copy, Debug)]
+    enum PoolBug {
+        /// ReLU's mask forgotten: a window whose maximum is 0 still passes its gradient.
+        NoMask,
+        /// A tied window's gradient goes to its last maximum.
+        LastMax,
+        /// Windows 16 and beyond in each row get nothing (an AVX-512 tail or second group lost).
+        DropAfter16,
+        /// The last window of each row gets nothing when the row's window count is odd.
+        DropOddTail,
+    }
+
+    fn buggy_pool_back(b: &Cpu, y: &T, gy: &T, size: usize, bug: PoolBug) -> crate::Result<T> {
+        let good = b.relu_max_pool2d_backward(y, gy, size)?;
+        let (yv, gv) = (b.to_vec(y)?, b.to_vec(gy)?);
+        let d = y.dims().to_vec();
+        let (h, w) = (d[2], d[3]);
+        let (oh, ow) = (h / size, w / size);
+        let mut out = vec![0.0f32; yv.len()];
+        for plane in 0..d[0] * d[1] {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut best: Option<(usize, f32)> = None;
+                    for u in 0..size {
+                        for v in 0..size {
+                            let at = plane * h * w + (i * size + u) * w + j * size + v;
+                            let better = match (bug, best) {
+                                (_, None) => true,
+                                (PoolBug::LastMax, Some((_, m))) => yv[at] >= m,
+                                (_, Some((_, m))) => yv[at] > m,
+                            };
+                            if better {
+                                best = Some((at, yv[at]));
+                            }
+                        }
+                    }
+                    let (at, m) = best.expect("window is not empty");
+                    let pass = match bug {
+                        PoolBug::NoMask => true,
+                        PoolBug::DropAfter16 => m > 0.0 && j < 16,
+                        PoolBug::DropOddTail => m > 0.0 && !(ow % 2 == 1 && j == ow - 1),
+                        PoolBug::LastMax => m > 0.0,
+                    };
+                    if pass {
+                        out[at] = gv[plane * oh * ow + i * ow + j];
+                    }
+                }
+            }
+        }
+        drop(good);
+        b.from_vec(&d, out)
+    }
+
+    fn pool_caught(bug: PoolBug) {
+        let b = Cpu::new();
+        let good = relu_max_pool2d_backward_cases(&b, Tol::CPU, &|y, gy, s| {
+            b.relu_max_pool2d_backward(y, gy, s)
+        });
+        let bad = relu_max_pool2d_backward_cases(&b, Tol::CPU, &|y, gy, s| {
+            buggy_pool_back(&b, y, gy, s, bug)
+        });
+        caught(&format!("{bug:?}"), good, bad);
+    }
+
+    #[test]
+    fn relu_pool_check_catches_a_missing_relu_mask() {
+        pool_caught(PoolBug::NoMask);
+    }
+
+    #[test]
+    fn relu_pool_check_catches_ties_to_the_last_maximum() {
+        pool_caught(PoolBug::LastMax);
+    }
+
+    #[test]
+    fn relu_pool_check_catches_a_lost_second_simd_group() {
+        pool_caught(PoolBug::DropAfter16);
+    }
+
+    #[test]
+    fn relu_pool_check_catches_a_lost_odd_tail() {
+        pool_caught(PoolBug::DropOddTail);
+    }
+
+    #[test]
+    fn the_host_bug_model_is_right_without_a_bug() {
+        // `buggy_pool_back`'s own loop, with no mistake that the cases can see on untied,
+        // positive-only, even-width, narrow input: equals the backend.
+        let b = Cpu::new();
+        let y = b
+            .from_vec(&[1, 1, 2, 4], vec![1.0, 2.0, 4.0, 3.0, 0.5, 0.25, 0.1, 0.2])
+            .unwrap();
+        let gy = b.from_vec(&[1, 1, 1, 2], vec![7.0, 9.0]).unwrap();
+        let good = b
+            .to_vec(&b.relu_max_pool2d_backward(&y, &gy, 2).unwrap())
+            .unwrap();
+        for bug in [
+            PoolBug::NoMask,
+            PoolBug::LastMax,
+            PoolBug::DropAfter16,
+            PoolBug::DropOddTail,
+        ] {
+            let got = b
+                .to_vec(&buggy_pool_back(&b, &y, &gy, 2, bug).unwrap())
+                .unwrap();
+            assert_eq!(got, good, "{bug:?}");
+        }
+        assert_eq!(good, vec![0.0, 7.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }

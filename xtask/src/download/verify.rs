@@ -206,10 +206,16 @@ pub fn write_verified(
 /// Writes a small text file atomically (temporary file + rename) unless it already holds
 /// `content`. Returns whether it was written.
 pub fn write_text(path: &Path, content: &str) -> Result<bool> {
-    if fs::read(path).is_ok_and(|b| b == content.as_bytes()) {
+    write_bytes(path, content.as_bytes())
+}
+
+/// Writes a small file atomically (temporary file + rename) unless it already holds
+/// `content`. Returns whether it was written.
+pub fn write_bytes(path: &Path, content: &[u8]) -> Result<bool> {
+    if fs::read(path).is_ok_and(|b| b == content) {
         return Ok(false);
     }
-    let dir = path.parent().context("text file has no folder")?;
+    let dir = path.parent().context("file has no folder")?;
     let tmp = dir.join(format!(".{}.part-{}", file_name(path), std::process::id()));
     let mut guard = TempGuard(Some(tmp.clone()));
     fs::write(&tmp, content).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -238,6 +244,72 @@ mod tests {
             got.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// What `repro` writes last (its REPORT.md, and the experiments' figures) on a full disk
+    /// (a 64 KB tmpfs) and into a read-only folder: an error of one line naming the file, the
+    /// report already there byte-identical, no temporary file left. Mounting needs root (and,
+    /// in a container, the right to mount); where it is refused the test says that it skipped,
+    /// as `saddle-cli`'s fault tests do.
+    #[test]
+    fn a_report_on_a_full_disk_or_read_only_folder_fails_and_keeps_the_old_one() {
+        use std::process::{Command, Stdio};
+        let dir = super::super::tests::temp_dir("full-disk");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: `mount -t tmpfs` is not permitted here (it needs root)");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("chattr")
+                    .arg("-i")
+                    .arg(&self.0)
+                    .status();
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _guard = Unmount(dir.clone());
+        let report = dir.join("REPORT.md");
+        std::fs::write(&report, "an earlier report").unwrap();
+        let check = |e: anyhow::Error| {
+            let msg = format!("{e:#}");
+            assert_eq!(msg.lines().count(), 1, "{msg}");
+            assert!(msg.contains("REPORT.md"), "{msg}");
+            assert_eq!(std::fs::read(&report).unwrap(), b"an earlier report");
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".part-"))
+                .collect();
+            assert!(left.is_empty(), "left behind: {left:?}");
+        };
+        {
+            use std::io::Write;
+            let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+            while filler.write_all(&[0u8; 4096]).is_ok() {}
+            let big = "a new report\n".repeat(10_000);
+            check(write_text(&report, &big).unwrap_err());
+        }
+        std::fs::remove_file(dir.join("filler")).unwrap();
+        // Read-only: as root, permissions do not stop writes; the immutable attribute does.
+        let immutable = Command::new("chattr")
+            .arg("+i")
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if immutable {
+            check(write_text(&report, "a new report").unwrap_err());
+        } else {
+            eprintln!("SKIPPED the read-only case: chattr +i is not supported on this tmpfs");
+        }
     }
 
     #[test]
