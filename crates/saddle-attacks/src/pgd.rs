@@ -48,6 +48,14 @@ pub enum Targeting {
 /// - CIFAR-10: ε = 8/255, α = 2/255, random start, 7 steps for training
 ///   ([`Pgd::cifar_train`]) and 20 for evaluation ([`Pgd::cifar_eval`]).
 ///
+/// **Transfers.** The NaN check of the gradients runs on the device and is read back once per
+/// attack, so on a GPU backend an L∞ PGD-k attack reads back the same (inputs checked once, each
+/// restart's losses and logits, the check) whatever k is; only the options that report per step
+/// (early stop, the loss trace) read back at every step, and [`L2`], whose step and projection
+/// run on the host in `f64`, reads the iterate back at every step. When the device reports a
+/// non-finite gradient sum, the attack runs again checking every step, so a NaN gradient is
+/// still reported with its restart and step.
+///
 /// Options (builder methods): random start, restarts, early stop per example (an example stops
 /// moving once the attack succeeds on it, and the loop ends when all have), targeted mode
 /// ([`Targeting::LeastLikely`] or given targets with [`Pgd::perturb_targeted`]: descends the
@@ -250,18 +258,64 @@ impl<T: ThreatModel> Pgd<T> {
             }
         };
         let targeted = goal == Goal::Towards || self.targeting == Targeting::LeastLikely;
+        let aim = Aim {
+            labels: &aim,
+            tensor: &aim_t,
+            targeted,
+            classes: k,
+        };
+        // Reused by the NaN checks, so the steady-state loop allocates nothing.
+        let mut scratch: Vec<f32> = Vec::with_capacity(1);
+        // First with the NaN check on the device (nothing read back per step), then, only if
+        // that found a non-finite gradient sum or failed, again checking on the host at every
+        // step: the attack is deterministic, so the second run stops at the first NaN gradient
+        // with its restart and step, exactly as a check at every step would have.
+        if let Ok((result, total)) =
+            self.restarts_loop(&b, m, x0, &aim, NanCheck::Deferred, &mut scratch)
+        {
+            let finite = match total {
+                Some(t) => {
+                    b.to_vec_into(&t, &mut scratch)?;
+                    scratch.first().is_none_or(|v| v.is_finite())
+                }
+                None => true,
+            };
+            if finite {
+                return Ok(result);
+            }
+        }
+        self.restarts_loop(&b, m, x0, &aim, NanCheck::EveryStep, &mut scratch)
+            .map(|(result, _)| result)
+    }
+
+    /// The restarts and their steps: the result and, with [`NanCheck::Deferred`], the sum over
+    /// all steps of the sums of the gradients, on the device (not finite if some gradient may
+    /// hold a NaN; the caller reads it once and runs again with [`NanCheck::EveryStep`]).
+    fn restarts_loop<B: Backend>(
+        &self,
+        b: &B,
+        m: &dyn Classifier<B>,
+        x0: &B::Tensor,
+        aim: &Aim<'_, B>,
+        check: NanCheck,
+        scratch: &mut Vec<f32>,
+    ) -> Result<(AttackResult<B>, Option<B::Tensor>)> {
+        let n = aim.labels.len();
+        let k = aim.classes;
+        let targeted = aim.targeted;
         let sign = if targeted { -1.0f32 } else { 1.0 };
-        let succeeded = |pred: usize, i: usize| (pred == aim[i]) == targeted;
+        let succeeded = |pred: usize, i: usize| (pred == aim.labels[i]) == targeted;
 
         let mut base = Rng::new(self.seed);
         let mut best: Option<Candidate<B>> = None;
         let mut traces = Vec::new();
-        // Reused by the per-step NaN check, so the steady-state loop allocates nothing.
-        let mut scratch: Vec<f32> = Vec::with_capacity(1);
+        // Σ over steps of Σ g (deferred check): finite unless some gradient had a NaN or an
+        // infinity (or the sums overflowed), which the checked run then tells apart.
+        let mut nan_total: Option<B::Tensor> = None;
         for r in 0..self.restarts {
             let mut rng = base.fork(r as u64);
             let mut x = if self.random_start && self.threat.eps() > 0.0 {
-                self.threat.random_init(&b, x0, &mut rng)?
+                self.threat.random_init(b, x0, &mut rng)?
             } else {
                 x0.clone()
             };
@@ -269,7 +323,7 @@ impl<T: ThreatModel> Pgd<T> {
             let mut trace = Vec::new();
             let mut stopped = false;
             for step in 0..self.steps {
-                let (per, g, logits) = loss_and_input_grad(m, &x, &aim_t, self.loss)?;
+                let (per, g, logits) = loss_and_input_grad(m, &x, aim.tensor, self.loss)?;
                 if self.trace {
                     trace.push(b.to_vec(&per)?.into_iter().map(|v| sign * v).collect());
                 }
@@ -288,18 +342,27 @@ impl<T: ThreatModel> Pgd<T> {
                 } else {
                     g
                 };
-                check_gradient(&b, &g, &mut scratch, self.name, r, step)?;
-                let next = self.threat.step_and_project(&b, &x, x0, &g, self.alpha)?;
+                match check {
+                    NanCheck::EveryStep => check_gradient(b, &g, scratch, self.name, r, step)?,
+                    NanCheck::Deferred => {
+                        let s = gradient_sum(b, &g)?;
+                        nan_total = Some(match nan_total {
+                            None => s,
+                            Some(t) => b.add(&t, &s)?,
+                        });
+                    }
+                }
+                let next = self.threat.step_and_project(b, &x, x0, &g, self.alpha)?;
                 x = if frozen.iter().any(|&f| f) {
-                    select(&b, &frozen, &x, &next)?
+                    select(b, &frozen, &x, &next)?
                 } else {
                     next
                 };
             }
             let logits = m.logits(&x)?;
             let per = match self.loss {
-                Loss::CrossEntropy => b.cross_entropy(&logits, &aim_t)?,
-                Loss::Cw { kappa } => b.cw_loss(&logits, &aim_t, kappa)?,
+                Loss::CrossEntropy => b.cross_entropy(&logits, aim.tensor)?,
+                Loss::Cw { kappa } => b.cw_loss(&logits, aim.tensor, kappa)?,
             };
             let loss: Vec<f32> = b.to_vec(&per)?.into_iter().map(|v| sign * v).collect();
             let predictions = argmax_rows(&b.to_vec(&logits)?, k);
@@ -318,21 +381,41 @@ impl<T: ThreatModel> Pgd<T> {
             };
             best = Some(match best {
                 None => cand,
-                Some(cur) => merge(&b, cur, cand)?,
+                Some(cur) => merge(b, cur, cand)?,
             });
             if self.early_stop && best.as_ref().is_some_and(|c| c.success.iter().all(|&s| s)) {
                 break;
             }
         }
         let best = best.expect("at least one restart ran");
-        Ok(AttackResult {
+        let result = AttackResult {
             x_adv: best.x,
             loss: best.loss,
             success: best.success,
             predictions: best.predictions,
             trace: self.trace.then_some(LossTrace { losses: traces }),
-        })
+        };
+        Ok((result, nan_total))
     }
+}
+
+/// What the attack aims at: the classes whose loss it ascends (untargeted) or descends.
+struct Aim<'a, B: Backend> {
+    /// On the host, one per example.
+    labels: &'a [usize],
+    /// The same on the device (`[n]`).
+    tensor: &'a B::Tensor,
+    targeted: bool,
+    classes: usize,
+}
+
+/// Where the attack looks for NaN gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NanCheck {
+    /// On the device, read back once per attack (no transfer per step).
+    Deferred,
+    /// On the host after every step (one scalar read back per step), naming the step.
+    EveryStep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,7 +434,9 @@ struct Candidate<B: Backend> {
 }
 
 /// Per example, the stronger of `cur` and `cand`: success first, then the higher objective;
-/// ties keep `cur` (the earlier restart).
+/// ties keep `cur` (the earlier restart). The images are selected on the device
+/// ([`Backend::select_rows`], the rows' bits unchanged) with a mask uploaded whatever it holds,
+/// so that an attack's transfers do not depend on its results.
 fn merge<B: Backend>(b: &B, cur: Candidate<B>, cand: Candidate<B>) -> Result<Candidate<B>> {
     let take: Vec<bool> = (0..cur.loss.len())
         .map(|i| {
@@ -359,12 +444,13 @@ fn merge<B: Backend>(b: &B, cur: Candidate<B>, cand: Candidate<B>) -> Result<Can
                 || (cand.success[i] == cur.success[i] && cand.loss[i] > cur.loss[i])
         })
         .collect();
-    if !take.iter().any(|&t| t) {
-        return Ok(cur);
-    }
+    let mask = b.from_vec(
+        &[take.len()],
+        take.iter().map(|&t| if t { 1.0 } else { 0.0 }).collect(),
+    )?;
     let pick = |i: usize| take[i];
     Ok(Candidate {
-        x: select(b, &take, &cand.x, &cur.x)?,
+        x: b.select_rows(&mask, &cand.x, &cur.x)?,
         loss: (0..take.len())
             .map(|i| if pick(i) { cand.loss[i] } else { cur.loss[i] })
             .collect(),
@@ -402,6 +488,12 @@ fn select<B: Backend>(be: &B, keep_a: &[bool], a: &B::Tensor, b: &B::Tensor) -> 
     Ok(be.add(&be.mul(a, &ma)?, &be.mul(b, &mb)?)?)
 }
 
+/// `Σ g` on the device (a tensor of one element): not finite if `g` holds a NaN.
+fn gradient_sum<B: Backend>(b: &B, g: &B::Tensor) -> Result<B::Tensor> {
+    let flat = b.reshape(g, &[g.numel()])?;
+    Ok(b.sum_axes(&flat, &[0], false)?)
+}
+
 /// Fails with [`AttackError::NanGradient`] if `g` has a NaN entry. One reduction on the device;
 /// the gradient is read back only when the sum is not finite.
 fn check_gradient<B: Backend>(
@@ -412,8 +504,7 @@ fn check_gradient<B: Backend>(
     restart: usize,
     step: usize,
 ) -> Result<()> {
-    let flat = b.reshape(g, &[g.numel()])?;
-    b.to_vec_into(&b.sum_axes(&flat, &[0], false)?, scratch)?;
+    b.to_vec_into(&gradient_sum(b, g)?, scratch)?;
     if scratch.first().is_none_or(|v| v.is_finite()) {
         return Ok(());
     }

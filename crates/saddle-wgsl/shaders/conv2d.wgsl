@@ -6,11 +6,12 @@
 // weight read as a row-major k×(c·kh·kw) matrix; B is gathered from x on the fly while staging
 // it in workgroup memory, with zeros for the padding.
 //
-// Tiling as in matmul.wgsl: 16×16 threads, a 64×64 output tile, steps of 16 along K, a 4×4 register
-// block per thread (four vec4 accumulators; rows past the edge skipped). Each thread always stages
-// the same column of B (its index mod 64), so the pixel coordinates of that column are computed
-// once; the inner index it stages advances by 4 from one load to the next, so its digits (ci, ki,
-// kj) are carried forward by additions instead of divisions inside the loop.
+// Tiling as in matmul.wgsl (the shared core is in prelude_gemm.wgsl): 16×16 threads, a 64×64
+// output tile, steps of 16 along K, a 4×4 register block per thread (four vec4 accumulators;
+// rows past the edge skipped). Each thread always stages the same column of B (its index mod
+// 64), so the pixel coordinates of that column are computed once; the inner index it stages
+// advances by 4 from one load to the next, so its digits (ci, ki, kj) are carried forward by
+// additions instead of divisions inside the loop.
 
 struct Params {
     n: u32,
@@ -33,32 +34,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
-var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
-
-// Mixed-radix counter (hi, mid, lo) with radices (·, r1, r0), advanced by d (d.y < r1, d.z < r0).
-fn advance(c: vec3<u32>, d: vec3<u32>, r1: u32, r0: u32) -> vec3<u32> {
-    var lo = c.z + d.z;
-    var mid = c.y + d.y;
-    var hi = c.x + d.x;
-    if (lo >= r0) {
-        lo -= r0;
-        mid += 1u;
-    }
-    if (mid >= r1) {
-        mid -= r1;
-        hi += 1u;
-    }
-    return vec3<u32>(hi, mid, lo);
-}
-
-fn digits(r: u32, r1: u32, r0: u32) -> vec3<u32> {
-    return vec3<u32>(r / (r1 * r0), (r / r0) % r1, r % r0);
-}
+//! include prelude_gemm.wgsl
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -119,22 +95,7 @@ fn main(
             db = advance(db, step, p.kh, p.kw);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk += 1u) {
-            let ra = kk * TM + lid.y;
-            let ib = kk * TN + lid.x;
-            let fb = vec4<f32>(tile_b[ib], tile_b[ib + 16u], tile_b[ib + 32u], tile_b[ib + 48u]);
-            // Rows past the edge of the output are skipped (a workgroup-uniform branch).
-            acc0 += tile_a[ra] * fb;
-            if (live_rows > 16u) {
-                acc1 += tile_a[ra + 16u] * fb;
-            }
-            if (live_rows > 32u) {
-                acc2 += tile_a[ra + 32u] * fb;
-            }
-            if (live_rows > 48u) {
-                acc3 += tile_a[ra + 48u] * fb;
-            }
-        }
+        gemm_accumulate(lid.y, lid.x, live_rows, &acc0, &acc1, &acc2, &acc3);
         workgroupBarrier();
     }
     let r0 = row0 + lid.y;

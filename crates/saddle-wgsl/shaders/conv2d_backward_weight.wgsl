@@ -30,32 +30,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> gy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
-var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
-
-// Mixed-radix counter (hi, mid, lo) with radices (·, r1, r0), advanced by d (d.y < r1, d.z < r0).
-fn advance(c: vec3<u32>, d: vec3<u32>, r1: u32, r0: u32) -> vec3<u32> {
-    var lo = c.z + d.z;
-    var mid = c.y + d.y;
-    var hi = c.x + d.x;
-    if (lo >= r0) {
-        lo -= r0;
-        mid += 1u;
-    }
-    if (mid >= r1) {
-        mid -= r1;
-        hi += 1u;
-    }
-    return vec3<u32>(hi, mid, lo);
-}
-
-fn digits(r: u32, r1: u32, r0: u32) -> vec3<u32> {
-    return vec3<u32>(r / (r1 * r0), (r / r0) % r1, r % r0);
-}
+//! include prelude_gemm.wgsl
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -121,22 +96,7 @@ fn main(
         ra += TK;
         da = advance(da, step_a, p.oh, p.ow);
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk += 1u) {
-            let ia = kk * TM + lid.y;
-            let ib = kk * TN + lid.x;
-            let fb = vec4<f32>(tile_b[ib], tile_b[ib + 16u], tile_b[ib + 32u], tile_b[ib + 48u]);
-            // Rows past the edge of the output are skipped (a workgroup-uniform branch).
-            acc0 += tile_a[ia] * fb;
-            if (live_rows > 16u) {
-                acc1 += tile_a[ia + 16u] * fb;
-            }
-            if (live_rows > 32u) {
-                acc2 += tile_a[ia + 32u] * fb;
-            }
-            if (live_rows > 48u) {
-                acc3 += tile_a[ia + 48u] * fb;
-            }
-        }
+        gemm_accumulate(lid.y, lid.x, live_rows, &acc0, &acc1, &acc2, &acc3);
         workgroupBarrier();
     }
     let slab = wid.z * m_rows * n_cols;

@@ -31,12 +31,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
-
-var<workgroup> tile_a: array<f32, 1024>; // [TK][TM]
-var<workgroup> tile_b: array<f32, 1024>; // [TK][TN]
+//! include prelude_gemm.wgsl
 
 @compute @workgroup_size(16, 16, 1)
 fn main(
@@ -95,22 +90,7 @@ fn main(
             tile_b[kb * TN + nb] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk += 1u) {
-            let ra = kk * TM + lid.y;
-            let rb = kk * TN + lid.x;
-            let fb = vec4<f32>(tile_b[rb], tile_b[rb + 16u], tile_b[rb + 32u], tile_b[rb + 48u]);
-            // Rows past the edge of the output are skipped (a workgroup-uniform branch).
-            acc0 += tile_a[ra] * fb;
-            if (live_rows > 16u) {
-                acc1 += tile_a[ra + 16u] * fb;
-            }
-            if (live_rows > 32u) {
-                acc2 += tile_a[ra + 32u] * fb;
-            }
-            if (live_rows > 48u) {
-                acc3 += tile_a[ra + 48u] * fb;
-            }
-        }
+        gemm_accumulate(lid.y, lid.x, live_rows, &acc0, &acc1, &acc2, &acc3);
         workgroupBarrier();
     }
     let slab = wid.z * p.m * p.n;

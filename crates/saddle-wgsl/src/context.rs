@@ -17,8 +17,15 @@
 //! they are stored here instead of panicking and returned as [`TensorError::Backend`] by the
 //! next operation. Kernels that check their inputs on the device (labels) set bits of a status
 //! word, read back with every `to_vec`.
+//!
+//! **Transfers.** Every host → device write goes through [`Context::upload`] (tensor data) or
+//! [`Context::uniform`] (kernel parameters), every device → host copy through
+//! [`Context::read_back`]; each counts itself ([`TransferCounts`]). Kernel parameters are kept
+//! in a cache keyed by their bytes, written once and never modified, so a loop that repeats the
+//! same ops on the same shapes (a PGD attack) writes no parameters after its first iteration.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use saddle_tensor::{Result, TensorError};
@@ -31,6 +38,69 @@ pub(crate) const FLUSH_EVERY: usize = 48;
 pub(crate) const MAX_IN_FLIGHT: usize = 3;
 /// Idle bytes the pool keeps for reuse; beyond this, freed buffers are released.
 const POOL_CAP_BYTES: u64 = 512 << 20;
+/// Distinct kernel-parameter blocks kept on the device; when full the cache starts afresh.
+const UNIFORM_CACHE_MAX: usize = 4096;
+
+/// Host ↔ device transfers of one [`crate::Wgpu`] device since it was opened, counted where they
+/// happen: the one write of tensor data, the one write of kernel parameters and the one copy back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TransferCounts {
+    /// Tensors written from the host (`from_vec`).
+    pub uploads: u64,
+    /// Their bytes.
+    pub upload_bytes: u64,
+    /// Kernel-parameter blocks written (a cache miss; repeated parameters are not rewritten).
+    pub param_uploads: u64,
+    /// Their bytes.
+    pub param_bytes: u64,
+    /// Copies to the host, each a wait for the device (`to_vec`, `to_vec_into`).
+    pub readbacks: u64,
+    /// Their bytes (the status word included).
+    pub readback_bytes: u64,
+}
+
+impl TransferCounts {
+    /// The transfers since `earlier` (a count taken before), field by field (0 where `earlier`
+    /// is the later count).
+    pub fn since(&self, earlier: &TransferCounts) -> TransferCounts {
+        TransferCounts {
+            uploads: self.uploads.saturating_sub(earlier.uploads),
+            upload_bytes: self.upload_bytes.saturating_sub(earlier.upload_bytes),
+            param_uploads: self.param_uploads.saturating_sub(earlier.param_uploads),
+            param_bytes: self.param_bytes.saturating_sub(earlier.param_bytes),
+            readbacks: self.readbacks.saturating_sub(earlier.readbacks),
+            readback_bytes: self.readback_bytes.saturating_sub(earlier.readback_bytes),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    uploads: AtomicU64,
+    upload_bytes: AtomicU64,
+    param_uploads: AtomicU64,
+    param_bytes: AtomicU64,
+    readbacks: AtomicU64,
+    readback_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, v: u64) {
+        counter.fetch_add(v, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TransferCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransferCounts {
+            uploads: get(&self.uploads),
+            upload_bytes: get(&self.upload_bytes),
+            param_uploads: get(&self.param_uploads),
+            param_bytes: get(&self.param_bytes),
+            readbacks: get(&self.readbacks),
+            readback_bytes: get(&self.readback_bytes),
+        }
+    }
+}
 /// Threads of the 1-D kernels (`@workgroup_size(256)`).
 pub(crate) const WG: u32 = 256;
 
@@ -194,10 +264,15 @@ impl Params {
         self.0.resize(self.0.len() + 32 - table.len(), 0);
         self
     }
-    fn bytes(&self) -> Vec<u8> {
+    /// The words padded to a multiple of four (16 bytes), at least four.
+    fn padded(&self) -> Vec<u32> {
         let mut words = self.0.clone();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
-        bytemuck::cast_slice(&words).to_vec()
+        words
+    }
+    #[cfg(test)]
+    fn bytes(&self) -> Vec<u8> {
+        bytemuck::cast_slice(&self.padded()).to_vec()
     }
 }
 
@@ -211,9 +286,12 @@ pub(crate) struct Context {
     pool: Arc<Pool>,
     batch: Mutex<Batch>,
     staging: Mutex<Option<wgpu::Buffer>>,
+    /// Kernel parameters already on the device, by their words (written once, never modified).
+    uniforms: Mutex<HashMap<Vec<u32>, Arc<PooledBuffer>>>,
     /// Bits set by kernels that find invalid inputs on the device (labels).
     status: wgpu::Buffer,
     errors: Arc<Mutex<Option<String>>>,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for Context {
@@ -263,8 +341,10 @@ impl Context {
                 in_flight: VecDeque::new(),
             }),
             staging: Mutex::new(None),
+            uniforms: Mutex::new(HashMap::new()),
             status,
             errors,
+            counters: Counters::default(),
         }
     }
 
@@ -287,6 +367,47 @@ impl Context {
             Some(m) => Err(self.backend_error(format!("{op}: {m}"))),
             None => Ok(()),
         }
+    }
+
+    /// The transfers counted since the device was opened.
+    pub(crate) fn transfer_counts(&self) -> TransferCounts {
+        self.counters.snapshot()
+    }
+
+    /// Writes `data` to the start of `buffer` (before the commands of the next submission): the
+    /// one place tensor data goes to the device.
+    pub(crate) fn upload(&self, buffer: &wgpu::Buffer, data: &[f32]) {
+        if data.is_empty() {
+            return;
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.queue.write_buffer(buffer, 0, bytes);
+        Counters::add(&self.counters.uploads, 1);
+        Counters::add(&self.counters.upload_bytes, bytes.len() as u64);
+    }
+
+    /// The uniform buffer holding `params`: from the cache, or written now (the one place
+    /// kernel parameters go to the device) into a buffer from the pool. A cached buffer is
+    /// never written again, so reusing it while earlier commands may still read it is safe; when
+    /// the cache is full its buffers go back to the pool, which parks them until the pending
+    /// encoder is submitted (as any freed buffer).
+    fn uniform(&self, params: &Params) -> Result<(Arc<PooledBuffer>, u64)> {
+        let words = params.padded();
+        let size = words.len() as u64 * 4;
+        let mut cache = lock(&self.uniforms, "uniforms")?;
+        if let Some(b) = cache.get(&words) {
+            return Ok((b.clone(), size));
+        }
+        if cache.len() >= UNIFORM_CACHE_MAX {
+            cache.clear();
+        }
+        let buffer = Arc::new(self.alloc_kind(Kind::Uniform, size)?);
+        self.queue
+            .write_buffer(buffer.raw(), 0, bytemuck::cast_slice(&words));
+        Counters::add(&self.counters.param_uploads, 1);
+        Counters::add(&self.counters.param_bytes, size);
+        cache.insert(words, buffer.clone());
+        Ok((buffer, size))
     }
 
     /// The largest tensor (bytes) a kernel can bind.
@@ -335,11 +456,12 @@ impl Context {
         if let Some(p) = cache.get(&kernel) {
             return Ok(p.clone());
         }
+        let source = kernel.wgsl()?;
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.file_name()),
-                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                source: wgpu::ShaderSource::Wgsl(source),
             });
         let pipeline = self
             .device
@@ -427,16 +549,14 @@ impl Context {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel)?;
-        let bytes = params.bytes();
-        let ubuf = self.alloc_kind(Kind::Uniform, bytes.len() as u64)?;
-        self.queue.write_buffer(ubuf.raw(), 0, &bytes);
+        let (ubuf, ubytes) = self.uniform(params)?;
         let mut entries = Vec::with_capacity(bufs.len() + 2);
         entries.push(wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: ubuf.raw(),
                 offset: 0,
-                size: wgpu::BufferSize::new(bytes.len() as u64),
+                size: wgpu::BufferSize::new(ubytes),
             }),
         });
         for (i, b) in bufs.iter().enumerate() {
@@ -473,7 +593,6 @@ impl Context {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         })?;
-        drop(ubuf);
         self.check(kernel.file_name())
     }
 
@@ -557,6 +676,8 @@ impl Context {
             (data, status)
         };
         stage.unmap();
+        Counters::add(&self.counters.readbacks, 1);
+        Counters::add(&self.counters.readback_bytes, bytes + 4);
         self.check("read-back")?;
         Ok((data, status))
     }

@@ -1,6 +1,76 @@
 //! The compute kernels: one WGSL file each in this crate's `shaders/` folder (the workspace's
 //! top-level `shaders/` is a link to it), embedded with `include_str!`, each with a single entry
 //! point `main`. The files live inside the crate so that it packages and builds on its own.
+//!
+//! **Preludes.** Code that several kernels share (the tiled GEMM core, the DLR top-4) lives in
+//! `shaders/prelude_*.wgsl` ([`PRELUDES`]). A kernel pulls one in with a line of its own,
+//! `//! include prelude_gemm.wgsl` (a WGSL comment, so editors and linters read the file as
+//! WGSL); [`Kernel::wgsl`] replaces the line with the prelude's text when the pipeline is built.
+//! An unknown name, or an include inside a prelude, is an error naming the file and line.
+
+use std::borrow::Cow;
+
+use saddle_tensor::{Result, TensorError};
+
+/// The directive that includes a prelude: `//! include <file name>` on a line of its own.
+pub const INCLUDE_DIRECTIVE: &str = "//! include ";
+
+/// Shared WGSL code, by file name in `shaders/`: what a kernel may include.
+pub const PRELUDES: &[(&str, &str)] = &[
+    (
+        "prelude_gemm.wgsl",
+        include_str!("../shaders/prelude_gemm.wgsl"),
+    ),
+    (
+        "prelude_dlr.wgsl",
+        include_str!("../shaders/prelude_dlr.wgsl"),
+    ),
+];
+
+/// `source` (the text of the file `name`) with every `//! include <prelude>` line replaced by the
+/// prelude's text (one level: preludes include nothing).
+///
+/// # Errors
+/// [`TensorError::InvalidArgument`] naming the file, the line and the preludes that exist when an
+/// include names no prelude, or when a prelude itself includes one.
+pub fn resolve_includes<'a>(name: &str, source: &'a str) -> Result<Cow<'a, str>> {
+    if !source.contains(INCLUDE_DIRECTIVE) {
+        return Ok(Cow::Borrowed(source));
+    }
+    let mut out = String::with_capacity(source.len() + 4096);
+    for (i, line) in source.lines().enumerate() {
+        let Some(target) = line.trim().strip_prefix(INCLUDE_DIRECTIVE.trim_end()) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let target = target.trim();
+        let where_ = format!("{name}, line {}", i + 1);
+        if PRELUDES.iter().any(|&(p, _)| p == name) {
+            return Err(TensorError::invalid(
+                "wgsl include",
+                format!("{where_}: a prelude cannot include another (`{target}`)"),
+            ));
+        }
+        let Some(&(_, text)) = PRELUDES.iter().find(|&&(p, _)| p == target) else {
+            let known: Vec<&str> = PRELUDES.iter().map(|&(p, _)| p).collect();
+            return Err(TensorError::invalid(
+                "wgsl include",
+                format!(
+                    "{where_}: unknown include `{target}` (the preludes are {})",
+                    known.join(", ")
+                ),
+            ));
+        };
+        out.push_str(&format!("// ---- begin {target} ----\n"));
+        out.push_str(text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("// ---- end {target} ----\n"));
+    }
+    Ok(Cow::Owned(out))
+}
 
 macro_rules! kernels {
     ($($(#[$doc:meta])* $variant:ident => $file:literal,)*) => {
@@ -21,11 +91,19 @@ macro_rules! kernels {
                 }
             }
 
-            /// The kernel's WGSL source, embedded at compile time.
+            /// The kernel's file as written, embedded at compile time (with its include lines).
             pub fn source(self) -> &'static str {
                 match self {
                     $(Kernel::$variant => include_str!(concat!("../shaders/", $file)),)*
                 }
+            }
+
+            /// The WGSL the device compiles: [`Kernel::source`] with its preludes included.
+            ///
+            /// # Errors
+            /// As [`resolve_includes`] (an unknown include).
+            pub fn wgsl(self) -> Result<Cow<'static, str>> {
+                resolve_includes(self.file_name(), self.source())
             }
         }
     };

@@ -3,8 +3,9 @@
 //! The saddle [`Backend`] implemented with WGSL compute shaders through wgpu, so that saddle
 //! runs on any GPU wgpu reaches natively (Vulkan, Metal, DX12) without CUDA. Every kernel is one
 //! file in this crate's `shaders/` folder (the workspace's top-level `shaders/` links to it),
-//! embedded with `include_str!` ([`Kernel`] lists them); every op equals its CPU twin
-//! ([`saddle_tensor::cpu::Cpu`]) within the tolerance stated in `tests/ops.rs`.
+//! embedded with `include_str!` ([`Kernel`] lists them; the code they share is in
+//! `shaders/prelude_*.wgsl`, included at load time, see [`PRELUDES`]); every op equals its CPU
+//! twin ([`saddle_tensor::cpu::Cpu`]) within the tolerance stated in `tests/ops.rs`.
 //!
 //! ```no_run
 //! use saddle_tensor::{Backend, TensorLike};
@@ -35,14 +36,17 @@
 //! only [`Backend::to_vec`] waits for the device and copies to the host (through one staging
 //! buffer). A PGD attack or a training step therefore crosses to the host only for its inputs
 //! and the numbers it reports. Buffers are reused through a pool (see `context.rs` for why reuse
-//! is safe with a pending encoder).
+//! is safe with a pending encoder); kernel parameters are cached on the device by value, so a
+//! loop that repeats the same ops writes no parameters after its first iteration.
+//! [`Wgpu::transfer_counts`] counts every transfer where it happens ([`TransferCounts`]).
 //!
 //! ## Tiling of matmul and convolution
 //!
 //! [`Backend::matmul`], [`Backend::conv2d`] and the two convolution gradients share one tiled
 //! GEMM scheme (`shaders/matmul.wgsl`, `conv2d*.wgsl`):
 //!
-//! - A workgroup of 16×16 = 256 threads computes a 64×64 tile of the output.
+//! - A workgroup of 16×16 = 256 threads computes a 64×64 tile of the output (the shared core is
+//!   `shaders/prelude_gemm.wgsl`, included by the four kernels).
 //! - The inner dimension is walked in steps of 16. At each step the workgroup stages a 16×64
 //!   slice of each operand in workgroup memory (2 × 4 KiB); each thread loads four elements of
 //!   each, zero outside the operands, so no size needs to be a multiple of anything. Loads are
@@ -87,13 +91,14 @@ mod tensor;
 use std::sync::Arc;
 
 pub use device::{AdapterSummary, DeviceChoice, BACKENDS, INSTALL_HINT};
-pub use kernels::Kernel;
+pub use kernels::{resolve_includes, Kernel, INCLUDE_DIRECTIVE, PRELUDES};
 pub use saddle_tensor::{Backend, Result, TensorError};
 pub use tensor::WgpuTensor;
 /// The wgpu version this crate is built on, for naming adapters, backends and limits.
 pub use wgpu;
 
 use context::Context;
+pub use context::TransferCounts;
 
 /// The environment variable that lets GPU tests pass without an adapter: set
 /// `SADDLE_SKIP_GPU_TESTS=1` and they print that they were skipped. Without it a test that finds
@@ -167,6 +172,13 @@ impl Wgpu {
     /// The limits the device was opened with (the adapter's own).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.ctx.limits
+    }
+
+    /// The host ↔ device transfers of this device since it was opened (shared by its clones):
+    /// tensors uploaded, kernel-parameter blocks written, read-backs, and their bytes. Take one
+    /// count before and one after a piece of work and compare with [`TransferCounts::since`].
+    pub fn transfer_counts(&self) -> TransferCounts {
+        self.ctx.transfer_counts()
     }
 
     /// Submits pending work and waits until the device has finished it (for timing).

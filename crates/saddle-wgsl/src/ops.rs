@@ -520,11 +520,7 @@ impl Backend for Wgpu {
             ));
         }
         let mut t = self.out("from_vec", shape)?;
-        if !data.is_empty() {
-            self.ctx
-                .queue
-                .write_buffer(t.buf.raw(), 0, bytemuck::cast_slice(&data));
-        }
+        self.ctx.upload(t.buf.raw(), &data);
         if shape.len() == 1 && n <= HOST_LABEL_COPY_MAX {
             t.host_labels = Some(data.into());
         }

@@ -1,7 +1,9 @@
 //! Every file in this crate's `shaders/` folder (the workspace's top-level `shaders/` links to it)
 //! parses and validates with naga (the WGSL front end wgpu itself uses), with no GPU: a machine
-//! without an adapter still catches a broken shader. Each file holds exactly one compute kernel, `main`, and is the source of
-//! exactly one kernel of the crate (no orphans, no kernel without its file).
+//! without an adapter still catches a broken shader. Each kernel file, with the preludes it
+//! includes (`//! include prelude_*.wgsl`), holds exactly one compute kernel, `main`, and is the
+//! source of exactly one kernel of the crate (no orphans, no kernel without its file); each
+//! prelude is listed in `saddle_wgsl::PRELUDES`, validates on its own and is included somewhere.
 
 use std::path::PathBuf;
 
@@ -11,7 +13,19 @@ fn shader_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders")
 }
 
+fn is_prelude(name: &str) -> bool {
+    name.starts_with("prelude_")
+}
+
+/// The kernel files (not the preludes), sorted, with their text.
 fn shader_files() -> Vec<(String, String)> {
+    all_wgsl_files()
+        .into_iter()
+        .filter(|(n, _)| !is_prelude(n))
+        .collect()
+}
+
+fn all_wgsl_files() -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> = std::fs::read_dir(shader_dir())
         .expect("the shaders/ folder exists")
         .map(|e| e.expect("readable directory entry").path())
@@ -56,7 +70,15 @@ fn every_shader_parses_and_validates_with_naga() {
     );
     let mut failures = Vec::new();
     for (name, src) in &files {
-        match validate(name, src) {
+        // As the device gets it: the preludes included.
+        let src = match saddle_wgsl::resolve_includes(name, src) {
+            Ok(s) => s.into_owned(),
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        match validate(name, &src) {
             Ok(module) => {
                 let eps: Vec<_> = module
                     .entry_points
@@ -78,6 +100,81 @@ fn every_shader_parses_and_validates_with_naga() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn every_prelude_is_listed_validates_alone_and_is_included() {
+    let on_disk: Vec<(String, String)> = all_wgsl_files()
+        .into_iter()
+        .filter(|(n, _)| is_prelude(n))
+        .collect();
+    let mut listed: Vec<&str> = saddle_wgsl::PRELUDES.iter().map(|&(n, _)| n).collect();
+    listed.sort_unstable();
+    let names: Vec<&str> = on_disk.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names, listed,
+        "shaders/prelude_*.wgsl and saddle_wgsl::PRELUDES"
+    );
+    for (name, src) in &on_disk {
+        let embedded = saddle_wgsl::PRELUDES
+            .iter()
+            .find(|&&(n, _)| n == name)
+            .unwrap()
+            .1;
+        assert_eq!(embedded, src, "{name} is embedded from its file");
+        let module = validate(name, src).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            module.entry_points.is_empty(),
+            "{name}: a prelude declares no entry point"
+        );
+        let directive = format!("{}{name}", saddle_wgsl::INCLUDE_DIRECTIVE);
+        assert!(
+            saddle_wgsl::Kernel::ALL
+                .iter()
+                .any(|k| k.source().lines().any(|l| l.trim() == directive)),
+            "{name} is included by no kernel"
+        );
+    }
+}
+
+#[test]
+fn includes_are_resolved_and_unknown_ones_are_errors() {
+    // The shared GEMM core reaches all four GEMM kernels, once each.
+    for k in [
+        saddle_wgsl::Kernel::Matmul,
+        saddle_wgsl::Kernel::Conv2d,
+        saddle_wgsl::Kernel::Conv2dBackwardInput,
+        saddle_wgsl::Kernel::Conv2dBackwardWeight,
+    ] {
+        let src = k.wgsl().unwrap();
+        assert_eq!(src.matches("fn gemm_accumulate(").count(), 1, "{k:?}");
+        assert!(
+            !src.lines()
+                .any(|l| l.trim().starts_with(saddle_wgsl::INCLUDE_DIRECTIVE)),
+            "{k:?}"
+        );
+    }
+    // A kernel without includes is passed through unchanged.
+    let plain = saddle_wgsl::Kernel::Fill;
+    assert_eq!(plain.wgsl().unwrap(), plain.source());
+
+    let bad = "// a kernel\n//! include prelude_nope.wgsl\nfn main() {}\n";
+    let err = saddle_wgsl::resolve_includes("bad.wgsl", bad)
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "bad.wgsl",
+        "line 2",
+        "unknown include `prelude_nope.wgsl`",
+        "prelude_gemm.wgsl",
+    ] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+    let nested = "//! include prelude_dlr.wgsl\n";
+    let err = saddle_wgsl::resolve_includes("prelude_gemm.wgsl", nested)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prelude_gemm.wgsl, line 1"), "{err}");
 }
 
 #[test]

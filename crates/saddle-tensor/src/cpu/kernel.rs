@@ -137,6 +137,8 @@ pub fn isa() -> Isa {
     *ISA.get_or_init(|| Isa::from_env().unwrap_or_else(|_| Isa::detect()))
 }
 
+/// Whether the AVX-512 kernels run (x86-64 only: elsewhere nothing asks).
+#[cfg(target_arch = "x86_64")]
 pub fn use_avx512() -> bool {
     isa() == Isa::Avx512
 }
