@@ -54,6 +54,7 @@
 
 mod commands;
 mod fsutil;
+mod mpi;
 pub mod npy;
 mod plot;
 mod progress;

@@ -134,6 +134,19 @@ pub struct TrainConfig {
     /// TRADES' β, the weight of the robust (KL) term (6 in the TRADES paper's CIFAR-10 and
     /// MNIST recipes); used only with `training = "trades"`.
     pub trades_beta: f32,
+    /// Data-parallel shards of each global batch (1, the default: the whole batch at once). A
+    /// step with `S` shards splits the batch into `S` consecutive shares of rows, runs the
+    /// attack and the training passes on each share alone (batch norm on that share's
+    /// statistics), and sums the shares' gradients in shard order (each weighted by its share of
+    /// the rows); batch norm's running statistics become the same weighted average. `mpirun -np
+    /// S saddle train` computes one shard per rank and gives, bit for bit, the weights of one
+    /// process run with `grad_shards = S`. Left out of written configs when 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub grad_shards: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for TrainConfig {
@@ -163,6 +176,7 @@ impl Default for TrainConfig {
             epsilon_ramp_steps: 0,
             train_limit: 0,
             trades_beta: 6.0,
+            grad_shards: 1,
         }
     }
 }
@@ -276,6 +290,12 @@ impl TrainConfig {
             return bad(format!(
                 "trades_beta = {}: expected a number ≥ 0",
                 self.trades_beta
+            ));
+        }
+        if self.grad_shards == 0 || self.grad_shards > self.training_batch_size {
+            return bad(format!(
+                "grad_shards = {}: expected 1 to training_batch_size ({}), every shard needs a row",
+                self.grad_shards, self.training_batch_size
             ));
         }
         if self.eval_batch_size == 0 {

@@ -35,6 +35,14 @@ pub enum TrainError {
     /// A checkpoint could not be read.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The gradient reduction across workers (ranks) failed at this step.
+    #[error("gradient reduction at step {step}: {message}")]
+    Comm {
+        /// The step being reduced.
+        step: u64,
+        /// What the reducer reported.
+        message: String,
+    },
 }
 
 /// An attack's error, as the message of [`TrainError::Attack`].

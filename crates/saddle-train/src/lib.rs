@@ -38,6 +38,7 @@
 //! model and the last checkpoint stay good. Runs are reproducible from `random_seed`.
 
 pub mod adversary;
+pub mod comm;
 pub mod config;
 pub mod error;
 pub mod experiments;
@@ -45,6 +46,7 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
+pub use comm::{CommError, GradientReducer, SingleProcess};
 pub use config::{Augmentation, BnMode, LossFunc, TrainConfig, TrainingMode};
 pub use error::{Result, TrainError};
 pub use optim::{Optimizer, OptimizerKind};

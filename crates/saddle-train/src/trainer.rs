@@ -11,12 +11,13 @@ use std::time::Instant;
 use saddle_autograd::Graph;
 use saddle_data::{Augment, Batcher, Dataset};
 use saddle_models::{
-    params::{serialize_safetensors, HostTensor},
+    params::{serialize_safetensors, HostTensor, Role},
     Classifier,
 };
 use saddle_tensor::{rng::Rng, Backend};
 
 use crate::adversary::adversarial_batch;
+use crate::comm::{accumulate, shard_rows, GradientReducer, SingleProcess};
 use crate::config::{Augmentation, TrainConfig, TrainingMode};
 use crate::error::{Result, TrainError};
 use crate::optim::Optimizer;
@@ -72,6 +73,25 @@ pub fn accuracy(logits: &[f32], labels: &[f32], classes: usize) -> f32 {
     hits as f32 / n as f32
 }
 
+/// The number of rows whose arg-max equals the label.
+fn hits(logits: &[f32], labels: &[f32], classes: usize) -> usize {
+    saddle_models::argmax_rows(logits, classes)
+        .iter()
+        .zip(labels)
+        .filter(|(&p, &y)| p as f32 == y)
+        .count()
+}
+
+/// What one batch (or shard) contributes to a step.
+struct Share<B: Backend> {
+    /// The loss (weighted by the shard's share of the batch, for a shard).
+    loss: f32,
+    /// Each trainable tensor's gradient, by index; `None` when the loss is not finite.
+    grads: Option<Vec<(usize, B::Tensor)>>,
+    /// The logits of the batch trained on.
+    logits: Vec<f32>,
+}
+
 /// The generator of step `step`'s random choices.
 pub fn step_rng(seed: u64, step: u64, stream: u64) -> Rng {
     Rng::new(seed ^ 0x5AD0_1E5A_DD1E_0000).fork(step.wrapping_mul(0x100) ^ stream)
@@ -85,6 +105,7 @@ pub struct Trainer<B: Backend, M: Classifier<B>> {
     config: TrainConfig,
     optimizer: Optimizer<B>,
     step: u64,
+    reducer: Box<dyn GradientReducer>,
 }
 
 impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
@@ -102,6 +123,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             config,
             optimizer,
             step: 0,
+            reducer: Box::new(SingleProcess),
         })
     }
 
@@ -134,6 +156,15 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// its adversarial examples (per the configuration) and the gradient is taken there
     /// (Danskin's theorem). With `measure_natural`, the clean batch's accuracy is measured too.
     ///
+    /// The step is three parts: the gradients ([`TrainConfig::grad_shards`] shards of the
+    /// batch, each attacked and differentiated alone), their reduction across workers (the
+    /// [`GradientReducer`], nothing in one process), and the optimiser update. With one shard
+    /// and one worker (the default) the gradients stay on the backend and the step is the
+    /// plain full-batch step. With `S` shards in one process, the shards run one after the
+    /// other and their gradients are summed in shard order; with `S` workers (see
+    /// [`Trainer::set_reducer`]) each computes the shard of its rank, every worker being handed
+    /// the same global batch, and the reducer sums in the same order: the same bits.
+    ///
     /// # Errors
     /// [`TrainError::NonFinite`] if the loss is NaN or infinite; the model is then left as it
     /// was.
@@ -143,6 +174,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         y: &B::Tensor,
         measure_natural: bool,
     ) -> Result<StepMetrics> {
+        if self.config.grad_shards > 1 || self.reducer.size() > 1 {
+            return self.sharded_step(x, y, measure_natural);
+        }
         let t0 = Instant::now();
         let step = self.step;
         let eps = self.config.epsilon_at(step);
@@ -161,18 +195,99 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             None
         };
         let mut rng = step_rng(self.config.random_seed, step, 1);
-        let x_adv = adversarial_batch(&mut self.model, &self.config, eps, x, y, &mut rng)?;
+        // Batch norm's running statistics move as in PyTorch's training-mode forward passes,
+        // one pass after the other; kept here to undo them if the loss is not finite.
+        let before = self.state_snapshot();
+        // 1. The gradients.
+        let share = self.gradients(x, y, eps, None, &mut rng)?;
+        let Some(gs) = share.grads else {
+            return Err(self.non_finite(before, share.loss));
+        };
+        drop(before);
+        // 2. The reduction: one process, one shard, nothing to do. 3. The update.
+        self.optimizer
+            .step(&self.backend, self.model.params_mut(), &gs, lr)?;
+        self.step += 1;
+        Ok(StepMetrics {
+            step: self.step,
+            loss: share.loss,
+            adv_accuracy: accuracy(&share.logits, &labels, classes),
+            nat_accuracy,
+            lr,
+            epsilon: eps,
+            examples_per_sec: n as f32 / t0.elapsed().as_secs_f32().max(1e-9),
+        })
+    }
 
+    /// Replaces the reduction of each step's gradients: a [`GradientReducer`] of `size()`
+    /// workers, this trainer being worker `rank()`. Every worker must be handed the same global
+    /// batches (as [`Trainer::run`] does from the same data and seed); each computes the shard
+    /// of its rank.
+    ///
+    /// # Errors
+    /// A reducer of several workers when [`TrainConfig::grad_shards`] is not their number.
+    pub fn set_reducer(&mut self, reducer: Box<dyn GradientReducer>) -> Result<()> {
+        let size = reducer.size();
+        if size > 1 && size != self.config.grad_shards {
+            return Err(TrainError::Config(format!(
+                "grad_shards = {} but the run has {size} workers: each worker computes one \
+                 shard, so grad_shards must be the number of workers",
+                self.config.grad_shards
+            )));
+        }
+        if reducer.rank() >= size {
+            return Err(TrainError::Config(format!(
+                "worker {} of {size} does not exist",
+                reducer.rank()
+            )));
+        }
+        self.reducer = reducer;
+        Ok(())
+    }
+
+    /// The non-trainable tensors (batch norm's running statistics and counters), to undo a
+    /// step's training-mode passes.
+    fn state_snapshot(&self) -> Vec<(usize, B::Tensor)> {
+        let set = self.model.params();
+        (0..set.len())
+            .filter(|&i| !set.role(i).trainable())
+            .map(|i| (i, set.tensors()[i].clone()))
+            .collect()
+    }
+
+    fn restore_state(&mut self, before: &[(usize, B::Tensor)]) {
+        let state = self.model.params_mut().tensors_mut();
+        for (i, t) in before {
+            state[*i] = t.clone();
+        }
+    }
+
+    /// The error of a non-finite loss, the running statistics put back as they were.
+    fn non_finite(&mut self, before: Vec<(usize, B::Tensor)>, value: f32) -> TrainError {
+        self.restore_state(&before);
+        TrainError::NonFinite {
+            step: self.step + 1,
+            value,
+            last_good: self.step,
+        }
+    }
+
+    /// The first part of a step on the batch (or shard) `x`, `y`: its adversarial examples at
+    /// radius `eps` from `rng`, the training-mode passes (committing batch norm's running
+    /// statistics), the mean loss (times `scale`, the shard's share of the global batch, when
+    /// given) and, if that loss is finite, its gradient for each trainable parameter.
+    fn gradients(
+        &mut self,
+        x: &B::Tensor,
+        y: &B::Tensor,
+        eps: f32,
+        scale: Option<f32>,
+        rng: &mut Rng,
+    ) -> Result<Share<B>> {
+        let x_adv = adversarial_batch(&mut self.model, &self.config, eps, x, y, rng)?;
         self.model.set_training(true);
         let g = Graph::new(self.backend.clone());
         let trades = self.config.training == TrainingMode::Trades;
-        // Batch norm's running statistics move as in PyTorch's training-mode forward passes,
-        // one pass after the other; kept here to undo them if the loss is not finite.
-        let set = self.model.params();
-        let before: Vec<(usize, B::Tensor)> = (0..set.len())
-            .filter(|&i| !set.role(i).trainable())
-            .map(|i| (i, set.tensors()[i].clone()))
-            .collect();
         let mut passes = Vec::with_capacity(2);
         let loss = if trades {
             // TRADES: CE on the clean batch plus β·KL(clean ‖ adversarial), both passes in
@@ -194,19 +309,22 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             passes.push(f);
             loss
         };
+        let loss = match scale {
+            Some(s) => g.affine(loss, s, 0.0)?,
+            None => loss,
+        };
         let loss_value = self.backend.to_vec(&g.value(loss))?[0];
+        // The accuracy reported is that on the batch the attack made.
+        let logits = self
+            .backend
+            .to_vec(&g.value(passes.last().expect("one pass at least").logits))?;
         if !loss_value.is_finite() {
-            let state = self.model.params_mut().tensors_mut();
-            for (i, t) in before {
-                state[i] = t;
-            }
-            return Err(TrainError::NonFinite {
-                step: step + 1,
-                value: loss_value,
-                last_good: step,
+            return Ok(Share {
+                loss: loss_value,
+                grads: None,
+                logits,
             });
         }
-        drop(before);
         let mut grads = g.backward(loss)?;
         // One gradient per parameter: the sum over the passes that used it.
         let mut gs: Vec<(usize, B::Tensor)> = Vec::new();
@@ -224,19 +342,161 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
                 }
             }
         }
-        // The accuracy reported is that on the batch the attack made.
-        let z = self
+        Ok(Share {
+            loss: loss_value,
+            grads: Some(gs),
+            logits,
+        })
+    }
+
+    /// Rows `rows` of `t` (`[n, …]`).
+    fn rows(&self, t: &B::Tensor, rows: std::ops::Range<usize>) -> Result<B::Tensor> {
+        let dims = saddle_tensor::TensorLike::dims(t).to_vec();
+        if rows.start == 0 && rows.end == dims[0] {
+            return Ok(t.clone());
+        }
+        let per: usize = dims[1..].iter().product();
+        let v = self.backend.to_vec(t)?;
+        let mut d = dims;
+        d[0] = rows.len();
+        Ok(self
             .backend
-            .to_vec(&g.value(passes.last().expect("one pass at least").logits))?;
-        drop(g);
+            .from_vec(&d, v[rows.start * per..rows.end * per].to_vec())?)
+    }
+
+    /// A step of [`TrainConfig::grad_shards`] shards: this worker's shards (all of them in one
+    /// process, the shard of its rank among several workers), each from the state before the
+    /// step, written into one host buffer — `[loss, adversarial hits, natural hits, the
+    /// gradients of the trainable tensors in index order, batch norm's running statistics]`,
+    /// each shard's part weighted by its share of the rows — and summed in shard order.
+    fn sharded_step(
+        &mut self,
+        x: &B::Tensor,
+        y: &B::Tensor,
+        measure_natural: bool,
+    ) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let step = self.step;
+        let eps = self.config.epsilon_at(step);
+        let lr = self.config.learning_rate.at(step);
+        let labels = self.backend.to_vec(y)?;
+        let n = labels.len();
+        let classes = self.model.num_classes();
+        let shards = self.config.grad_shards;
+        let (rank, size) = (self.reducer.rank(), self.reducer.size());
+        let mine = if size == 1 { 0..shards } else { rank..rank + 1 };
+        if n < shards {
+            return Err(TrainError::Config(format!(
+                "a batch of {n} examples cannot be split into grad_shards = {shards} shards"
+            )));
+        }
+        // The buffer's layout, the same on every worker.
+        let set = self.model.params();
+        let dims = |i: usize| saddle_tensor::TensorLike::dims(&set.tensors()[i]).to_vec();
+        let trainable: Vec<(usize, Vec<usize>)> = (0..set.len())
+            .filter(|&i| set.role(i).trainable())
+            .map(|i| (i, dims(i)))
+            .collect();
+        let stats: Vec<(usize, Vec<usize>)> = (0..set.len())
+            .filter(|&i| set.role(i) == Role::State)
+            .map(|i| (i, dims(i)))
+            .collect();
+        let numel = |v: &[(usize, Vec<usize>)]| -> usize {
+            v.iter().map(|(_, d)| d.iter().product::<usize>()).sum()
+        };
+        const HEAD: usize = 3;
+        let len = HEAD + numel(&trainable) + numel(&stats);
+        let before = self.state_snapshot();
+        let mut present: Vec<usize> = Vec::new();
+        let mut sum: Option<Vec<f32>> = None;
+        for k in mine {
+            // Every shard starts from the state before the step, as every worker does.
+            self.restore_state(&before);
+            let r = shard_rows(n, shards, k);
+            let w = r.len() as f32 / n as f32;
+            let xk = self.rows(x, r.clone())?;
+            let yk = self.rows(y, r.clone())?;
+            let lk = &labels[r.clone()];
+            let mut share = vec![0.0f32; len];
+            if measure_natural {
+                self.model.set_training(false);
+                let z = self.backend.to_vec(&self.model.logits(&xk)?)?;
+                share[2] = hits(&z, lk, classes) as f32;
+            }
+            // Shard k's attack draws the k-th seed of the step's generator: shard 0 starts
+            // where the one-shard step starts (its rows get the same random start).
+            let mut rng = step_rng(self.config.random_seed, step, 1);
+            for _ in 0..k {
+                rng.next_u64();
+            }
+            let part = self.gradients(&xk, &yk, eps, Some(w), &mut rng)?;
+            share[0] = part.loss;
+            share[1] = hits(&part.logits, lk, classes) as f32;
+            if let Some(gs) = &part.grads {
+                present = gs.iter().map(|(i, _)| *i).collect();
+                let mut at = HEAD;
+                for (i, d) in &trainable {
+                    let m: usize = d.iter().product();
+                    if let Some((_, t)) = gs.iter().find(|(j, _)| j == i) {
+                        share[at..at + m].copy_from_slice(&self.backend.to_vec(t)?);
+                    }
+                    at += m;
+                }
+                let params = self.model.params().tensors();
+                for (i, d) in &stats {
+                    let m: usize = d.iter().product();
+                    let v = self.backend.to_vec(&params[*i])?;
+                    for (o, s) in share[at..at + m].iter_mut().zip(v) {
+                        *o = w * s;
+                    }
+                    at += m;
+                }
+            }
+            match &mut sum {
+                None => sum = Some(share),
+                Some(acc) => accumulate(acc, &share),
+            }
+        }
+        let mut sum = sum.expect("one shard at least");
+        // 2. The reduction across workers.
+        if size > 1 {
+            self.reducer
+                .all_reduce_sum(&mut sum)
+                .map_err(|e| TrainError::Comm {
+                    step: step + 1,
+                    message: e.to_string(),
+                })?;
+        }
+        let loss = sum[0];
+        if !loss.is_finite() {
+            return Err(self.non_finite(before, loss));
+        }
+        // Counters moved once per shard from the same value: they are those of any shard.
+        let mut at = HEAD;
+        let mut gs: Vec<(usize, B::Tensor)> = Vec::with_capacity(trainable.len());
+        for (i, d) in &trainable {
+            let m: usize = d.iter().product();
+            if present.contains(i) {
+                gs.push((*i, self.backend.from_vec(d, sum[at..at + m].to_vec())?));
+            }
+            at += m;
+        }
+        for (i, d) in &stats {
+            let m: usize = d.iter().product();
+            let t = self.backend.from_vec(d, sum[at..at + m].to_vec())?;
+            self.model.params_mut().tensors_mut()[*i] = t;
+            at += m;
+        }
+        drop(before);
+        // 3. The update, the same on every worker.
         self.optimizer
             .step(&self.backend, self.model.params_mut(), &gs, lr)?;
         self.step += 1;
         Ok(StepMetrics {
             step: self.step,
-            loss: loss_value,
-            adv_accuracy: accuracy(&z, &labels, classes),
-            nat_accuracy,
+            loss,
+            adv_accuracy: sum[1] / n as f32,
+            nat_accuracy: measure_natural.then(|| sum[2] / n as f32),
             lr,
             epsilon: eps,
             examples_per_sec: n as f32 / t0.elapsed().as_secs_f32().max(1e-9),
@@ -260,6 +520,13 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             )));
         }
         let bs = self.config.training_batch_size;
+        if bs.min(data.len()) < self.config.grad_shards {
+            return Err(TrainError::Config(format!(
+                "grad_shards = {}: the data set has only {} examples",
+                self.config.grad_shards,
+                data.len()
+            )));
+        }
         let mut batcher = Batcher::new(
             data.len(),
             bs.min(data.len()),
@@ -376,5 +643,238 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         )?;
         self.step = step;
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier, Mutex};
+
+    use saddle_models::{Model, ModelError};
+    use saddle_tensor::cpu::Cpu;
+    use saddle_tensor::rng::Uniform;
+
+    type CpuTensorOf = <Cpu as Backend>::Tensor;
+
+    use super::*;
+    use crate::comm::{sum_in_order, CommError};
+    use crate::config::BnMode;
+    use crate::schedule::Schedule;
+
+    /// Workers that are threads of one process: each puts its share in its slot, waits for the
+    /// others, and folds every slot in rank order (what the MPI reducer does across processes).
+    #[derive(Debug)]
+    struct Threads {
+        rank: usize,
+        size: usize,
+        slots: Arc<Mutex<Vec<Vec<f32>>>>,
+        barrier: Arc<Barrier>,
+    }
+
+    impl Threads {
+        fn group(size: usize) -> Vec<Threads> {
+            let slots = Arc::new(Mutex::new(vec![Vec::new(); size]));
+            let barrier = Arc::new(Barrier::new(size));
+            (0..size)
+                .map(|rank| Threads {
+                    rank,
+                    size,
+                    slots: slots.clone(),
+                    barrier: barrier.clone(),
+                })
+                .collect()
+        }
+    }
+
+    impl GradientReducer for Threads {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn size(&self) -> usize {
+            self.size
+        }
+        fn all_reduce_sum(&mut self, buf: &mut [f32]) -> std::result::Result<(), CommError> {
+            self.slots.lock().unwrap()[self.rank] = buf.to_vec();
+            self.barrier.wait();
+            {
+                let slots = self.slots.lock().unwrap();
+                let shares: Vec<&[f32]> = slots.iter().map(Vec::as_slice).collect();
+                sum_in_order(&shares, buf);
+            }
+            self.barrier.wait();
+            Ok(())
+        }
+    }
+
+    fn config(arch: &str, shards: usize) -> TrainConfig {
+        TrainConfig {
+            arch: arch.into(),
+            dataset: if arch == "mnist" { "mnist" } else { "cifar10" }.into(),
+            model_scale: 1,
+            k: 3,
+            a: 0.1,
+            epsilon: 0.3,
+            training_batch_size: 8,
+            learning_rate: Schedule::Constant { value: 1e-3 },
+            attack_bn_mode: BnMode::Train,
+            grad_shards: shards,
+            ..TrainConfig::mnist_paper()
+        }
+    }
+
+    fn batch(arch: &str, step: u64) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+        let dims = if arch == "mnist" {
+            vec![8, 1, 28, 28]
+        } else {
+            vec![8, 3, 32, 32]
+        };
+        let x = Rng::new(100 + step).array(&dims, Uniform::new(0.0, 1.0));
+        let y = (0..8).map(|i| ((i + step as usize) % 10) as f32).collect();
+        (dims, x.into_raw_vec_and_offset().0, y)
+    }
+
+    fn trainer(cfg: &TrainConfig) -> std::result::Result<Trainer<Cpu, Model<Cpu>>, ModelError> {
+        let model = Model::build(&cfg.arch().unwrap(), Cpu::new(), cfg.random_seed)?;
+        Ok(Trainer::new(model, cfg.clone()).unwrap())
+    }
+
+    /// Runs `steps` steps with `reducer` and returns every tensor's bits and the losses.
+    fn train(cfg: &TrainConfig, reducer: Option<Threads>, steps: u64) -> (Vec<Vec<u32>>, Vec<u32>) {
+        let b = Cpu::new();
+        let mut t = trainer(cfg).unwrap();
+        if let Some(r) = reducer {
+            t.set_reducer(Box::new(r)).unwrap();
+        }
+        let mut losses = Vec::new();
+        for s in 0..steps {
+            let (dims, xs, ys) = batch(&cfg.arch, s);
+            let x = b.from_vec(&dims, xs).unwrap();
+            let y = b.from_vec(&[8], ys).unwrap();
+            losses.push(t.train_step(&x, &y, s == 0).unwrap().loss.to_bits());
+        }
+        let bits = t
+            .model()
+            .params()
+            .tensors()
+            .iter()
+            .map(|v| b.to_vec(v).unwrap().iter().map(|f| f.to_bits()).collect())
+            .collect();
+        (bits, losses)
+    }
+
+    fn in_threads(cfg: &TrainConfig, steps: u64) -> Vec<(Vec<Vec<u32>>, Vec<u32>)> {
+        let handles: Vec<_> = Threads::group(cfg.grad_shards)
+            .into_iter()
+            .map(|r| {
+                let cfg = cfg.clone();
+                std::thread::spawn(move || train(&cfg, Some(r), steps))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// The seam: S workers, each computing the shard of its rank and summing through a reducer,
+    /// end with weights, batch-norm statistics and losses bit-identical to one process that
+    /// computes the S shards itself (`grad_shards = S`); on the MNIST network and on a wide
+    /// ResNet with batch norm (attack in batch-norm training mode, running statistics
+    /// averaged), with S = 2 and with S = 3 (shards of 3, 3 and 2 rows).
+    #[test]
+    fn workers_equal_one_process_computing_the_same_shards() {
+        for (arch, shards, steps) in [("mnist", 2, 3), ("mnist", 3, 2), ("wrn-10-1", 2, 2)] {
+            let cfg = config(arch, shards);
+            let alone = train(&cfg, None, steps);
+            for (rank, got) in in_threads(&cfg, steps).into_iter().enumerate() {
+                assert!(got == alone, "{arch}, {shards} shards: rank {rank} differs");
+            }
+        }
+    }
+
+    /// One shard is today's full-batch step; two shards of natural training are the same step
+    /// up to float rounding (the gradient sums 4 + 4 rows instead of 8).
+    #[test]
+    fn two_shards_are_one_up_to_rounding() {
+        let natural = |s| TrainConfig {
+            training: TrainingMode::Natural,
+            ..config("mnist", s)
+        };
+        let (one, two) = (train(&natural(1), None, 2), train(&natural(2), None, 2));
+        assert_ne!(one.0, two.0, "the shard count changes the rounding");
+        let mut worst = 0.0f32;
+        for (a, c) in one.0.iter().zip(&two.0) {
+            for (&p, &q) in a.iter().zip(c) {
+                worst = worst.max((f32::from_bits(p) - f32::from_bits(q)).abs());
+            }
+        }
+        assert!(worst < 1e-5, "largest weight difference {worst}");
+    }
+
+    /// Shard 0 of a step attacks its rows exactly as the one-shard step does (its attack draws
+    /// the step's first seed, and PGD's random start is drawn row after row), so its
+    /// adversarial examples are bit-identical to the first rows of the one-shard step's.
+    #[test]
+    fn shard_zero_attacks_its_rows_as_the_whole_batch_does() {
+        let cfg = config("mnist", 1);
+        let b = Cpu::new();
+        let (dims, xs, ys) = batch("mnist", 0);
+        let mut t = trainer(&cfg).unwrap();
+        let x = b.from_vec(&dims, xs.clone()).unwrap();
+        let y = b.from_vec(&[8], ys.clone()).unwrap();
+        let (xh, yh) = (t.rows(&x, 0..4).unwrap(), t.rows(&y, 0..4).unwrap());
+        let mut attack = |x: &CpuTensorOf, y: &CpuTensorOf| {
+            let mut rng = step_rng(cfg.random_seed, 0, 1);
+            let a = adversarial_batch(&mut t.model, &cfg, 0.3, x, y, &mut rng).unwrap();
+            b.to_vec(&a).unwrap()
+        };
+        let whole = attack(&x, &y);
+        let half = attack(&xh, &yh);
+        assert!(whole[..half.len()] == half[..]);
+        assert!(
+            whole[..half.len()] != xs[..half.len()],
+            "the attack moved the rows"
+        );
+    }
+
+    /// A sharded run resumed from its checkpoint continues bit-identically, and a reducer of
+    /// another worker count than `grad_shards` is refused.
+    #[test]
+    fn sharded_runs_resume_and_check_their_worker_count() {
+        let cfg = config("mnist", 2);
+        let whole = train(&cfg, None, 3);
+        let b = Cpu::new();
+        let mut first = trainer(&cfg).unwrap();
+        for s in 0..2 {
+            let (dims, xs, ys) = batch("mnist", s);
+            let (x, y) = (
+                b.from_vec(&dims, xs).unwrap(),
+                b.from_vec(&[8], ys).unwrap(),
+            );
+            first.train_step(&x, &y, false).unwrap();
+        }
+        let mut resumed = trainer(&cfg).unwrap();
+        resumed.restore(&first.checkpoint().unwrap()).unwrap();
+        let (dims, xs, ys) = batch("mnist", 2);
+        let (x, y) = (
+            b.from_vec(&dims, xs).unwrap(),
+            b.from_vec(&[8], ys).unwrap(),
+        );
+        let loss = resumed.train_step(&x, &y, false).unwrap().loss;
+        assert_eq!(loss.to_bits(), whole.1[2]);
+        let mut t = trainer(&cfg).unwrap();
+        let e = t
+            .set_reducer(Box::new(Threads::group(3).remove(0)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("grad_shards = 2") && e.contains("3 workers"),
+            "{e}"
+        );
+        assert!(TrainConfig {
+            grad_shards: 9,
+            ..config("mnist", 1)
+        }
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("grad_shards = 9"));
     }
 }

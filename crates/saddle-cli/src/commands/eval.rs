@@ -9,6 +9,7 @@ use saddle_models::{argmax_rows, Classifier};
 use saddle_tensor::Backend;
 
 use super::{in_pool, load_model};
+use crate::mpi::{self, Place};
 
 mod sanity;
 mod suite;
@@ -212,9 +213,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| eval_on(b, &a, &names, eps, alpha, cascade))
-    })
+    // Under `mpirun -np N`, rank r attacks the batches j with j mod N = r (each batch exactly
+    // as one process makes it, so every per-example result is the same) and rank 0 gathers
+    // them, prints the table and writes the files.
+    let job = mpi::Job::start()?;
+    let place = job.place();
+    let res = in_pool(a.threads, || {
+        crate::commands::with_backend!(a.device, |b| eval_on(
+            b, &a, &names, eps, alpha, cascade, place
+        ))
+    });
+    if let (Err(e), true) = (&res, place.size > 1) {
+        eprintln!(
+            "saddle: error: rank {} of {}: {}",
+            place.rank,
+            place.size,
+            format!("{e:#}").replace('\n', " ")
+        );
+        place.abort(2);
+    }
+    res
 }
 
 fn eval_on<B: Backend>(
@@ -224,6 +242,7 @@ fn eval_on<B: Backend>(
     eps: f32,
     alpha: f32,
     cascade: bool,
+    place: Place,
 ) -> Result<()> {
     let attacks: Vec<NamedAttack<B>> = names
         .iter()
@@ -266,8 +285,27 @@ fn eval_on<B: Backend>(
     let mut natural_ok = vec![false; n];
     let mut robust_ok: Vec<Vec<bool>> = vec![vec![false; n]; attacks.len()];
     let mut seconds = vec![0.0f64; attacks.len()];
-    let mut bar = Progress::new((n * (attacks.len() + 1)) as u64, "evaluation")?;
-    for s in (0..n).step_by(a.batch_size) {
+    // This rank's batches: all of them in one process.
+    let mine = |batch: usize| batch % place.size == place.rank;
+    let units: usize = (0..n)
+        .step_by(a.batch_size)
+        .enumerate()
+        .filter(|&(batch, _)| mine(batch))
+        .map(|(_, s)| (n - s).min(a.batch_size) * (attacks.len() + 1))
+        .sum();
+    let mut bar = Progress::new(units as u64, "evaluation")?;
+    let mut progress = |inc: u64, msg: Option<String>| {
+        if place.is_root() {
+            if let Some(m) = msg {
+                bar.message(m);
+            }
+            bar.inc(inc);
+        }
+    };
+    for (batch, s) in (0..n).step_by(a.batch_size).enumerate() {
+        if !mine(batch) {
+            continue;
+        }
         let idx: Vec<usize> = (s..(s + a.batch_size).min(n)).collect();
         let (xs, ys) = data.batch(&idx)?;
         let x = b.from_vec(&data.batch_shape(idx.len()), xs)?;
@@ -278,12 +316,12 @@ fn eval_on<B: Backend>(
             natural_ok[i] = pred[j] == labels[j];
         }
         if s == 0 {
-            bar.message("sanity checks");
+            progress(0, Some("sanity checks".into()));
             sanity = sanity::checks(&mut model, &x, &y, &labels, a.norm, eps, alpha, a.seed)?;
         }
-        bar.inc(idx.len() as u64);
+        progress(idx.len() as u64, None);
         for (k, at) in attacks.iter().enumerate() {
-            bar.message(at.name.clone());
+            progress(0, Some(at.name.clone()));
             // In a cascade, only the images every earlier stage left correct.
             let live: Vec<usize> = (0..idx.len())
                 .filter(|&j| {
@@ -291,7 +329,7 @@ fn eval_on<B: Backend>(
                 })
                 .collect();
             if live.is_empty() {
-                bar.inc(idx.len() as u64);
+                progress(idx.len() as u64, None);
                 continue;
             }
             let (xl, yl) = if live.len() == idx.len() {
@@ -312,10 +350,18 @@ fn eval_on<B: Backend>(
             for (q, &j) in live.iter().enumerate() {
                 robust_ok[k][idx[j]] = r.predictions[q] == labels[j];
             }
-            bar.inc(idx.len() as u64);
+            progress(idx.len() as u64, None);
         }
     }
-    bar.finish();
+    if place.is_root() {
+        bar.finish();
+    }
+    if place.size > 1 {
+        gather(place, &mut natural_ok, &mut robust_ok, &mut seconds)?;
+        if !place.is_root() {
+            return Ok(());
+        }
+    }
     // A gradient-free attack breaking images that every gradient attack left correct.
     let gradient_free: Vec<usize> = (0..attacks.len())
         .filter(|&k| attacks[k].gradient_free)
@@ -461,6 +507,31 @@ fn eval_on<B: Backend>(
         .unwrap_or_else(|| a.model.with_extension("eval.json"));
     fsutil::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Every rank's per-example results (each rank set those of its batches, the rest are false)
+/// and the attacks' seconds (summed over the ranks), on every rank.
+fn gather(
+    place: Place,
+    natural_ok: &mut [bool],
+    robust_ok: &mut [Vec<bool>],
+    seconds: &mut [f64],
+) -> Result<()> {
+    let mut buf: Vec<f32> = natural_ok
+        .iter()
+        .chain(robust_ok.iter().flatten())
+        .map(|&o| f32::from(u8::from(o)))
+        .chain(seconds.iter().map(|&t| t as f32))
+        .collect();
+    place.all_reduce_sum(&mut buf)?;
+    let mut it = buf.into_iter();
+    for o in natural_ok.iter_mut().chain(robust_ok.iter_mut().flatten()) {
+        *o = it.next().is_some_and(|v| v > 0.5);
+    }
+    for t in seconds.iter_mut() {
+        *t = f64::from(it.next().unwrap_or(0.0));
+    }
     Ok(())
 }
 

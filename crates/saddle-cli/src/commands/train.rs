@@ -12,6 +12,9 @@ use super::in_pool;
 use crate::progress::Progress;
 use crate::{fsutil, Device};
 
+// The MPI glue, shared with `saddle eval` (`super::train::mpi`).
+use crate::mpi::{self, Place};
+
 /// Arguments of `saddle train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -34,6 +37,13 @@ pub struct TrainArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Override the config's grad_shards: split each global batch into S shards attacked and
+    /// differentiated one by one, their gradients summed in shard order (default 1: the whole
+    /// batch). `mpirun -np S saddle train` computes one shard per rank and gives the same
+    /// weights, bit for bit, as one process with --grad-shards S; under mpirun the shard count
+    /// is the number of ranks.
+    #[arg(long, value_name = "S")]
+    grad_shards: Option<usize>,
     /// Output folder: config.toml, metrics.jsonl, checkpoint.safetensors, model.safetensors.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
@@ -68,7 +78,7 @@ pub fn load_train_set(cfg: &TrainConfig, data_dir: Option<&Path>) -> Result<Data
     })
 }
 
-fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
+fn build_config(a: &TrainArgs, place: Place) -> Result<TrainConfig> {
     let mut cfg = match (&a.config, &a.preset) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
@@ -96,23 +106,66 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     if let Some(s) = a.steps {
         cfg.max_num_training_steps = s;
     }
+    if let Some(s) = a.grad_shards {
+        cfg.grad_shards = s;
+    }
+    if place.size > 1 {
+        // One shard per rank: the step of N ranks is the N-shard step.
+        if cfg.grad_shards == 1 {
+            cfg.grad_shards = place.size;
+        } else if cfg.grad_shards != place.size {
+            bail!(
+                "grad_shards = {} but mpirun started {} ranks: each rank computes one shard; \
+                 run {} ranks or leave grad_shards out",
+                cfg.grad_shards,
+                place.size,
+                cfg.grad_shards
+            );
+        }
+    }
     cfg.validate()?;
     Ok(cfg)
 }
 
-/// `saddle train`.
+/// `saddle train`; under `mpirun -np N` (in a build with the `mpi` feature) rank `r` computes
+/// shard `r` of every global batch, and rank 0 alone prints and writes files.
 pub fn run(a: TrainArgs) -> Result<()> {
-    in_pool(a.threads, || {
-        let cfg = build_config(&a)?;
-        crate::commands::with_backend!(a.device, |b| train_on(b, &a, cfg.clone()))
-    })
+    let job = mpi::Job::start()?;
+    let place = job.place();
+    let res = in_pool(a.threads, || {
+        let cfg = build_config(&a, place)?;
+        crate::commands::with_backend!(a.device, |b| train_on(b, &a, cfg.clone(), place))
+    });
+    if let (Err(e), true) = (&res, place.size > 1) {
+        // The other ranks would wait for this one: end the job.
+        eprintln!(
+            "saddle: error: rank {} of {}: {}",
+            place.rank,
+            place.size,
+            format!("{e:#}").replace('\n', " ")
+        );
+        place.abort(2);
+    }
+    res
 }
 
-fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) -> Result<()> {
+fn train_on<B: saddle_tensor::Backend>(
+    b: B,
+    a: &TrainArgs,
+    cfg: TrainConfig,
+    place: Place,
+) -> Result<()> {
+    let root = place.is_root();
     let data = load_train_set(&cfg, a.data_dir.as_deref())?;
+    let ckpt_path = a.out.join("checkpoint.safetensors");
+    let model = Model::build(&cfg.arch()?, b, cfg.random_seed)?;
+    let mut trainer = Trainer::new(model, cfg.clone())?;
+    trainer.set_reducer(place.reducer())?;
+    if !root {
+        return train_quietly(trainer, a, &data, place);
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let ckpt_path = a.out.join("checkpoint.safetensors");
     let stale = fsutil::remove_stale_temps(
         &a.out,
         &[
@@ -125,25 +178,21 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
     if stale > 0 {
         eprintln!("removed {stale} temporary file(s) left by an interrupted run");
     }
-    let model = Model::build(&cfg.arch()?, b, cfg.random_seed)?;
-    let mut trainer = Trainer::new(model, cfg.clone())?;
     if a.resume {
         let bytes = std::fs::read(&ckpt_path)
-            .with_context(|| format!("--resume: cannot read {}", ckpt_path.display()))?;
+            .with_context(|| format!("--resume: cannot read {}", ckpt_path.display()));
+        let bytes = place.broadcast("reading the checkpoint", bytes)?;
         let saved = trainer
             .restore(&bytes)
             .with_context(|| format!("--resume: {}", ckpt_path.display()))?;
-        let same = TrainConfig {
-            max_num_training_steps: cfg.max_num_training_steps,
-            ..saved.clone()
-        };
-        if same != cfg {
-            bail!(
-                "--resume: the checkpoint was trained with another configuration (only \
-                 max_num_training_steps may change); compare {} with your config",
-                a.out.join("config.toml").display()
+        if saved.grad_shards != cfg.grad_shards {
+            eprintln!(
+                "note: the checkpoint was trained with grad_shards = {}, the run goes on with {} \
+                 (the steps from here on are those of {} shards)",
+                saved.grad_shards, cfg.grad_shards, cfg.grad_shards
             );
         }
+        check_resumable(&saved, &cfg, a)?;
         eprintln!(
             "resuming from step {} of {}",
             trainer.step(),
@@ -159,6 +208,14 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
         toml::to_string(&cfg)?.as_bytes(),
     )?;
 
+    if place.size > 1 {
+        eprintln!(
+            "data-parallel: {} ranks, {} examples each of every global batch of {}",
+            place.size,
+            cfg.training_batch_size / place.size,
+            cfg.training_batch_size
+        );
+    }
     let total = cfg.max_num_training_steps;
     let mut bar = Progress::new(total, "training")?;
     bar.resume_at(trainer.step());
@@ -220,5 +277,41 @@ fn train_on<B: saddle_tensor::Backend>(b: B, a: &TrainArgs, cfg: TrainConfig) ->
         model_path.display(),
         trainer.model().params().numel()
     );
+    Ok(())
+}
+
+/// Whether `saved`, the configuration of a checkpoint, may go on as `cfg`: only
+/// `max_num_training_steps` and `grad_shards` (the number of ranks) may change.
+fn check_resumable(saved: &TrainConfig, cfg: &TrainConfig, a: &TrainArgs) -> Result<()> {
+    let same = TrainConfig {
+        max_num_training_steps: cfg.max_num_training_steps,
+        grad_shards: cfg.grad_shards,
+        ..saved.clone()
+    };
+    if &same != cfg {
+        bail!(
+            "--resume: the checkpoint was trained with another configuration (only \
+             max_num_training_steps and grad_shards may change); compare {} with your config",
+            a.out.join("config.toml").display()
+        );
+    }
+    Ok(())
+}
+
+/// A rank other than 0: the same steps, nothing printed or written.
+fn train_quietly<B: saddle_tensor::Backend>(
+    mut trainer: Trainer<B, Model<B>>,
+    a: &TrainArgs,
+    data: &Dataset,
+    place: Place,
+) -> Result<()> {
+    if a.resume {
+        let bytes = place.broadcast("reading the checkpoint", Ok(Vec::new()))?;
+        let saved = trainer.restore(&bytes).context("--resume")?;
+        check_resumable(&saved, trainer.config(), a)?;
+    }
+    trainer
+        .run(data, |_| Ok(()))
+        .with_context(|| format!("rank {}: training stopped", place.rank))?;
     Ok(())
 }
