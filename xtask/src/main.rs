@@ -15,6 +15,7 @@
 
 mod bench;
 mod download;
+mod experiments;
 mod fuzz;
 mod proptest;
 mod repro;

@@ -44,6 +44,11 @@ pub struct Args {
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// MNIST: run the paper's experiments instead (capacity, transferability, loss landscape,
+    /// the robust model's filters) and write `results/mnist-experiments/REPORT.md`; reuses the
+    /// `mnist-quick` model of `results/mnist-quick` and every model already trained.
+    #[arg(long)]
+    pub experiments: bool,
 }
 
 /// Which images an evaluation pass runs on.
@@ -247,14 +252,14 @@ fn experiment(name: &str) -> Result<&'static Experiment> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf()
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {what}"))?;
@@ -267,6 +272,15 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
 /// Runs the experiment.
 pub fn run(args: Args) -> Result<()> {
     let exp = experiment(&args.experiment)?;
+    if args.experiments {
+        if exp.name != "mnist" {
+            bail!(
+                "--experiments: the paper's experiments run on mnist, not {}",
+                exp.name
+            );
+        }
+        return crate::experiments::run(&args);
+    }
     let preset = args.preset.clone().unwrap_or_else(|| {
         if args.quick {
             exp.quick_preset.into()
@@ -301,24 +315,7 @@ pub fn run(args: Args) -> Result<()> {
         dir: None,
     })?;
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("== building saddle (cargo build --release -p saddle-cli; minutes on a new machine)");
-    let t_build = Instant::now();
-    run_checked(
-        Command::new(&cargo).current_dir(&root).args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "saddle-cli",
-        ]),
-        "building saddle",
-    )?;
-    println!("   built in {:.0} s", t_build.elapsed().as_secs_f64());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let saddle = target.join("release").join("saddle");
+    let saddle = build_saddle(&root)?;
     let threads: Vec<String> = args
         .threads
         .map(|t| vec!["--threads".into(), t.to_string()])
@@ -414,8 +411,43 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Builds the `saddle` binary in release mode (cargo's own progress is hidden; the time is
+/// said) and returns its path.
+///
+/// `SADDLE_BIN=/path/to/saddle` uses that binary instead (a prebuilt one, or one frozen while
+/// the sources change).
+pub(crate) fn build_saddle(root: &Path) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("SADDLE_BIN").filter(|v| !v.is_empty()) {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("SADDLE_BIN={}: no such file", bin.display());
+        }
+        println!("== using saddle from SADDLE_BIN={}", bin.display());
+        return Ok(bin);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("== building saddle (cargo build --release -p saddle-cli; minutes on a new machine)");
+    let t_build = Instant::now();
+    run_checked(
+        Command::new(&cargo).current_dir(root).args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "saddle-cli",
+        ]),
+        "building saddle",
+    )?;
+    println!("   built in {:.0} s", t_build.elapsed().as_secs_f64());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let saddle = target.join("release").join("saddle");
+    Ok(saddle)
+}
+
 /// The CPU's model name (Linux's `/proc/cpuinfo`) and the instruction set the CPU kernels use.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -440,7 +472,7 @@ fn output_folder(exp: &Experiment, preset: &str) -> String {
     }
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))

@@ -162,6 +162,7 @@ impl Figure for Curves {
                 .x_desc(&self.x_label)
                 .y_desc(&self.y_label)
                 .x_label_formatter(&|v| format!("{}", v.round() as i64))
+                .y_label_formatter(&ticks(lo, hi))
                 .light_line_style(WHITE)
                 .draw()
                 .map_err(de)?;
@@ -242,6 +243,7 @@ impl Figure for Histograms {
                 .x_desc(&self.x_label)
                 .x_labels(4)
                 .y_labels(4)
+                .x_label_formatter(&ticks(lo, hi))
                 .y_label_formatter(&|v| format!("{}", v.round() as i64))
                 .light_line_style(WHITE)
                 .draw()
@@ -346,6 +348,7 @@ impl Figure for Inspect {
                 .x_desc("class")
                 .x_labels(k)
                 .x_label_formatter(&|v| format!("{}", v.round() as i64))
+                .y_label_formatter(&ticks(lo, hi))
                 .light_line_style(WHITE)
                 .draw()
                 .map_err(de)?;
@@ -371,6 +374,24 @@ pub struct LinePanel {
     pub y_range: Option<(f32, f32)>,
     /// `(name, points)` per series, drawn in the palette's order with a legend.
     pub series: Vec<(String, Vec<(f32, f32)>)>,
+}
+
+/// Tick labels for an axis from `lo` to `hi`: as many decimals as a tenth of the range needs
+/// (none for 0 to 100, three for 0 to 0.06), and never "-0".
+pub fn ticks(lo: f32, hi: f32) -> impl Fn(&f32) -> String {
+    let span = (hi - lo).abs().max(f32::MIN_POSITIVE) as f64;
+    let decimals = (1.0 - span.log10().floor()).clamp(0.0, 6.0) as usize;
+    move |v: &f32| {
+        let s = format!("{:.*}", decimals, v);
+        if s.trim_start_matches('-')
+            .chars()
+            .all(|c| c == '0' || c == '.')
+        {
+            s.trim_start_matches('-').to_string()
+        } else {
+            s
+        }
+    }
 }
 
 /// Line panels in a grid of two columns, sharing a logarithmic x axis (base 2, labelled at the
@@ -409,12 +430,12 @@ impl Figure for LinePanels {
             });
         // The axis is log2 of x, labelled at the powers of two (1, 2, 4, ...); half a doubling
         // of room on the left, more on the right: the legend's place.
-        let (x0, x1) = if x0.is_finite() {
-            (x0.log2() - 0.5, x1.log2() + 1.5)
+        let (x0, x1, data_max) = if x0.is_finite() {
+            (x0.log2() - 0.5, x1.log2() + 1.5, x1.log2())
         } else {
-            (0.0, 1.0)
+            (0.0, 1.0, 1.0)
         };
-        let ticks = (x1.floor() - x0.ceil()) as usize + 1;
+        let x_ticks = (x1.floor() - x0.ceil()) as usize + 1;
         for (p, area) in self.panels.iter().zip(&areas) {
             let (lo, hi) = p
                 .y_range
@@ -430,9 +451,11 @@ impl Figure for LinePanels {
                 .configure_mesh()
                 .x_desc(&self.x_label)
                 .y_desc(&p.y_label)
-                .x_labels(ticks.max(2))
+                .x_labels(x_ticks.max(2))
+                .y_label_formatter(&ticks(lo, hi))
                 .x_label_formatter(&|v| {
-                    if (v - v.round()).abs() < 0.01 {
+                    // Powers of two within the data; the room on the right is the legend's.
+                    if (v - v.round()).abs() < 0.01 && *v <= data_max + 0.01 {
                         format!("{}", 2f32.powf(v.round()))
                     } else {
                         String::new()
@@ -605,6 +628,7 @@ impl Figure for TransferFigure {
             .y_desc("mean cosine similarity")
             .x_labels(m.max(1))
             .x_label_formatter(&bar_label)
+            .y_label_formatter(&ticks(lo, hi))
             .light_line_style(WHITE)
             .draw()
             .map_err(de)?;
@@ -630,6 +654,24 @@ mod tests {
         let v = [0.0, 0.1, 0.5, 0.99, 1.0, f32::NAN];
         assert_eq!(histogram(&v, 2, 0.0, 1.0), vec![2, 3]);
         assert_eq!(histogram(&[2.0, 2.0], 3, 2.0, 2.0), vec![2, 0, 0]);
+    }
+
+    #[test]
+    fn tick_labels_have_the_range_s_decimals_and_no_negative_zero() {
+        let t = ticks(0.0, 100.0);
+        assert_eq!(
+            (t(&0.0), t(&50.0), t(&-0.0)),
+            ("0".into(), "50".into(), "0".into())
+        );
+        let t = ticks(-0.05, 0.07);
+        assert_eq!((t(&0.02), t(&-0.04)), ("0.02".into(), "-0.04".into()));
+        // A value that rounds to zero is "0.00", not "-0.00".
+        assert_eq!(t(&-0.0001), "0.00");
+        assert_eq!(ticks(0.0, 0.06)(&0.01), "0.010");
+        let t = ticks(0.0, 14.0);
+        assert_eq!(t(&2.0), "2");
+        // An empty range still formats.
+        assert_eq!(ticks(1.0, 1.0)(&1.0), "1.000000");
     }
 
     #[test]

@@ -162,6 +162,80 @@ fn inspect_writes_filters_and_biases() {
 }
 
 #[test]
+fn inspect_and_landscape_take_a_state_dict_with_arch() {
+    // A CIFAR-10 wide ResNet saved as PyTorch would: weights and no saddle metadata.
+    let d = dir("inspect-arch");
+    let arch: saddle_models::Arch = "wrn-10-1".parse().unwrap();
+    let b = Cpu::new();
+    let net = saddle_models::Model::build(&arch, b, 7).unwrap();
+    let host = net.params().to_host(&b, "").unwrap();
+    let p = d.join("state_dict.safetensors");
+    let bytes = saddle_models::params::serialize_safetensors(&host, Default::default()).unwrap();
+    std::fs::write(&p, bytes).unwrap();
+    let out = d.join("out");
+    fails_with(&["inspect", "--model", s(&p), "--out", s(&out)], "--arch");
+    let (code, stdout, err) = saddle(&[
+        "inspect",
+        "--model",
+        s(&p),
+        "--arch",
+        "wrn-10-1",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("16 of 16 first-layer filters (conv1.weight, 3x3x3)"),
+        "{stdout}"
+    );
+    assert!(is_png(&out.join("inspect.png")));
+    fails_with(
+        &[
+            "inspect",
+            "--model",
+            s(&p),
+            "--arch",
+            "wrn-16-2",
+            "--out",
+            s(&out),
+        ],
+        "wrn-16-2",
+    );
+    let Some(root) = real_data("cifar10") else {
+        return;
+    };
+    let (code, stdout, err) = saddle(&[
+        "landscape",
+        "--model",
+        s(&p),
+        "--arch",
+        "wrn-10-1",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        s(&root),
+        "--images",
+        "1",
+        "--restarts",
+        "3",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("max/median"), "{stdout}");
+    let j = read_json(&out.join("landscape.json"));
+    assert_eq!(
+        j["eps"].as_f64().map(|e| (e * 255.0).round()),
+        Some(8.0),
+        "{j}"
+    );
+}
+
+#[test]
 fn wrong_inputs_are_one_line_errors() {
     let d = dir("errors");
     let m = mnist_model(&d, "m.safetensors", 1);
@@ -317,6 +391,46 @@ fn capacity_trains_each_model_once_and_draws_figure_4() {
             assert_eq!(a[k], b[k], "{k}");
         }
         assert_eq!(a["train_seconds"], b["train_seconds"]);
+    }
+
+    // With --copies: the originals are reused, an independent copy of each is trained (the
+    // next seed), and each copy's examples are carried over to its original.
+    let mut a = args("20");
+    a.push("--copies".into());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, stdout, err) = saddle(&a);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("reusing").count(), 4, "{err}");
+    assert_eq!(stdout.lines().count(), 9, "a header and 8 rows: {stdout}");
+    assert!(is_png(&out.join("capacity-transfer.png")));
+    assert!(is_svg(&out.join("capacity-transfer.svg")));
+    let j = read_json(&out.join("capacity.json"));
+    let copies = j["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 4);
+    let seed = rows(&j)[0]["seed"].as_u64().unwrap();
+    for (c, k) in copies.iter().zip(keys.iter()) {
+        assert_eq!(c["key"], *k);
+        let copy = format!("{k}-seed{}", seed + 1);
+        assert_eq!(c["copy"], copy.as_str());
+        assert!(out
+            .join("models")
+            .join(&copy)
+            .join("model.safetensors")
+            .is_file());
+        let row = rows(&j).iter().find(|r| r["key"] == *k).unwrap();
+        // The target's clean accuracy is the one of its own row; the copy's white-box numbers
+        // those of the copy's row (same images, same attack seeds).
+        let copy_row = rows(&j).iter().find(|r| r["key"] == copy.as_str()).unwrap();
+        assert_eq!(c["natural_accuracy"], row["natural_accuracy"]);
+        assert_eq!(c["copy_fgsm_accuracy"], copy_row["fgsm_accuracy"]);
+        assert_eq!(c["copy_pgd_accuracy"], copy_row["pgd_accuracy"]);
+        for k in ["fgsm_accuracy", "pgd_accuracy"] {
+            assert!(is_fraction_of(f(&c[k]), 50.0), "{k}: {}", c[k]);
+        }
+        let cos = f(&c["gradient_cosine"]);
+        // Independent models: related but far from identical gradients.
+        assert!((-1.0..0.999).contains(&cos), "{c}");
+        assert!(c["cosine_images"].as_u64().unwrap() <= 50);
     }
 
     // Models trained for another step count are not silently reused.

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use saddle_attacks::transfer::transfer;
 use saddle_attacks::{predict, Attack, Fgsm, Pgd};
 use saddle_data::Dataset;
 use saddle_models::params::{safetensors_metadata, serialize_safetensors};
@@ -295,6 +296,29 @@ pub fn capacity_key(mode: TrainingMode, scale: usize) -> String {
     format!("{}-s{scale}", mode.name())
 }
 
+/// The name under which a capacity sweep stores the model of `cfg`: [`capacity_key`] for the
+/// preset's seed, `pgd-s4-seed<N>` for another (an independently trained copy, as
+/// [`capacity_copy_config`] makes).
+pub fn sweep_key(cfg: &TrainConfig) -> String {
+    let key = capacity_key(cfg.training, cfg.model_scale);
+    let preset = TrainConfig::preset("mnist-quick").expect("a built-in preset");
+    if cfg.random_seed == preset.random_seed {
+        key
+    } else {
+        format!("{key}-seed{}", cfg.random_seed)
+    }
+}
+
+/// The independently trained copy A′ of [`capacity_config`]'s model: the same recipe from
+/// another seed (the next one), so another initialisation, batch order and random starts.
+pub fn capacity_copy_config(mode: TrainingMode, scale: usize, steps: u64) -> TrainConfig {
+    let c = capacity_config(mode, scale, steps);
+    TrainConfig {
+        random_seed: c.random_seed.wrapping_add(1),
+        ..c
+    }
+}
+
 /// One model of the capacity sweep: the `mnist-quick` preset with `training`, `model_scale` and
 /// `max_num_training_steps` set. Its one-cycle learning rate is stretched over `steps` (the
 /// preset's cycle of 7,800 steps would otherwise still be warming up at the end of a short run)
@@ -363,6 +387,8 @@ pub struct CapacityRow {
     pub training: TrainingMode,
     /// The width scale of the MNIST network (filters 2s and 4s, fc 64s).
     pub scale: usize,
+    /// The training seed (the preset's, or the next one for an independent copy).
+    pub seed: u64,
     /// Trainable parameters.
     pub parameters: usize,
     /// Training steps.
@@ -517,7 +543,7 @@ fn pgd_train_loss<B: Backend>(
 /// `store` where they are already there, and evaluates each on the test images `test_x`
 /// (`[n, c, h, w]` host values in `[0, 1]`) with labels `test_y`: natural accuracy, accuracy
 /// under FGSM and PGD ([`CapacityEval`]), and the adversarial training loss (the paper's
-/// Figure 4). A trained model is stored under [`capacity_key`] as soon as it is trained, with
+/// Figure 4). A trained model is stored under [`sweep_key`] as soon as it is trained, with
 /// its training loss and time in its metadata, so that a sweep resumes where it was stopped.
 ///
 /// # Errors
@@ -554,7 +580,7 @@ pub fn capacity_sweep<B: Backend>(
     let mut keys: Vec<String> = Vec::with_capacity(configs.len());
     for cfg in configs {
         cfg.validate()?;
-        let key = capacity_key(cfg.training, cfg.model_scale);
+        let key = sweep_key(cfg);
         if keys.contains(&key) {
             return Err(TrainError::Config(format!(
                 "the model {key} is asked for twice"
@@ -615,6 +641,7 @@ pub fn capacity_sweep<B: Backend>(
             key: key.clone(),
             training: cfg.training,
             scale: cfg.model_scale,
+            seed: cfg.random_seed,
             parameters: model.params().numel(),
             steps: cfg.max_num_training_steps,
             examples: test_y.len(),
@@ -637,6 +664,85 @@ pub fn capacity_sweep<B: Backend>(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// How adversarial examples crafted on an independently trained copy A′ transfer to the model
+/// A (the paper's transferability across capacity): A's accuracy under FGSM and PGD examples of
+/// A′, and the mean cosine similarity of the two models' input gradients.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CopyTransfer {
+    /// Test images.
+    pub examples: usize,
+    /// A's accuracy on the clean images.
+    pub natural_accuracy: f64,
+    /// A′'s accuracy under its own (white-box) FGSM examples.
+    pub copy_fgsm_accuracy: f64,
+    /// A's accuracy under FGSM examples crafted on A′.
+    pub fgsm_accuracy: f64,
+    /// A′'s accuracy under its own (white-box) PGD examples.
+    pub copy_pgd_accuracy: f64,
+    /// A's accuracy under PGD examples crafted on A′.
+    pub pgd_accuracy: f64,
+    /// Mean over the images of the cosine of A's and A′'s input gradients of the cross-entropy.
+    pub gradient_cosine: f64,
+    /// Images where both gradients are non-zero, so that the cosine is defined.
+    pub cosine_images: usize,
+}
+
+/// [`CopyTransfer`] of `copy` (the source A′) onto `model` (the target A) on the test images
+/// `x` (`[n, c, h, w]` host values in `[0, 1]`) with labels `y`, with the attacks of `eval`
+/// (the PGD seeds per batch as in [`attack_accuracies`]).
+///
+/// # Errors
+/// Models of different inputs or classes, images that do not fit, invalid attack settings.
+pub fn copy_transfer<B: Backend>(
+    model: &mut dyn Classifier<B>,
+    copy: &mut dyn Classifier<B>,
+    x: &[f32],
+    y: &[usize],
+    eval: &CapacityEval,
+) -> Result<CopyTransfer> {
+    let [c, h, w] = model.input_shape();
+    let d = c * h * w;
+    let n = y.len();
+    if n == 0 || x.len() != n * d || eval.batch_size == 0 {
+        return Err(TrainError::Config(format!(
+            "the transfer needs at least one image of {d} values per label and a batch size of \
+             at least 1; got {} values for {n} labels, batch size {}",
+            x.len(),
+            eval.batch_size
+        )));
+    }
+    let b = model.backend().clone();
+    let fgsm = Fgsm::new(eval.eps)?;
+    let (mut nat, mut copy_fg, mut fg, mut copy_pg, mut pg) = (0, 0, 0, 0, 0);
+    let mut cos = Vec::with_capacity(n);
+    for s in (0..n).step_by(eval.batch_size) {
+        let e = (s + eval.batch_size).min(n);
+        let xt = b.from_vec(&[e - s, c, h, w], x[s * d..e * d].to_vec())?;
+        let yt = b.from_vec(&[e - s], y[s..e].iter().map(|&v| v as f32).collect())?;
+        cos.extend(gradient_cosine(model, copy, &xt, &yt)?);
+        let r = transfer(&fgsm, copy, model, &xt, &yt)?;
+        nat += r.target_natural;
+        copy_fg += r.source_adversarial;
+        fg += r.target_adversarial;
+        let pgd = Pgd::linf(eval.eps, eval.alpha, eval.steps)?.seed(eval.seed ^ s as u64);
+        let r = transfer(&pgd, copy, model, &xt, &yt)?;
+        copy_pg += r.source_adversarial;
+        pg += r.target_adversarial;
+    }
+    let (gradient_cosine, cosine_images) = mean_defined(&cos);
+    let r = |k: usize| k as f64 / n as f64;
+    Ok(CopyTransfer {
+        examples: n,
+        natural_accuracy: r(nat),
+        copy_fgsm_accuracy: r(copy_fg),
+        fgsm_accuracy: r(fg),
+        copy_pgd_accuracy: r(copy_pg),
+        pgd_accuracy: r(pg),
+        gradient_cosine,
+        cosine_images,
+    })
 }
 
 /// Trains one model of the sweep; its mean loss over the last tenth of the steps (at least one).
@@ -1061,6 +1167,54 @@ mod tests {
         )
         .is_err());
         assert_eq!(store.saves, 0);
+    }
+
+    #[test]
+    fn copies_have_their_own_keys_and_a_copy_of_itself_transfers_as_white_box() {
+        let c = capacity_copy_config(TrainingMode::Pgd, 4, 30);
+        assert_eq!(
+            sweep_key(&capacity_config(TrainingMode::Pgd, 4, 30)),
+            "pgd-s4"
+        );
+        assert_eq!(
+            sweep_key(&c),
+            format!(
+                "pgd-s4-seed{}",
+                capacity_config(TrainingMode::Pgd, 4, 30).random_seed + 1
+            )
+        );
+        c.validate().unwrap();
+
+        let b = Cpu::new();
+        let (x, y) = images(6);
+        let eval = CapacityEval {
+            eps: 0.3,
+            alpha: 0.1,
+            steps: 3,
+            batch_size: 4,
+            seed: 1,
+        };
+        let mut a = MnistNet::new(b, 1, 5).unwrap();
+        let mut twin = MnistNet::new(b, 1, 5).unwrap();
+        // A copy with identical weights: its examples are A's own white-box examples, so the
+        // "transferred" accuracies equal the white-box ones of attack_accuracies (same seeds
+        // per batch), and the gradients agree (cosine 1 within f64 rounding, as below).
+        let t = copy_transfer(&mut a, &mut twin, &x, &y, &eval).unwrap();
+        let (nat, fg, pg) = attack_accuracies(&mut a, &x, &y, &eval).unwrap();
+        assert_eq!((t.examples, t.natural_accuracy), (6, nat));
+        assert_eq!((t.fgsm_accuracy, t.copy_fgsm_accuracy), (fg, fg));
+        assert_eq!((t.pgd_accuracy, t.copy_pgd_accuracy), (pg, pg));
+        assert_eq!(t.cosine_images, 6);
+        assert!(
+            (t.gradient_cosine - 1.0).abs() < 1e-12,
+            "{}",
+            t.gradient_cosine
+        );
+        // Another initialisation: the gradients point elsewhere.
+        let mut other = MnistNet::new(b, 1, 6).unwrap();
+        let t = copy_transfer(&mut a, &mut other, &x, &y, &eval).unwrap();
+        assert!(t.gradient_cosine < 0.99, "{}", t.gradient_cosine);
+        assert!(copy_transfer(&mut a, &mut other, &x[..10], &y, &eval).is_err());
     }
 
     #[test]

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use saddle_data::Split;
+use saddle_models::Model;
 use saddle_tensor::Backend;
 use saddle_train::experiments::{
-    capacity_config, capacity_sweep, CapacityEval, CapacityEvent, CapacityRow, ModelStore,
+    capacity_config, capacity_copy_config, capacity_sweep, copy_transfer, sweep_key, CapacityEval,
+    CapacityEvent, CapacityRow, CopyTransfer, ModelStore,
 };
 use saddle_train::{TrainError, TrainingMode};
 use serde_json::json;
@@ -40,6 +42,12 @@ pub struct CapacityArgs {
     /// Evaluate on the first N test images.
     #[arg(long, default_value_t = 1000)]
     limit: usize,
+    /// Also train an independent copy A′ of each model (the same recipe from the next seed,
+    /// stored as models/<mode>-s<scale>-seed<N>) and measure how its FGSM and PGD examples
+    /// transfer to the model and the cosine of the two models' input gradients, against
+    /// capacity: capacity-transfer.png/.svg and the `copies` of capacity.json.
+    #[arg(long)]
+    copies: bool,
     /// Where to write capacity.json, capacity.png/.svg and the models
     /// (models/<mode>-s<scale>/model.safetensors, reused when there).
     #[arg(long, default_value = "runs/capacity")]
@@ -165,15 +173,35 @@ fn run_on<B: Backend>(
     scales: &[usize],
     modes: &[TrainingMode],
 ) -> Result<()> {
-    let configs: Vec<_> = modes
+    let with_data = |c: saddle_train::TrainConfig| saddle_train::TrainConfig {
+        dataset: a.data.clone(),
+        ..c
+    };
+    let mut configs: Vec<_> = modes
         .iter()
-        .flat_map(|&m| {
-            scales.iter().map(move |&s| saddle_train::TrainConfig {
-                dataset: a.data.clone(),
-                ..capacity_config(m, s, a.steps)
-            })
-        })
+        .flat_map(|&m| scales.iter().map(move |&s| capacity_config(m, s, a.steps)))
+        .map(with_data)
         .collect();
+    // The copies after all the originals: a sweep stopped early has Figure 4 first.
+    let copies: Vec<_> = if a.copies {
+        modes
+            .iter()
+            .flat_map(|&m| {
+                scales
+                    .iter()
+                    .map(move |&s| capacity_copy_config(m, s, a.steps))
+            })
+            .map(with_data)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let pairs: Vec<(String, String)> = configs
+        .iter()
+        .zip(&copies)
+        .map(|(c, k)| (sweep_key(c), sweep_key(k)))
+        .collect();
+    configs.extend(copies);
     let train = load_train_set(&configs[0], a.data_dir.as_deref())?;
     let test = load_split(&a.data, Split::Test, a.data_dir.as_deref())?;
     let n = a.limit.min(test.len());
@@ -189,8 +217,8 @@ fn run_on<B: Backend>(
     let mut started = false;
     let banner = || {
         eprintln!(
-            "capacity: {} models ({} x scales {:?}), {} steps each; evaluation on {n} test images \
-             (FGSM and PGD-{} of {}, eps {})",
+            "capacity: {} models ({} x scales {:?}{}), {} steps each; evaluation on {n} test \
+             images (FGSM and PGD-{} of {}, eps {})",
             configs.len(),
             modes
                 .iter()
@@ -198,6 +226,7 @@ fn run_on<B: Backend>(
                 .collect::<Vec<_>>()
                 .join(","),
             scales,
+            if a.copies { ", each twice" } else { "" },
             a.steps,
             eval.steps,
             eval.alpha,
@@ -251,7 +280,7 @@ fn run_on<B: Backend>(
                     );
                     so_far.push(row.clone());
                     // The table so far, so that an interrupted sweep leaves its numbers.
-                    if let Err(e) = write_json(a, &eval, &so_far) {
+                    if let Err(e) = write_json(a, &eval, &so_far, &[]) {
                         failed.get_or_insert(e);
                     }
                 }
@@ -265,21 +294,81 @@ fn run_on<B: Backend>(
     if let Some(e) = failed {
         return Err(e);
     }
-    write_json(a, &eval, &rows)?;
+    let mut transfers: Vec<CopyRow> = Vec::with_capacity(pairs.len());
+    for (key, copy_key) in &pairs {
+        let row = rows
+            .iter()
+            .find(|r| &r.key == key)
+            .expect("a row per model");
+        eprintln!("{key}: transfer from its copy {copy_key}");
+        let t0 = std::time::Instant::now();
+        let mut model = stored_model(b, &a.out, key)?;
+        let mut copy = stored_model(b, &a.out, copy_key)?;
+        let t = copy_transfer(&mut model, &mut copy, &x, &labels, &eval)
+            .with_context(|| format!("transfer from {copy_key} to {key}"))?;
+        eprintln!(
+            "{key}: under its copy's FGSM {:.1}% (white-box {:.1}%), PGD {:.1}% (white-box \
+             {:.1}%), gradient cosine {:.3} ({:.0} s)",
+            100.0 * t.fgsm_accuracy,
+            100.0 * row.fgsm_accuracy,
+            100.0 * t.pgd_accuracy,
+            100.0 * row.pgd_accuracy,
+            t.gradient_cosine,
+            t0.elapsed().as_secs_f64()
+        );
+        transfers.push(CopyRow {
+            key: key.clone(),
+            copy: copy_key.clone(),
+            training: row.training,
+            scale: row.scale,
+            transfer: t,
+        });
+    }
+    write_json(a, &eval, &rows, &transfers)?;
     print_table(&rows);
-    plot::save(&figure(&rows, modes), &a.out.join("capacity"))?;
-    eprintln!(
-        "wrote capacity.json, capacity.png, capacity.svg to {}",
-        a.out.display()
-    );
+    let originals: Vec<CapacityRow> = rows
+        .iter()
+        .filter(|r| !transfers.iter().any(|t| t.copy == r.key))
+        .cloned()
+        .collect();
+    plot::save(&figure(&originals, modes), &a.out.join("capacity"))?;
+    let mut wrote = "capacity.json, capacity.png, capacity.svg".to_string();
+    if !transfers.is_empty() {
+        plot::save(
+            &transfer_figure(&transfers, modes),
+            &a.out.join("capacity-transfer"),
+        )?;
+        wrote.push_str(", capacity-transfer.png, capacity-transfer.svg");
+    }
+    eprintln!("wrote {wrote} to {}", a.out.display());
     Ok(())
+}
+
+/// A model of the sweep and its independent copy: how the copy's examples transfer to it.
+#[derive(serde::Serialize)]
+struct CopyRow {
+    key: String,
+    copy: String,
+    training: TrainingMode,
+    scale: usize,
+    #[serde(flatten)]
+    transfer: CopyTransfer,
+}
+
+fn stored_model<B: Backend>(b: &B, out: &Path, key: &str) -> Result<Model<B>> {
+    super::load_model(b, &store_path(out, key), None)
 }
 
 fn store_path(out: &Path, key: &str) -> PathBuf {
     Files(out.to_path_buf()).path(key)
 }
 
-fn write_json(a: &CapacityArgs, eval: &CapacityEval, rows: &[CapacityRow]) -> Result<()> {
+fn write_json(
+    a: &CapacityArgs,
+    eval: &CapacityEval,
+    rows: &[CapacityRow],
+    copies: &[CopyRow],
+) -> Result<()> {
     let json = json!({
         "command": "capacity",
         "data": a.data,
@@ -291,6 +380,12 @@ fn write_json(a: &CapacityArgs, eval: &CapacityEval, rows: &[CapacityRow]) -> Re
                              the first training batch; fgsm, pgd: mean loss of the training \
                              batches over the last loss_window steps",
         "rows": rows,
+        "copies_meaning": "per model A and its independently trained copy A' (key copy, the \
+                           next seed): A's natural accuracy, A's accuracy under FGSM and PGD \
+                           examples crafted on A' (fgsm_accuracy, pgd_accuracy) beside the \
+                           copy's white-box ones (copy_*), and the mean cosine of the two \
+                           models' gradients over the images where both are non-zero",
+        "copies": copies,
     });
     fsutil::write_atomic(
         &a.out.join("capacity.json"),
@@ -320,20 +415,59 @@ fn print_table(rows: &[CapacityRow]) {
     }
 }
 
+/// One line per training mode: `f` of each of its rows against the row's scale.
+fn by_mode<R>(
+    rows: &[R],
+    modes: &[TrainingMode],
+    of: impl Fn(&R) -> (TrainingMode, usize),
+    f: &dyn Fn(&R) -> f32,
+) -> Vec<(String, Vec<(f32, f32)>)> {
+    modes
+        .iter()
+        .map(|&m| {
+            let pts = rows
+                .iter()
+                .filter(|r| of(r).0 == m)
+                .map(|r| (of(r).1 as f32, f(r)))
+                .collect();
+            (m.name().to_string(), pts)
+        })
+        .collect()
+}
+
+/// Transferability against capacity: the cosine of a model's and its copy's input gradients,
+/// and the model's accuracy under its copy's FGSM and PGD examples.
+fn transfer_figure(rows: &[CopyRow], modes: &[TrainingMode]) -> LinePanels {
+    let series = |f: &dyn Fn(&CopyRow) -> f32| by_mode(rows, modes, |r| (r.training, r.scale), f);
+    let pct = Some((0.0, 100.0));
+    LinePanels {
+        x_label: "capacity scale (log)".into(),
+        panels: vec![
+            LinePanel {
+                title: "input-gradient cosine, model vs copy".into(),
+                y_label: "mean cosine".into(),
+                y_range: None,
+                series: series(&|r| r.transfer.gradient_cosine as f32),
+            },
+            LinePanel {
+                title: "accuracy under the copy's FGSM".into(),
+                y_label: "accuracy (%)".into(),
+                y_range: pct,
+                series: series(&|r| 100.0 * r.transfer.fgsm_accuracy as f32),
+            },
+            LinePanel {
+                title: "accuracy under the copy's PGD".into(),
+                y_label: "accuracy (%)".into(),
+                y_range: pct,
+                series: series(&|r| 100.0 * r.transfer.pgd_accuracy as f32),
+            },
+        ],
+    }
+}
+
 fn figure(rows: &[CapacityRow], modes: &[TrainingMode]) -> LinePanels {
-    let series = |f: &dyn Fn(&CapacityRow) -> f32| -> Vec<(String, Vec<(f32, f32)>)> {
-        modes
-            .iter()
-            .map(|&m| {
-                let pts = rows
-                    .iter()
-                    .filter(|r| r.training == m)
-                    .map(|r| (r.scale as f32, f(r)))
-                    .collect();
-                (m.name().to_string(), pts)
-            })
-            .collect()
-    };
+    let series =
+        |f: &dyn Fn(&CapacityRow) -> f32| by_mode(rows, modes, |r| (r.training, r.scale), f);
     let pct = Some((0.0, 100.0));
     LinePanels {
         x_label: "capacity scale (log)".into(),

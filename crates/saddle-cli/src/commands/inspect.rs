@@ -20,6 +20,10 @@ pub struct InspectArgs {
     /// trained model side by side.
     #[arg(long, required = true)]
     model: Vec<PathBuf>,
+    /// The network, for weights without saddle's metadata (a PyTorch state dict): mnist,
+    /// wrn-madry-34-10, wrn-16-2, ... (default: the file's `saddle.arch` metadata).
+    #[arg(long)]
+    arch: Option<String>,
     /// Where to write inspect.png, inspect.svg and inspect.json.
     #[arg(long)]
     out: PathBuf,
@@ -33,7 +37,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let mut shape = None;
     let names = plot::names(&a.model);
     for (p, name) in a.model.iter().zip(&names) {
-        let m = load_model(&b, p, None)?;
+        let m = load_model(&b, p, a.arch.as_deref())?;
         match shape {
             None => shape = Some((p, m.input_shape())),
             Some((first, s)) if s != m.input_shape() => bail!(

@@ -26,6 +26,10 @@ pub struct LandscapeArgs {
     /// adversarially trained model. The models must take inputs of one shape.
     #[arg(long, required = true)]
     model: Vec<PathBuf>,
+    /// The network, for weights without saddle's metadata (a PyTorch state dict): mnist,
+    /// wrn-madry-34-10, wrn-16-2, ... (default: the file's `saddle.arch` metadata).
+    #[arg(long)]
+    arch: Option<String>,
     /// Test set: mnist, fashion-mnist or cifar10 (sets the default --eps and --alpha).
     #[arg(long, default_value = "mnist")]
     data: String,
@@ -82,7 +86,7 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
 fn run_on<B: Backend>(b: &B, a: &LandscapeArgs, eps: f32, alpha: f32) -> Result<()> {
     let mut models: Vec<Model<B>> = Vec::new();
     for p in &a.model {
-        let m = load_model(b, p, None)?;
+        let m = load_model(b, p, a.arch.as_deref())?;
         if let Some(first) = models.first() {
             if first.input_shape() != m.input_shape() {
                 bail!(
