@@ -15,13 +15,9 @@
 //! `SADDLE_ALLOC_TRACE=1 cargo test -p saddle-attacks --test alloc -- --nocapture` prints a
 //! backtrace summary of every allocation of one warm call: where each one comes from.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::backtrace::Backtrace;
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-
 use saddle_attacks::{Attack, Pgd};
 use saddle_models::MnistNet;
+use saddle_tensor::alloc_count::{count, counted, traced, Counting};
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
 
 /// Allocations of one warm `Pgd::perturb` (L∞, random start, cross-entropy, one restart, MNIST
@@ -42,125 +38,10 @@ use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
 /// The PGD steps themselves allocate nothing.
 const PER_CALL: u64 = 12;
 
-// ---- the counting allocator -------------------------------------------------------------------
-
-/// The system allocator, counting the allocations (and reallocations) of threads that turned
-/// counting on.
-struct Counting;
-
-thread_local! {
-    static ON: Cell<bool> = const { Cell::new(false) };
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-    static BYTES: Cell<u64> = const { Cell::new(0) };
-    static TRACE: Cell<bool> = const { Cell::new(false) };
-    /// Set while the allocator itself allocates (capturing a backtrace): not counted.
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
-    static TRACES: RefCell<Vec<Backtrace>> = const { RefCell::new(Vec::new()) };
-}
-
-fn note(size: usize) {
-    // `try_with`: an allocation during thread teardown is not counted (and must not panic).
-    let _ = ON.try_with(|on| {
-        if !on.get() || IN_HOOK.get() {
-            return;
-        }
-        COUNT.set(COUNT.get() + 1);
-        BYTES.set(BYTES.get() + size as u64);
-        if TRACE.get() {
-            IN_HOOK.set(true);
-            let bt = Backtrace::force_capture();
-            TRACES.with_borrow_mut(|t| t.push(bt));
-            IN_HOOK.set(false);
-        }
-    });
-}
-
-// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged;
-// the counting touches only `const`-initialised thread-locals (no allocation, no destructor)
-// except while tracing, where the nested allocations are excluded by `IN_HOOK`.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded contract of `GlobalAlloc::alloc`.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        // SAFETY: forwarded contract of `GlobalAlloc::alloc_zeroed`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded contract of `GlobalAlloc::dealloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        // SAFETY: forwarded contract of `GlobalAlloc::realloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+// ---- the counting allocator (saddle-tensor's, `testing` feature) ---------------------------
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Runs `f` with counting on for this thread; returns `(allocations, bytes, f's result)`. The
-/// result is dropped by the caller, outside the count (a deallocation is never counted anyway).
-fn counted<R>(f: impl FnOnce() -> R) -> (u64, u64, R) {
-    COUNT.set(0);
-    BYTES.set(0);
-    ON.set(true);
-    let r = f();
-    ON.set(false);
-    (COUNT.get(), BYTES.get(), r)
-}
-
-/// Runs `f` with backtraces captured for each allocation, and summarises them: for each
-/// distinct chain of this workspace's frames (innermost first, at most 4), how many
-/// allocations it made.
-fn traced<R>(f: impl FnOnce() -> R) -> (String, R) {
-    TRACE.set(true);
-    let (n, _, r) = counted(f);
-    TRACE.set(false);
-    let traces = TRACES.take();
-    let mut sites: BTreeMap<String, u64> = BTreeMap::new();
-    for bt in &traces {
-        let text = bt.to_string();
-        let lines: Vec<&str> = text.lines().map(str::trim).collect();
-        let mut chain = Vec::new();
-        for (i, l) in lines.iter().enumerate() {
-            // A frame line is `N: symbol`, followed by `at path:line:col`; keep this
-            // workspace's library frames (symbols may be printed without their paths).
-            let Some((_, sym)) = l.split_once(": ") else {
-                continue;
-            };
-            let Some(at) = lines.get(i + 1).and_then(|a| a.strip_prefix("at ")) else {
-                continue;
-            };
-            // Paths are absolute, relative to the workspace (`crates/…`) or, for this
-            // package, to the package (`src/…`).
-            let rel = if let Some((_, r)) = at.split_once("crates/saddle-") {
-                format!("saddle-{r}")
-            } else if let Some(r) = at.strip_prefix("src/").or(at.strip_prefix("./src/")) {
-                format!("{}/src/{r}", env!("CARGO_PKG_NAME"))
-            } else {
-                continue;
-            };
-            let sym = sym.split('<').next().unwrap_or(sym);
-            chain.push(format!("{sym} ({rel})"));
-            if chain.len() == 4 {
-                break;
-            }
-        }
-        *sites.entry(chain.join("\n      <- ")).or_default() += 1;
-    }
-    let mut out = format!("{n} allocations:\n");
-    let mut v: Vec<_> = sites.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    for (site, k) in v {
-        out.push_str(&format!("  {k:>4} × {site}\n"));
-    }
-    (out, r)
-}
 
 // ---- the test -----------------------------------------------------------------------------------
 
@@ -220,7 +101,8 @@ fn pgd_steps_allocate_nothing() {
         eprintln!("(steps, allocations, bytes) per warm call: {counts:?}");
         if std::env::var_os("SADDLE_ALLOC_TRACE").is_some() {
             for pgd in [&pgd10, &pgd40] {
-                let (report, r) = traced(|| pgd.perturb(&mut net, &x, &y).unwrap());
+                let (report, r) =
+                    traced("saddle-attacks", || pgd.perturb(&mut net, &x, &y).unwrap());
                 drop(r);
                 eprintln!("PGD-{} (warm) makes {report}", pgd.steps());
             }
@@ -285,8 +167,8 @@ fn the_counter_counts() {
         one_thread().install(|| counted(|| rayon::join(|| vec![1u8; 10], || vec![2u8; 10])));
     drop(v);
     assert!(a >= 2, "{a}");
-    let before = COUNT.get();
+    let before = count();
     let v = vec![0u8; 5];
-    assert_eq!(COUNT.get(), before, "counted while off");
+    assert_eq!(count(), before, "counted while off");
     drop(v);
 }

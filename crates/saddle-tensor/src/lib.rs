@@ -23,6 +23,8 @@
 //! **Invariants**: no operation panics on bad shapes or arguments; each returns a
 //! [`TensorError`] naming the operation and the shapes. This crate does no I/O.
 
+#[cfg(feature = "testing")]
+pub mod alloc_count;
 pub mod array;
 pub mod backend;
 pub mod cpu;
