@@ -3,7 +3,7 @@
 # each recipe trains on the first 45,000 CIFAR-10 training images and is measured on training
 # images 45,000-45,999 (natural and PGD-20 at ε = 8/255, step 2/255, random start).
 set -euo pipefail
-S=./target/release/saddle
+S=${SADDLE:-./target/release/saddle}
 D=results/cifar10-recipe-search
 for e in "$@"; do
   out=runs/recipe-search/$e
