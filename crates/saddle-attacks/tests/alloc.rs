@@ -17,7 +17,7 @@
 
 use saddle_attacks::{Attack, Pgd};
 use saddle_models::MnistNet;
-use saddle_tensor::alloc_count::{count, counted, traced, Counting};
+use saddle_tensor::alloc_count::{count, counted, fewest, traced, Counting};
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
 
 /// Allocations of one warm `Pgd::perturb` (L∞, random start, cross-entropy, one restart, MNIST
@@ -111,15 +111,7 @@ fn pgd_steps_allocate_nothing() {
         // is not the attack's lands in a call (a test running beside this one grows rayon's
         // or the allocator's shared structures; seen as +2 in about one run in three, never
         // in the minimum). A step that allocates adds at least 30 at 40 steps to every call.
-        let least = |steps: usize| {
-            counts
-                .iter()
-                .filter(|c| c.0 == steps)
-                .map(|c| c.1)
-                .min()
-                .unwrap()
-        };
-        let (a10, a40) = (least(10), least(40));
+        let (a10, a40) = (fewest(&counts, 10), fewest(&counts, 40));
         assert_eq!(
             a10, a40,
             "a PGD step allocates: allocations per call by number of steps {counts:?}"

@@ -136,3 +136,19 @@ pub fn traced<R>(package: &str, f: impl FnOnce() -> R) -> (String, R) {
 pub fn count() -> u64 {
     COUNT.get()
 }
+
+/// The fewest allocations among the measurements `(key, allocations, bytes)` of `key`: the
+/// count of the measured code itself, when now and then a call also counts an allocation that
+/// is not its own (a test running beside it grows rayon's or the allocator's shared
+/// structures).
+///
+/// # Panics
+/// No measurement of `key`.
+pub fn fewest<K: PartialEq + std::fmt::Debug>(counts: &[(K, u64, u64)], key: K) -> u64 {
+    counts
+        .iter()
+        .filter(|c| c.0 == key)
+        .map(|c| c.1)
+        .min()
+        .unwrap_or_else(|| panic!("no measurement of {key:?}"))
+}

@@ -15,7 +15,7 @@
 //! backtrace summary of every allocation of one warm step: where each one comes from.
 
 use saddle_models::MnistNet;
-use saddle_tensor::alloc_count::{count, counted, traced, Counting};
+use saddle_tensor::alloc_count::{count, counted, fewest, traced, Counting};
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
 use saddle_train::{Schedule, TrainConfig, Trainer, TrainingMode};
 
@@ -119,15 +119,7 @@ fn pgd_training_steps_allocate_the_same() {
         // that is not the trainer's lands in a step (a test running beside this one grows
         // rayon's or the allocator's shared structures), never in the minimum. An attack step
         // that allocates adds at least 30 at PGD-40 to every training step.
-        let least = |k: usize| {
-            counts
-                .iter()
-                .filter(|c| c.0 == k)
-                .map(|c| c.1)
-                .min()
-                .unwrap()
-        };
-        let (a10, a40) = (least(10), least(40));
+        let (a10, a40) = (fewest(&counts, 10), fewest(&counts, 40));
         assert_eq!(
             a10, a40,
             "an attack step allocates: allocations per training step by attack steps {counts:?}"
