@@ -149,12 +149,8 @@ pub struct PredictArgs {
     /// Where to write the logits, float32 [n, 10].
     #[arg(long)]
     out: PathBuf,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: crate::commands::Compute,
 }
 
 /// Executes a parsed command line.

@@ -9,7 +9,7 @@ use saddle_models::Classifier;
 use saddle_tensor::{Backend, TensorLike};
 
 use super::{in_pool, load_images, load_labels, load_model};
-use crate::{fsutil, npy, Device};
+use crate::{fsutil, npy};
 
 /// Which attack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,12 +78,8 @@ pub struct AttackArgs {
     /// Also write a PNG grid: each clean image above its adversarial one.
     #[arg(long)]
     png: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    compute: super::Compute,
 }
 
 /// `saddle attack`.
@@ -94,8 +90,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
             a.eps
         );
     }
-    in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| attack_on(&b, &a))
+    in_pool(a.compute.threads, || {
+        crate::commands::with_backend!(a.compute.device, |b| attack_on(&b, &a))
     })
 }
 

@@ -18,9 +18,9 @@ use serde_json::json;
 use super::eval::load_split;
 use super::in_pool;
 use super::train::load_train_set;
+use crate::fsutil;
 use crate::plot::{self, LinePanel, LinePanels};
 use crate::progress::Progress;
-use crate::{fsutil, Device};
 
 /// Arguments of `saddle capacity`.
 #[derive(clap::Args, Debug)]
@@ -52,15 +52,8 @@ pub struct CapacityArgs {
     /// (models/<mode>-s<scale>/model.safetensors, reused when there).
     #[arg(long, default_value = "runs/capacity")]
     out: PathBuf,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::Run,
 }
 
 /// The scales of `--scales`: numbers 1 to 64, at least one, none twice.
@@ -162,8 +155,8 @@ pub fn run(a: CapacityArgs) -> Result<()> {
     if a.limit == 0 {
         bail!("--limit must be at least 1");
     }
-    in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| run_on(&b, &a, &scales, &modes))
+    in_pool(a.run.compute.threads, || {
+        crate::commands::with_backend!(a.run.compute.device, |b| run_on(&b, &a, &scales, &modes))
     })
 }
 
@@ -202,8 +195,8 @@ fn run_on<B: Backend>(
         .map(|(c, k)| (sweep_key(c), sweep_key(k)))
         .collect();
     configs.extend(copies);
-    let train = load_train_set(&configs[0], a.data_dir.as_deref())?;
-    let test = load_split(&a.data, Split::Test, a.data_dir.as_deref())?;
+    let train = load_train_set(&configs[0], a.run.data_dir.as_deref())?;
+    let test = load_split(&a.data, Split::Test, a.run.data_dir.as_deref())?;
     let n = a.limit.min(test.len());
     let idx: Vec<usize> = (0..n).collect();
     let (x, y) = test.batch(&idx)?;

@@ -13,8 +13,8 @@ use crate::mpi::{self, Place};
 
 mod sanity;
 mod suite;
+use crate::fsutil;
 use crate::progress::Progress;
-use crate::{fsutil, Device};
 pub use suite::{doubled, parse_attack, short, NamedAttack, Norm};
 
 /// Arguments of `saddle eval`.
@@ -84,15 +84,8 @@ pub struct EvalArgs {
     /// Where to write the results as JSON (default: the model's path with .eval.json).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::Run,
 }
 
 /// The paper's evaluation setting of a data set: what `saddle eval --data D` uses when
@@ -218,8 +211,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // them, prints the table and writes the files.
     let job = mpi::Job::start()?;
     let place = job.place();
-    let res = in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| eval_on(
+    let res = in_pool(a.run.compute.threads, || {
+        crate::commands::with_backend!(a.run.compute.device, |b| eval_on(
             b, &a, &names, eps, alpha, cascade, place
         ))
     });
@@ -260,7 +253,7 @@ fn eval_on<B: Backend>(
         "train" => Split::Train,
         other => bail!("--split {other}: expected test or train"),
     };
-    let mut data = load_split(&a.data, split, a.data_dir.as_deref())?;
+    let mut data = load_split(&a.data, split, a.run.data_dir.as_deref())?;
     if a.offset >= data.len() {
         bail!(
             "--offset {}: the {} split of {} has only {} images",

@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::eval::{defaults, load_split};
 use super::{in_pool, load_model};
+use crate::fsutil;
 use crate::plot::{self, CurvePanel, Curves, HistPanel, Histograms};
-use crate::{fsutil, Device};
 
 /// Curves drawn per image in `landscape.png`/`.svg` (all of them are in the JSON): enough to
 /// show the spread, few enough for a small SVG.
@@ -54,15 +54,8 @@ pub struct LandscapeArgs {
     /// Where to write landscape.json, landscape.png/.svg and landscape-hist.png/.svg.
     #[arg(long)]
     out: PathBuf,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::Run,
 }
 
 /// `saddle landscape`.
@@ -78,8 +71,8 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
         bail!("--images must be at least 1");
     }
     let (eps, alpha) = d.linf(a.eps, a.alpha)?;
-    in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| run_on(&b, &a, eps, alpha))
+    in_pool(a.run.compute.threads, || {
+        crate::commands::with_backend!(a.run.compute.device, |b| run_on(&b, &a, eps, alpha))
     })
 }
 
@@ -100,7 +93,7 @@ fn run_on<B: Backend>(b: &B, a: &LandscapeArgs, eps: f32, alpha: f32) -> Result<
         }
         models.push(m);
     }
-    let data = load_split(&a.data, Split::Test, a.data_dir.as_deref())?;
+    let data = load_split(&a.data, Split::Test, a.run.data_dir.as_deref())?;
     if data.image_shape() != models[0].input_shape() {
         bail!(
             "the model takes images of shape {:?}, {} has {:?}",

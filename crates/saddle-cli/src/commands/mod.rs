@@ -8,7 +8,7 @@ pub mod landscape;
 pub mod train;
 pub mod transfer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use saddle_models::{Classifier, Model};
@@ -16,6 +16,27 @@ use saddle_tensor::{cpu::Cpu, Backend};
 use saddle_wgsl::{DeviceChoice, Wgpu};
 
 use crate::{fsutil, npy, Device, PredictArgs};
+
+/// Where a command computes: the options every subcommand that runs a model shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Compute {
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Worker threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// [`Compute`] and where the data sets are: the options of every subcommand that reads one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Run {
+    #[command(flatten)]
+    pub compute: Compute,
+    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
 
 /// Runs a command's body on a pool of `threads` worker threads (default: one per core).
 ///
@@ -140,8 +161,8 @@ pub fn load_labels<B: Backend>(b: &B, path: &Path, n: usize, classes: usize) -> 
 
 /// `saddle predict`.
 pub fn predict(a: PredictArgs) -> Result<()> {
-    in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| predict_on(&b, &a))
+    in_pool(a.compute.threads, || {
+        crate::commands::with_backend!(a.compute.device, |b| predict_on(&b, &a))
     })
 }
 

@@ -9,8 +9,8 @@ use saddle_models::{Classifier, Model};
 use saddle_train::{config::PRESETS, Event, TrainConfig, Trainer};
 
 use super::in_pool;
+use crate::fsutil;
 use crate::progress::Progress;
-use crate::{fsutil, Device};
 
 // The MPI glue, shared with `saddle eval` (`super::train::mpi`).
 use crate::mpi::{self, Place};
@@ -34,9 +34,6 @@ pub struct TrainArgs {
     /// Override the config's max_num_training_steps.
     #[arg(long)]
     steps: Option<u64>,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Override the config's grad_shards: split each global batch into S shards attacked and
     /// differentiated one by one, their gradients summed in shard order (default 1: the whole
     /// batch). `mpirun -np S saddle train` computes one shard per rank and gives the same
@@ -50,12 +47,8 @@ pub struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     resume: bool,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::Run,
 }
 
 /// The training set named by the config, limited to `train_limit` examples.
@@ -132,9 +125,14 @@ fn build_config(a: &TrainArgs, place: Place) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     let job = mpi::Job::start()?;
     let place = job.place();
-    let res = in_pool(a.threads, || {
+    let res = in_pool(a.run.compute.threads, || {
         let cfg = build_config(&a, place)?;
-        crate::commands::with_backend!(a.device, |b| train_on(b, &a, cfg.clone(), place))
+        crate::commands::with_backend!(a.run.compute.device, |b| train_on(
+            b,
+            &a,
+            cfg.clone(),
+            place
+        ))
     });
     if let (Err(e), true) = (&res, place.size > 1) {
         // The other ranks would wait for this one: end the job.
@@ -156,7 +154,7 @@ fn train_on<B: saddle_tensor::Backend>(
     place: Place,
 ) -> Result<()> {
     let root = place.is_root();
-    let data = load_train_set(&cfg, a.data_dir.as_deref())?;
+    let data = load_train_set(&cfg, a.run.data_dir.as_deref())?;
     let ckpt_path = a.out.join("checkpoint.safetensors");
     let model = Model::build(&cfg.arch()?, b, cfg.random_seed)?;
     let mut trainer = Trainer::new(model, cfg.clone())?;

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::eval::{defaults, load_split, short as num};
 use super::{in_pool, load_model};
+use crate::fsutil;
 use crate::plot::{self, TransferFigure};
-use crate::{fsutil, Device};
 
 /// The attack that crafts the transferred examples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,15 +64,8 @@ pub struct TransferArgs {
     /// Where to write transfer.json, transfer.png and transfer.svg.
     #[arg(long, default_value = "runs/transfer")]
     out: PathBuf,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Worker threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// The datasets folder (default: $SADDLE_DATASETS or ./datasets).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: super::Run,
 }
 
 /// `saddle transfer`.
@@ -89,8 +82,8 @@ pub fn run(a: TransferArgs) -> Result<()> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    in_pool(a.threads, || {
-        crate::commands::with_backend!(a.device, |b| run_on(&b, &a, eps, alpha, steps))
+    in_pool(a.run.compute.threads, || {
+        crate::commands::with_backend!(a.run.compute.device, |b| run_on(&b, &a, eps, alpha, steps))
     })
 }
 
@@ -129,7 +122,7 @@ fn run_on<B: Backend>(b: &B, a: &TransferArgs, eps: f32, alpha: f32, steps: usiz
         }
         models.push(m);
     }
-    let data = load_split(&a.data, Split::Test, a.data_dir.as_deref())?;
+    let data = load_split(&a.data, Split::Test, a.run.data_dir.as_deref())?;
     let shape = models[0].input_shape();
     if data.image_shape() != shape {
         bail!(
