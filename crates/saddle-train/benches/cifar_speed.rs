@@ -86,7 +86,7 @@ fn row(name: &str, rate: f64, unit: &str, secs: f64, gflop: f64) {
 fn attack_steps(cfg: &TrainConfig) -> usize {
     match cfg.training {
         TrainingMode::Natural => 0,
-        TrainingMode::Fgsm | TrainingMode::FastFgsm => 1,
+        TrainingMode::Fgsm | TrainingMode::FastFgsm | TrainingMode::NFgsm => 1,
         TrainingMode::Pgd | TrainingMode::Trades => cfg.k,
     }
 }

@@ -3,8 +3,8 @@
 
 use saddle_attacks::{Attack, Fgsm, Pgd};
 use saddle_autograd::Graph;
-use saddle_models::{Classifier, Loss};
-use saddle_tensor::rng::{Normal, Rng};
+use saddle_models::{loss_and_input_grad, Classifier, Loss};
+use saddle_tensor::rng::{Normal, Rng, Uniform};
 use saddle_tensor::{ArrayExt, Backend, TensorLike};
 
 use crate::config::{BnMode, LossFunc, TrainConfig, TrainingMode};
@@ -49,6 +49,10 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
             let mut noise = Rng::new(seed);
             return trades_batch(model, cfg, eps, x, &mut noise, train_mode);
         }
+        TrainingMode::NFgsm => {
+            let mut noise = Rng::new(seed);
+            return n_fgsm_batch(model, cfg, eps, x, y, &mut noise, train_mode);
+        }
         TrainingMode::FastFgsm => Pgd::linf(eps, cfg.a, 1)?
             .random_start(true)
             .loss(loss)
@@ -57,6 +61,35 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
             .perturb(model, x, y),
     };
     Ok(out?.x_adv)
+}
+
+/// N-FGSM's noise: a uniform start in the ball of this many ε (de Jorge et al. 2022's k = 2).
+pub const N_FGSM_NOISE: f32 = 2.0;
+
+/// N-FGSM's example (de Jorge et al. 2022): `x' = clip₀₁(x + η)` with `η ~ U[−2ε, 2ε]`, then
+/// `clip₀₁(x' + a·sign(∇ₓ' L(x', y)))` without projection onto the ε-ball (the step below
+/// projects onto the (2 + 1)ε ball, which a start within 2ε and one step of `a ≤ ε` never
+/// leave; a larger `a` is cut there). The model runs in batch-norm training mode if
+/// `train_mode`; the caller sets the mode it needs afterwards.
+fn n_fgsm_batch<B: Backend, M: Classifier<B>>(
+    model: &mut M,
+    cfg: &TrainConfig,
+    eps: f32,
+    x: &B::Tensor,
+    y: &B::Tensor,
+    rng: &mut Rng,
+    train_mode: bool,
+) -> Result<B::Tensor> {
+    let be = model.backend().clone();
+    let r = N_FGSM_NOISE * eps;
+    let (noise, _) = rng
+        .array(x.dims(), Uniform::new(-r, r))
+        .into_raw_vec_and_offset();
+    let noise = be.from_vec(x.dims(), noise)?;
+    let start = be.clamp(&be.add(x, &noise)?, 0.0, 1.0)?;
+    model.set_training(train_mode);
+    let (_, g, _) = loss_and_input_grad(&*model, &start, y, attack_loss(cfg.loss_func))?;
+    Ok(be.pgd_step_linf(&start, x, &g, cfg.a, r + eps)?)
 }
 
 /// TRADES' inner maximisation (Zhang et al. 2019, Algorithm 1): from `x + 0.001·N(0, I)`
@@ -96,4 +129,60 @@ fn trades_batch<B: Backend, M: Classifier<B>>(
         xa = be.pgd_step_linf(&xa, x, &gx, cfg.a, eps)?;
     }
     Ok(xa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saddle_models::MnistNet;
+    use saddle_tensor::cpu::Cpu;
+
+    /// N-FGSM's examples: in `[0, 1]`, within 3ε of `x` and (the point of the method) often
+    /// further than ε, a start of the same seed moved by exactly ±a wherever the box does not
+    /// cut, and the same examples from the same seed.
+    #[test]
+    fn n_fgsm_leaves_the_eps_ball_by_design_and_stays_within_three_eps() {
+        let b = Cpu::new();
+        let mut model = MnistNet::new(b, 1, 3).unwrap();
+        let n = 4;
+        let mut r = Rng::new(5);
+        let xs: Vec<f32> = (0..n * 784).map(|_| r.next_f32()).collect();
+        let x = b.from_vec(&[n, 1, 28, 28], xs.clone()).unwrap();
+        let y = b
+            .from_vec(&[n], (0..n).map(|i| (i % 10) as f32).collect())
+            .unwrap();
+        let eps = 0.1;
+        let cfg = TrainConfig {
+            training: TrainingMode::NFgsm,
+            epsilon: eps,
+            a: eps,
+            ..TrainConfig::default()
+        };
+        let run = |model: &mut MnistNet<Cpu>| {
+            let adv = adversarial_batch(model, &cfg, eps, &x, &y, &mut Rng::new(11)).unwrap();
+            b.to_vec(&adv).unwrap()
+        };
+        let adv = run(&mut model);
+        assert_eq!(adv, run(&mut model), "same seed, same examples");
+        // The start the attack drew: the same generator, seeded as adversarial_batch seeds it.
+        let seed = Rng::new(11).next_u64();
+        let noise = Rng::new(seed).array(&[n, 1, 28, 28], Uniform::new(-2.0 * eps, 2.0 * eps));
+        let (mut outside, mut free) = (0, 0);
+        for ((&a, &x0), &z) in adv.iter().zip(&xs).zip(noise.iter()) {
+            assert!((0.0..=1.0).contains(&a), "{a}");
+            // 3ε plus a few float roundings of values in [0, 1].
+            assert!((a - x0).abs() <= 3.0 * eps + 1e-6, "{a} {x0}");
+            outside += usize::from((a - x0).abs() > eps + 1e-6);
+            let start = (x0 + z).clamp(0.0, 1.0);
+            if a > 0.0 && a < 1.0 {
+                free += 1;
+                let step = (a - start).abs();
+                assert!((step - eps).abs() < 1e-6 || step < 1e-6, "{a} {start}");
+            }
+        }
+        // |η ± ε| > ε exactly when η lies on the step's side of 0: half of the coordinates
+        // before the box cuts some (here 45%); a projected attack would leave none.
+        assert!(outside > adv.len() / 3, "{outside} of {}", adv.len());
+        assert!(free > adv.len() / 2, "{free}");
+    }
 }

@@ -26,11 +26,17 @@ pub enum TrainingMode {
     /// trades_beta`, and `x'` maximises the KL term: `k` signed steps of size `a` within the
     /// ε-ball from `x + 0.001·N(0, I)`, the clean prediction held fixed.
     Trades,
+    /// N-FGSM (de Jorge et al. 2022): a uniform random start in the ball of radius 2ε (clipped
+    /// to the image range), one signed step of size `a` (ε in that paper) and **no** projection
+    /// back onto the ε-ball: the larger noise, not clipping, is what keeps one-step training from
+    /// catastrophic overfitting. Training examples lie within 3ε of `x` (evaluation attacks stay
+    /// in the ε-ball).
+    NFgsm,
 }
 
 impl TrainingMode {
     /// The name configs give it (`training = "..."`): `natural`, `fgsm`, `pgd`, `fast_fgsm`,
-    /// `trades`.
+    /// `trades`, `n_fgsm`.
     pub fn name(self) -> &'static str {
         match self {
             TrainingMode::Natural => "natural",
@@ -38,6 +44,7 @@ impl TrainingMode {
             TrainingMode::Pgd => "pgd",
             TrainingMode::FastFgsm => "fast_fgsm",
             TrainingMode::Trades => "trades",
+            TrainingMode::NFgsm => "n_fgsm",
         }
     }
 }

@@ -89,6 +89,7 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
         (TrainingMode::Natural, Augmentation::None),
         (TrainingMode::Pgd, Augmentation::CropFlip),
         (TrainingMode::Trades, Augmentation::None),
+        (TrainingMode::NFgsm, Augmentation::None),
     ] {
         let cfg = |steps| TrainConfig {
             augment,
