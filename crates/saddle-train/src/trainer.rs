@@ -97,6 +97,16 @@ pub fn step_rng(seed: u64, step: u64, stream: u64) -> Rng {
     Rng::new(seed ^ 0x5AD0_1E5A_DD1E_0000).fork(step.wrapping_mul(0x100) ^ stream)
 }
 
+/// What a training step starts from (see `Trainer::step_start`).
+struct StepStart {
+    t0: Instant,
+    step: u64,
+    eps: f32,
+    lr: f32,
+    labels: Vec<f32>,
+    classes: usize,
+}
+
 /// A model, its optimiser and its configuration, at some step.
 #[derive(Debug)]
 pub struct Trainer<B: Backend, M: Classifier<B>> {
@@ -174,23 +184,18 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         y: &B::Tensor,
         measure_natural: bool,
     ) -> Result<StepMetrics> {
+        let at = self.step_start(y)?;
         if self.config.grad_shards > 1 || self.reducer.size() > 1 {
-            return self.sharded_step(x, y, measure_natural);
+            return self.sharded_step(x, y, measure_natural, at);
         }
-        let t0 = Instant::now();
-        let step = self.step;
-        let eps = self.config.epsilon_at(step);
-        let lr = self.config.learning_rate.at(step);
-        let labels = self.backend.to_vec(y)?;
-        let n = labels.len();
-        let classes = self.model.num_classes();
+        let (step, eps, classes, labels) = (at.step, at.eps, at.classes, &at.labels);
 
         let nat_accuracy = if measure_natural {
             // Measured as the model will be used: in evaluation mode (batch norm on its running
             // statistics), whatever mode the previous step left it in.
             self.model.set_training(false);
             let z = self.backend.to_vec(&self.model.logits(x)?)?;
-            Some(accuracy(&z, &labels, classes))
+            Some(accuracy(&z, labels, classes))
         } else {
             None
         };
@@ -205,17 +210,45 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         };
         drop(before);
         // 2. The reduction: one process, one shard, nothing to do. 3. The update.
+        let adv_accuracy = accuracy(&share.logits, labels, classes);
+        self.apply(&gs, &at, share.loss, adv_accuracy, nat_accuracy)
+    }
+
+    /// What every step starts from: its time, number, ε, learning rate and the labels on the
+    /// host.
+    fn step_start(&self, y: &B::Tensor) -> Result<StepStart> {
+        let step = self.step;
+        Ok(StepStart {
+            t0: Instant::now(),
+            step,
+            eps: self.config.epsilon_at(step),
+            lr: self.config.learning_rate.at(step),
+            labels: self.backend.to_vec(y)?,
+            classes: self.model.num_classes(),
+        })
+    }
+
+    /// The update of a step whose gradients `gs` are reduced, and its metrics.
+    fn apply(
+        &mut self,
+        gs: &[(usize, B::Tensor)],
+        at: &StepStart,
+        loss: f32,
+        adv_accuracy: f32,
+        nat_accuracy: Option<f32>,
+    ) -> Result<StepMetrics> {
         self.optimizer
-            .step(&self.backend, self.model.params_mut(), &gs, lr)?;
+            .step(&self.backend, self.model.params_mut(), gs, at.lr)?;
         self.step += 1;
+        let n = at.labels.len();
         Ok(StepMetrics {
             step: self.step,
-            loss: share.loss,
-            adv_accuracy: accuracy(&share.logits, &labels, classes),
+            loss,
+            adv_accuracy,
             nat_accuracy,
-            lr,
-            epsilon: eps,
-            examples_per_sec: n as f32 / t0.elapsed().as_secs_f32().max(1e-9),
+            lr: at.lr,
+            epsilon: at.eps,
+            examples_per_sec: n as f32 / at.t0.elapsed().as_secs_f32().max(1e-9),
         })
     }
 
@@ -374,14 +407,11 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         x: &B::Tensor,
         y: &B::Tensor,
         measure_natural: bool,
+        start: StepStart,
     ) -> Result<StepMetrics> {
-        let t0 = Instant::now();
-        let step = self.step;
-        let eps = self.config.epsilon_at(step);
-        let lr = self.config.learning_rate.at(step);
-        let labels = self.backend.to_vec(y)?;
+        let (step, eps, classes) = (start.step, start.eps, start.classes);
+        let labels = &start.labels;
         let n = labels.len();
-        let classes = self.model.num_classes();
         let shards = self.config.grad_shards;
         let (rank, size) = (self.reducer.rank(), self.reducer.size());
         let mine = if size == 1 { 0..shards } else { rank..rank + 1 };
@@ -489,18 +519,8 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         }
         drop(before);
         // 3. The update, the same on every worker.
-        self.optimizer
-            .step(&self.backend, self.model.params_mut(), &gs, lr)?;
-        self.step += 1;
-        Ok(StepMetrics {
-            step: self.step,
-            loss,
-            adv_accuracy: sum[1] / n as f32,
-            nat_accuracy: measure_natural.then(|| sum[2] / n as f32),
-            lr,
-            epsilon: eps,
-            examples_per_sec: n as f32 / t0.elapsed().as_secs_f32().max(1e-9),
-        })
+        let nat_accuracy = measure_natural.then(|| sum[2] / n as f32);
+        self.apply(&gs, &start, loss, sum[1] / n as f32, nat_accuracy)
     }
 
     /// Trains on `data` until `max_num_training_steps`, reporting every step and every due
