@@ -121,6 +121,30 @@ impl Defaults {
     }
 }
 
+/// An L∞ PGD's `--eps`, `--alpha` and `--seed`, as `landscape` and `transfer` take them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LinfArgs {
+    /// L∞ radius in [0, 1] pixel units (default: 0.3 for MNIST, 8/255 for CIFAR-10).
+    #[arg(long, allow_hyphen_values = true)]
+    pub eps: Option<f32>,
+    /// PGD's step size (default: ε/30 for MNIST, ε/4 for CIFAR-10, as `saddle eval`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub alpha: Option<f32>,
+    /// Seed of PGD's random starts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl LinfArgs {
+    /// The radius and step for `data`: as given, else [`Defaults::linf`]'s.
+    ///
+    /// # Errors
+    /// An unknown data set, a radius outside `[0, 1]`, a step that is not a positive number.
+    pub fn resolve(&self, data: &str) -> Result<(f32, f32)> {
+        defaults(data)?.linf(self.eps, self.alpha)
+    }
+}
+
 /// The paper's evaluation setting for `data`: MNIST and Fashion-MNIST as Table 1 (ε = 0.3,
 /// step 0.01 = ε/30; FGSM, PGD-40, PGD-100, CW, CW+, targeted), CIFAR-10 as Table 2
 /// (ε = 8/255, step 2/255 = ε/4; FGSM, PGD-7, PGD-20, CW-30).

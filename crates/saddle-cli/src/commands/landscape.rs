@@ -10,7 +10,7 @@ use saddle_tensor::Backend;
 use saddle_train::experiments::{landscape, spread, Landscape};
 use serde_json::json;
 
-use super::eval::{defaults, load_split};
+use super::eval::load_split;
 use super::{in_pool, load_model};
 use crate::fsutil;
 use crate::plot::{self, CurvePanel, Curves, HistPanel, Histograms};
@@ -42,15 +42,8 @@ pub struct LandscapeArgs {
     /// PGD steps per restart.
     #[arg(long, default_value_t = 100)]
     steps: usize,
-    /// L∞ radius in [0, 1] pixel units (default: 0.3 for MNIST, 8/255 for CIFAR-10).
-    #[arg(long, allow_hyphen_values = true)]
-    eps: Option<f32>,
-    /// Step size (default: ε/30 for MNIST, ε/4 for CIFAR-10, as `saddle eval`).
-    #[arg(long, allow_hyphen_values = true)]
-    alpha: Option<f32>,
-    /// Seed of the random starts.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    pgd: super::eval::LinfArgs,
     /// Where to write landscape.json, landscape.png/.svg and landscape-hist.png/.svg.
     #[arg(long)]
     out: PathBuf,
@@ -60,7 +53,7 @@ pub struct LandscapeArgs {
 
 /// `saddle landscape`.
 pub fn run(a: LandscapeArgs) -> Result<()> {
-    let d = defaults(&a.data)?;
+    let (eps, alpha) = a.pgd.resolve(&a.data)?;
     if a.restarts == 0 {
         bail!("--restarts must be at least 1");
     }
@@ -70,7 +63,6 @@ pub fn run(a: LandscapeArgs) -> Result<()> {
     if a.images == 0 {
         bail!("--images must be at least 1");
     }
-    let (eps, alpha) = d.linf(a.eps, a.alpha)?;
     in_pool(a.run.compute.threads, || {
         crate::commands::with_backend!(a.run.compute.device, |b| run_on(&b, &a, eps, alpha))
     })
@@ -116,7 +108,7 @@ fn run_on<B: Backend>(b: &B, a: &LandscapeArgs, eps: f32, alpha: f32) -> Result<
             a.restarts,
             a.steps
         );
-        let l = landscape(m, &x, &labels, eps, alpha, a.steps, a.restarts, a.seed)?;
+        let l = landscape(m, &x, &labels, eps, alpha, a.steps, a.restarts, a.pgd.seed)?;
         println!(
             "{}: final losses over {} restarts",
             path.display(),
@@ -156,7 +148,7 @@ fn run_on<B: Backend>(b: &B, a: &LandscapeArgs, eps: f32, alpha: f32) -> Result<
         "alpha": alpha,
         "steps": a.steps,
         "restarts": a.restarts,
-        "seed": a.seed,
+        "seed": a.pgd.seed,
         "loss": "cross-entropy",
         "layout": "models[m].losses[image][restart][iteration]; iteration 0 is the random start",
         "models": json_models,

@@ -13,7 +13,7 @@ use saddle_tensor::Backend;
 use saddle_train::experiments::{cosines, input_gradients, mean_defined};
 use serde_json::json;
 
-use super::eval::{defaults, load_split, short as num};
+use super::eval::{load_split, short as num};
 use super::{in_pool, load_model};
 use crate::fsutil;
 use crate::plot::{self, TransferFigure};
@@ -49,15 +49,8 @@ pub struct TransferArgs {
     /// PGD steps (default: 40 for MNIST as the paper's A' column, 7 for CIFAR-10).
     #[arg(long)]
     steps: Option<usize>,
-    /// L∞ radius in [0, 1] pixel units (default: 0.3 for MNIST, 8/255 for CIFAR-10).
-    #[arg(long, allow_hyphen_values = true)]
-    eps: Option<f32>,
-    /// PGD's step size (default: ε/30 for MNIST, ε/4 for CIFAR-10, as `saddle eval`).
-    #[arg(long, allow_hyphen_values = true)]
-    alpha: Option<f32>,
-    /// Seed of PGD's random starts.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    pgd: super::eval::LinfArgs,
     /// Images per batch.
     #[arg(long, default_value_t = 200)]
     batch_size: usize,
@@ -70,14 +63,13 @@ pub struct TransferArgs {
 
 /// `saddle transfer`.
 pub fn run(a: TransferArgs) -> Result<()> {
-    let d = defaults(&a.data)?;
+    let (eps, alpha) = a.pgd.resolve(&a.data)?;
     if a.limit == 0 {
         bail!("--limit must be at least 1");
     }
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let (eps, alpha) = d.linf(a.eps, a.alpha)?;
     let steps = a.steps.unwrap_or(if a.data == "cifar10" { 7 } else { 40 });
     if steps == 0 {
         bail!("--steps must be at least 1");
@@ -155,7 +147,9 @@ fn run_on<B: Backend>(b: &B, a: &TransferArgs, eps: f32, alpha: f32, steps: usiz
         let y = b.from_vec(&[idx.len()], ys)?;
         let attack: Box<dyn Attack<B>> = match a.attack {
             TransferAttack::Fgsm => Box::new(Fgsm::new(eps)?),
-            TransferAttack::Pgd => Box::new(Pgd::linf(eps, alpha, steps)?.seed(a.seed ^ s as u64)),
+            TransferAttack::Pgd => {
+                Box::new(Pgd::linf(eps, alpha, steps)?.seed(a.pgd.seed ^ s as u64))
+            }
         };
         matrix.add(&transfer_matrix(&*attack, &mut models, &x, &y)?);
         let gt = input_gradients(&mut models[t], &x, &y)?;
@@ -214,7 +208,7 @@ fn run_on<B: Backend>(b: &B, a: &TransferArgs, eps: f32, alpha: f32, steps: usiz
             "epsilon": eps,
             "alpha": if a.attack == TransferAttack::Fgsm { eps } else { alpha },
             "steps": if a.attack == TransferAttack::Fgsm { 1 } else { steps },
-            "seed": a.seed,
+            "seed": a.pgd.seed,
         },
         "target": t,
         "models": rows,
