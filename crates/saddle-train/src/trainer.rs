@@ -186,7 +186,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     ) -> Result<StepMetrics> {
         let at = self.step_start(y)?;
         if self.config.grad_shards > 1 || self.reducer.size() > 1 {
-            return self.sharded_step(x, y, measure_natural, at);
+            return self.sharded_step(x, measure_natural, at);
         }
         let (step, eps, classes, labels) = (at.step, at.eps, at.classes, &at.labels);
 
@@ -382,15 +382,10 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         })
     }
 
-    /// Rows `rows` of `t` (`[n, …]`).
-    fn rows(&self, t: &B::Tensor, rows: std::ops::Range<usize>) -> Result<B::Tensor> {
-        let dims = saddle_tensor::TensorLike::dims(t).to_vec();
-        if rows.start == 0 && rows.end == dims[0] {
-            return Ok(t.clone());
-        }
+    /// Rows `rows` of the host values `v` of a `[n, …]` tensor of shape `dims`, on the backend.
+    fn rows(&self, v: &[f32], dims: &[usize], rows: std::ops::Range<usize>) -> Result<B::Tensor> {
         let per: usize = dims[1..].iter().product();
-        let v = self.backend.to_vec(t)?;
-        let mut d = dims;
+        let mut d = dims.to_vec();
         d[0] = rows.len();
         Ok(self
             .backend
@@ -405,7 +400,6 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     fn sharded_step(
         &mut self,
         x: &B::Tensor,
-        y: &B::Tensor,
         measure_natural: bool,
         start: StepStart,
     ) -> Result<StepMetrics> {
@@ -436,6 +430,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         };
         const HEAD: usize = 3;
         let len = HEAD + numel(&trainable) + numel(&stats);
+        // The batch on the host once; each shard uploads its rows.
+        let x_host = self.backend.to_vec(x)?;
+        let x_dims = saddle_tensor::TensorLike::dims(x).to_vec();
         let before = self.state_snapshot();
         let mut present: Vec<usize> = Vec::new();
         let mut sum: Option<Vec<f32>> = None;
@@ -444,9 +441,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             self.restore_state(&before);
             let r = shard_rows(n, shards, k);
             let w = r.len() as f32 / n as f32;
-            let xk = self.rows(x, r.clone())?;
-            let yk = self.rows(y, r.clone())?;
+            let xk = self.rows(&x_host, &x_dims, r.clone())?;
             let lk = &labels[r.clone()];
+            let yk = self.backend.from_vec(&[lk.len()], lk.to_vec())?;
             let mut share = vec![0.0f32; len];
             if measure_natural {
                 self.model.set_training(false);
@@ -839,7 +836,10 @@ mod tests {
         let mut t = trainer(&cfg).unwrap();
         let x = b.from_vec(&dims, xs.clone()).unwrap();
         let y = b.from_vec(&[8], ys.clone()).unwrap();
-        let (xh, yh) = (t.rows(&x, 0..4).unwrap(), t.rows(&y, 0..4).unwrap());
+        let (xh, yh) = (
+            t.rows(&xs, &dims, 0..4).unwrap(),
+            t.rows(&ys, &[8], 0..4).unwrap(),
+        );
         let mut attack = |x: &CpuTensorOf, y: &CpuTensorOf| {
             let mut rng = step_rng(cfg.random_seed, 0, 1);
             let a = adversarial_batch(&mut t.model, &cfg, 0.3, x, y, &mut rng).unwrap();
