@@ -137,6 +137,35 @@ struct Experiment {
     files: &'static str,
 }
 
+/// The robustness checks of the training log (`[robust_check]`): how many, the best and the
+/// last, and whether one stopped the run; empty without checks.
+fn checks_summary(checks: &[&serde_json::Value]) -> String {
+    let (Some(first), Some(last)) = (checks.first(), checks.last()) else {
+        return String::new();
+    };
+    let pc = |v: &serde_json::Value| format!("{:.1}%", 100.0 * v.as_f64().unwrap_or(f64::NAN));
+    let mut s = format!(
+        "\nRobustness checks (PGD on {} check images, in `metrics.jsonl`): {}, the best {} at \
+         step {}, the last {} at step {}.",
+        first["check_examples"],
+        checks.len(),
+        pc(&last["check_best_pgd_accuracy"]),
+        last["check_best_step"],
+        pc(&last["check_pgd_accuracy"]),
+        last["step"],
+    );
+    if last["check_collapsed"].as_bool() == Some(true) {
+        s.push_str(&format!(
+            " **Training stopped there**: the check fell more than the allowed drop below the \
+             best (catastrophic overfitting), and the model evaluated is the best check's, of \
+             step {}.",
+            last["check_best_step"]
+        ));
+    }
+    s.push('\n');
+    s
+}
+
 /// The cheap white-box attacks, run on `--limit` images.
 const CHEAP_ATTACKS: &str = "fgsm,pgd40,pgd100,targeted,cw,cw+";
 /// The cheap attacks and the 20-restart ones, run on `--restart-limit` images, so that pass
@@ -770,11 +799,17 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
     s.push_str(&l2_section(evals.iter().filter(|e| is_l2(e))));
     s.push_str(&sanity_section(evals));
     s.push_str("\n## Training\n\n");
-    let last = run
+    let lines: Vec<serde_json::Value> = run
         .metrics
         .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect();
+    // Step lines have a loss; robustness-check lines (`--robust-check`) a check accuracy.
+    let last = lines.iter().rev().find(|m| m.get("loss").is_some());
+    let checks: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|m| m.get("check_pgd_accuracy").is_some())
+        .collect();
     match (&last, run.train_secs) {
         (Some(m), t) => {
             let logged = m["elapsed_sec"].as_f64().unwrap_or(f64::NAN);
@@ -796,6 +831,7 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         }
         (None, _) => s.push_str("No training log (`metrics.jsonl`) in the output folder.\n"),
     }
+    s.push_str(&checks_summary(&checks));
     if !run.config.trim().is_empty() {
         s.push_str(&format!(
             "\nThe recipe (`config.toml`; `saddle train --config` takes it back):\n\n```toml\n{}\n```\n",
@@ -956,6 +992,56 @@ mod tests {
         assert!(i15.is_some() && i25.is_some() && i15 < i25, "{r}");
         // CIFAR-10 has no published AutoAttack line.
         assert!(!autoattack_section(&CIFAR10, std::iter::once(&evals[3])).contains("Published"));
+    }
+
+    #[test]
+    fn the_training_section_summarises_the_robustness_checks() {
+        let check = |step: u64, pgd: f64, best: (u64, f64), collapsed: bool| {
+            format!(
+                "{{\"step\":{step},\"check_examples\":512,\"check_natural_accuracy\":0.5,\
+                 \"check_pgd_accuracy\":{pgd},\"check_best_step\":{},\
+                 \"check_best_pgd_accuracy\":{},\"check_collapsed\":{collapsed}}}\n",
+                best.0, best.1
+            )
+        };
+        let step = "{\"step\":1000,\"elapsed_sec\":600.0,\"examples_per_sec\":128.0,\
+                    \"loss\":1.5,\"nat_accuracy\":0.5,\"adv_accuracy\":0.4}\n";
+        let evals = [eval(100, 0.5, 0.3, &[("pgd20", 0.3)])];
+        let metrics = format!(
+            "{}{step}{}",
+            check(500, 0.30, (500, 0.30), false),
+            check(1000, 0.05, (500, 0.30), true)
+        );
+        let run = RunInfo {
+            preset: "cifar-quick",
+            config: "",
+            metrics: &metrics,
+            train_secs: Some(700.0),
+            total_secs: 800.0,
+            cores: 2,
+            machine: "test CPU".into(),
+            model_sha256: "00".into(),
+        };
+        let r = report(&CIFAR10, &run, &evals).unwrap();
+        // The last step line, not the last line (a check), gives the summary's numbers.
+        assert!(
+            r.contains("1000 steps in 10.0 min") && r.contains("loss 1.500"),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                "PGD on 512 check images, in `metrics.jsonl`): 2, the best 30.0% at step 500, \
+                 the last 5.0% at step 1000. **Training stopped there**"
+            ) && r.contains("the best check's, of step 500."),
+            "{r}"
+        );
+        // Without checks, no such sentence.
+        let quiet = RunInfo {
+            metrics: step,
+            ..run
+        };
+        let r = report(&CIFAR10, &quiet, &evals).unwrap();
+        assert!(!r.contains("Robustness checks"), "{r}");
     }
 
     #[test]

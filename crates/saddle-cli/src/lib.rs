@@ -189,8 +189,20 @@ where
                 return ExitCode::SUCCESS;
             }
             // Usage errors in one line, like every other error.
+            // The message is its lines up to the usage, which may list what is missing
+            // ("the following required arguments were not provided:\n  --steps <STEPS>").
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let lines: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let first = if lines.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                lines.join(" ")
+            };
             let first = first.trim_start_matches("error: ");
             eprintln!("saddle: error: {first} (see saddle --help)");
             return ExitCode::from(2);

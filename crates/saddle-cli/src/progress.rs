@@ -68,6 +68,15 @@ impl Progress {
         self.log();
     }
 
+    /// Prints a line above the bar (on a terminal) or into the log.
+    pub fn println(&self, line: impl AsRef<str>) {
+        if self.every.is_some() {
+            eprintln!("{}", line.as_ref());
+        } else {
+            self.bar.println(line.as_ref());
+        }
+    }
+
     /// Sets the message only.
     pub fn message(&mut self, msg: impl Into<String>) {
         self.bar.set_message(msg.into());

@@ -1137,3 +1137,69 @@ fn eval_on_the_held_out_tail_of_the_training_set() {
         "{err}"
     );
 }
+
+/// `--robust-check N`: the check images are held out after `train_limit`, every check is a line
+/// of metrics.jsonl, and `--steps --stretch-schedule` writes the stretched schedule.
+#[test]
+fn train_with_a_robust_check_and_a_stretched_schedule() {
+    let Some(root) = real_data("mnist") else {
+        return;
+    };
+    let d = dir("robust-check");
+    let cfg = d.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "model_scale = 1\nmax_num_training_steps = 40\ntraining_batch_size = 20\n\
+         train_limit = 1000\nk = 2\na = 0.15\nnum_output_steps = 5\n\
+         [learning_rate]\nkind = \"one_cycle\"\nmax = 0.003\ntotal = 40\nwarmup = 0.5\ndiv = 10.0\n\
+         [robust_check]\nexamples = 30\nk = 3\n",
+    )
+    .unwrap();
+    let out = d.join("run");
+    let (code, _, err) = saddle(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--data-dir",
+        s(&root),
+        "--out",
+        s(&out),
+        "--steps",
+        "20",
+        "--stretch-schedule",
+        "--robust-check",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("PGD-3") && err.contains("training images 1000..1030 (held out"),
+        "{err}"
+    );
+    assert!(err.contains("check at step 20"), "{err}");
+    let written = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(written.contains("total = 20"), "{written}");
+    assert!(written.contains("[robust_check]") && written.contains("every = 10"));
+    let checks: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|j: &serde_json::Value| j.get("check_pgd_accuracy").is_some())
+        .collect();
+    let steps: Vec<u64> = checks.iter().map(|j| j["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [10, 20]);
+    for j in &checks {
+        assert_eq!(j["check_examples"], 30);
+        let (n, p) = (
+            j["check_natural_accuracy"].as_f64().unwrap(),
+            j["check_pgd_accuracy"].as_f64().unwrap(),
+        );
+        // Accuracies of 30 images: multiples of 1/30.
+        for v in [n, p] {
+            assert!((v * 30.0 - (v * 30.0).round()).abs() < 1e-4, "{j}");
+        }
+    }
+    fails_with(
+        &["train", "--preset", "mnist-smoke", "--stretch-schedule"],
+        "--steps",
+    );
+}

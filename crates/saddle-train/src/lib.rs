@@ -47,8 +47,8 @@ pub mod schedule;
 pub mod trainer;
 
 pub use comm::{CommError, GradientReducer, SingleProcess};
-pub use config::{Augmentation, BnMode, LossFunc, TrainConfig, TrainingMode};
+pub use config::{Augmentation, BnMode, LossFunc, RobustCheck, TrainConfig, TrainingMode};
 pub use error::{Result, TrainError};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;
-pub use trainer::{accuracy, Event, StepMetrics, Trainer};
+pub use trainer::{accuracy, CheckMetrics, Event, StepMetrics, Stopped, Trainer};

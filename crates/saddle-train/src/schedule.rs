@@ -63,6 +63,34 @@ impl Schedule {
         }
     }
 
+    /// The schedule of a run of `to` steps shaped as this one is over `from` steps: a one-cycle
+    /// `total` and the piecewise boundaries scaled by `to / from` (rounded to the nearest step;
+    /// a constant is unchanged). For `saddle train --steps N --stretch-schedule`, so that a
+    /// shorter run still ends its cycle (or reaches its last value) instead of being cut.
+    pub fn stretched(&self, from: u64, to: u64) -> Schedule {
+        let scale = |v: u64| -> u64 {
+            ((v as u128 * to as u128 + from.max(1) as u128 / 2) / from.max(1) as u128) as u64
+        };
+        match self {
+            Schedule::Constant { .. } => self.clone(),
+            Schedule::Piecewise { boundaries, values } => Schedule::Piecewise {
+                boundaries: boundaries.iter().map(|&b| scale(b)).collect(),
+                values: values.clone(),
+            },
+            Schedule::OneCycle {
+                max,
+                total,
+                warmup,
+                div,
+            } => Schedule::OneCycle {
+                max: *max,
+                total: scale(*total).max(1),
+                warmup: *warmup,
+                div: *div,
+            },
+        }
+    }
+
     /// Checks the schedule's parameters.
     ///
     /// # Errors
@@ -117,6 +145,51 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stretched_schedule_keeps_its_shape_over_the_new_length() {
+        // cifar-quick's cycle over 6,000 steps, stretched to 1,800: the same values at the same
+        // fractions of the run (exactly where the fraction lands on a step of both).
+        let c = Schedule::OneCycle {
+            max: 0.2,
+            total: 6000,
+            warmup: 0.4,
+            div: 25.0,
+        };
+        let s = c.stretched(6000, 1800);
+        assert_eq!(
+            s,
+            Schedule::OneCycle {
+                max: 0.2,
+                total: 1800,
+                warmup: 0.4,
+                div: 25.0
+            }
+        );
+        for (a, b) in [(0, 0), (2400, 720), (3000, 900), (6000, 1800)] {
+            assert!((c.at(a) - s.at(b)).abs() < 1e-6, "{a} {b}");
+        }
+        // The paper's piecewise schedule at a tenth of its length; a constant is unchanged.
+        let paper = Schedule::Piecewise {
+            boundaries: vec![40000, 60000],
+            values: vec![0.1, 0.01, 0.001],
+        };
+        let p = paper.stretched(80_000, 8_000);
+        assert_eq!(
+            p,
+            Schedule::Piecewise {
+                boundaries: vec![4000, 6000],
+                values: vec![0.1, 0.01, 0.001]
+            }
+        );
+        let k = Schedule::Constant { value: 0.3 };
+        assert_eq!(k.stretched(10, 3), k);
+        // Rounded to the nearest step, never a cycle of 0 steps.
+        assert!(matches!(
+            c.stretched(6000, 1),
+            Schedule::OneCycle { total: 1, .. }
+        ));
+    }
 
     #[test]
     fn piecewise_is_the_paper_cifar_schedule() {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use saddle_attacks::{Attack, Pgd};
 use saddle_autograd::Graph;
 use saddle_data::{Augment, Batcher, Dataset};
 use saddle_models::{
@@ -15,6 +16,7 @@ use saddle_models::{
     Classifier,
 };
 use saddle_tensor::{rng::Rng, Backend};
+use serde::{Deserialize, Serialize};
 
 use crate::adversary::adversarial_batch;
 use crate::comm::{accumulate, shard_rows, GradientReducer, SingleProcess};
@@ -41,11 +43,68 @@ pub struct StepMetrics {
     pub examples_per_sec: f32,
 }
 
+/// What a robustness check ([`crate::RobustCheck`]) measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckMetrics {
+    /// The step checked (steps completed).
+    pub step: u64,
+    /// Check images.
+    pub examples: usize,
+    /// Accuracy on the clean check images (evaluation mode).
+    pub natural_accuracy: f32,
+    /// Accuracy under the check's PGD.
+    pub pgd_accuracy: f32,
+    /// The best check so far (this one included): its step and PGD accuracy.
+    pub best_step: u64,
+    /// The best check's PGD accuracy.
+    pub best_pgd_accuracy: f32,
+    /// This check fell more than `max_drop` below the best: training stops here, and the
+    /// model handed out at the end is the best check's.
+    pub collapsed: bool,
+}
+
+/// The best robustness check of a run: its step, accuracies and weights.
+#[derive(Clone, Debug)]
+struct BestCheck {
+    step: u64,
+    natural: f32,
+    pgd: f32,
+    /// The model's safetensors bytes at that step.
+    model: Vec<u8>,
+}
+
+/// Why and where a run stopped early.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stopped {
+    /// The step of the check that fell.
+    pub step: u64,
+    /// Its PGD accuracy.
+    pub pgd_accuracy: f32,
+    /// The best check's step: the weights kept.
+    pub best_step: u64,
+    /// The best check's PGD accuracy.
+    pub best_pgd_accuracy: f32,
+}
+
+/// The robustness-check state a checkpoint carries (metadata `saddle.robust_check`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CheckRecord {
+    best_step: Option<u64>,
+    best_natural: f32,
+    best_pgd: f32,
+    stopped: Option<Stopped>,
+}
+
+/// The checkpoint tensor holding the best check's model file (its bytes, as `U8`).
+const CHECK_BEST: &str = "saddle.check_best";
+
 /// What [`Trainer::run`] reports to its caller.
 #[derive(Debug)]
 pub enum Event<'a> {
     /// A step finished.
     Step(&'a StepMetrics),
+    /// A robustness check ran (after the step's [`Event::Step`], before its checkpoint).
+    Check(&'a CheckMetrics),
     /// A checkpoint is due: its bytes and the step it holds. The caller writes it.
     Checkpoint {
         /// The safetensors bytes.
@@ -116,6 +175,10 @@ pub struct Trainer<B: Backend, M: Classifier<B>> {
     optimizer: Optimizer<B>,
     step: u64,
     reducer: Box<dyn GradientReducer>,
+    /// The robustness check's images (see [`Trainer::set_check_set`]).
+    check_set: Option<Dataset>,
+    best: Option<BestCheck>,
+    stopped: Option<Stopped>,
 }
 
 impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
@@ -134,6 +197,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             optimizer,
             step: 0,
             reducer: Box::new(SingleProcess),
+            check_set: None,
+            best: None,
+            stopped: None,
         })
     }
 
@@ -160,6 +226,94 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// The configuration.
     pub fn config(&self) -> &TrainConfig {
         &self.config
+    }
+
+    /// The images of the robustness check ([`TrainConfig::robust_check`]): its first
+    /// `examples` are used. Without this, [`Trainer::run`] checks on the first training images.
+    pub fn set_check_set(&mut self, data: Dataset) {
+        self.check_set = Some(data);
+    }
+
+    /// Where and why the run stopped early (a robustness check fell), if it did; also after
+    /// [`Trainer::restore`] of such a run's checkpoint.
+    pub fn stopped(&self) -> Option<&Stopped> {
+        self.stopped.as_ref()
+    }
+
+    /// The best robustness check so far: its step and the model file (safetensors bytes) of
+    /// that step.
+    pub fn best_check(&self) -> Option<(u64, &[u8])> {
+        self.best.as_ref().map(|b| (b.step, b.model.as_slice()))
+    }
+
+    /// Runs the robustness check now on `data`'s first `examples` images: the model in
+    /// evaluation mode, clean accuracy and accuracy under PGD-`k` (step `2.5ε/k`, a random
+    /// start from the same seed at every check); updates the best check and, on a fall of more
+    /// than `max_drop`, marks the run stopped.
+    ///
+    /// # Errors
+    /// No check configured, data of another image shape, or a failing attack.
+    pub fn robust_check(&mut self, data: &Dataset) -> Result<CheckMetrics> {
+        let rc =
+            self.config.robust_check.clone().ok_or_else(|| {
+                TrainError::Config("robust_check: the configuration has none".into())
+            })?;
+        let n = rc.examples.min(data.len());
+        if n == 0 {
+            return Err(TrainError::Config(
+                "robust_check: the check set is empty".into(),
+            ));
+        }
+        let eps = self.config.epsilon;
+        let pgd = Pgd::linf(eps, 2.5 * eps / rc.k as f32, rc.k)?
+            .random_start(true)
+            .seed(self.config.random_seed ^ 0xC0EC_0000_0000_C4EC);
+        let classes = self.model.num_classes();
+        let was_training = self.model.is_training();
+        self.model.set_training(false);
+        let (mut natural, mut robust) = (0usize, 0usize);
+        let bs = self.config.eval_batch_size.max(1);
+        let mut at = 0;
+        while at < n {
+            let idx: Vec<usize> = (at..(at + bs).min(n)).collect();
+            let (xs, ys) = data.batch(&idx)?;
+            let x = self.backend.from_vec(&data.batch_shape(idx.len()), xs)?;
+            let y = self.backend.from_vec(&[idx.len()], ys.clone())?;
+            let z = self.backend.to_vec(&self.model.logits(&x)?)?;
+            natural += hits(&z, &ys, classes);
+            let r = pgd.perturb(&mut self.model, &x, &y)?;
+            robust += r.success.iter().filter(|&&s| !s).count();
+            at += idx.len();
+        }
+        self.model.set_training(was_training);
+        let (natural, pgd) = (natural as f32 / n as f32, robust as f32 / n as f32);
+        if self.best.as_ref().is_none_or(|b| pgd > b.pgd) {
+            self.best = Some(BestCheck {
+                step: self.step,
+                natural,
+                pgd,
+                model: self.model.to_safetensors()?,
+            });
+        }
+        let best = self.best.as_ref().expect("set above");
+        let collapsed = best.pgd - pgd > rc.max_drop;
+        if collapsed {
+            self.stopped = Some(Stopped {
+                step: self.step,
+                pgd_accuracy: pgd,
+                best_step: best.step,
+                best_pgd_accuracy: best.pgd,
+            });
+        }
+        Ok(CheckMetrics {
+            step: self.step,
+            examples: n,
+            natural_accuracy: natural,
+            pgd_accuracy: pgd,
+            best_step: best.step,
+            best_pgd_accuracy: best.pgd,
+            collapsed,
+        })
     }
 
     /// One optimiser step on the batch `x` `[n, c, h, w]`, `y` `[n]`: the batch is replaced by
@@ -544,6 +698,43 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
                 data.len()
             )));
         }
+        let every_out = self.config.num_output_steps.max(1);
+        let every_ckpt = self.config.num_checkpoint_steps;
+        if let Some(s) = &self.stopped {
+            return Err(TrainError::Config(format!(
+                "this run stopped at step {} when its robustness check fell to {:.1}% under PGD \
+                 (best: {:.1}% at step {}, the weights kept); it does not go on: start a new run",
+                s.step,
+                100.0 * s.pgd_accuracy,
+                100.0 * s.best_pgd_accuracy,
+                s.best_step
+            )));
+        }
+        let check_set = match (&self.config.robust_check, self.check_set.take()) {
+            (None, kept) => kept,
+            (Some(_), Some(c)) => Some(c),
+            (Some(rc), None) => Some(data.subset_first(rc.examples)),
+        };
+        let res = self.run_loop(
+            data,
+            check_set.as_ref(),
+            every_out,
+            every_ckpt,
+            &mut on_event,
+        );
+        self.check_set = check_set;
+        res
+    }
+
+    fn run_loop(
+        &mut self,
+        data: &Dataset,
+        check_set: Option<&Dataset>,
+        every_out: u64,
+        every_ckpt: u64,
+        on_event: &mut impl FnMut(Event<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let bs = self.config.training_batch_size;
         let mut batcher = Batcher::new(
             data.len(),
             bs.min(data.len()),
@@ -551,8 +742,6 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             self.config.random_seed,
         )?;
         batcher.seek(self.step);
-        let every_out = self.config.num_output_steps.max(1);
-        let every_ckpt = self.config.num_checkpoint_steps;
         while self.step < self.config.max_num_training_steps {
             let idx = batcher.next_batch().to_vec();
             let (mut xs, ys) = data.batch(&idx)?;
@@ -566,12 +755,20 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             let measure = (self.step + 1).is_multiple_of(every_out) || self.step == 0;
             let m = self.train_step(&x, &y, measure)?;
             on_event(Event::Step(&m))?;
-            let last = self.step == self.config.max_num_training_steps;
+            let mut last = self.step == self.config.max_num_training_steps;
+            if let (Some(rc), Some(cs)) = (&self.config.robust_check, check_set) {
+                if last || self.step.is_multiple_of(rc.every) {
+                    let c = self.robust_check(cs)?;
+                    on_event(Event::Check(&c))?;
+                    last |= c.collapsed;
+                }
+            }
             if last || (every_ckpt > 0 && self.step.is_multiple_of(every_ckpt)) {
-                let model = if last {
-                    Some(self.model.to_safetensors()?)
-                } else {
-                    None
+                let model = match (last, &self.stopped, &self.best) {
+                    (false, _, _) => None,
+                    // Stopped by a check: the best check's weights.
+                    (true, Some(_), Some(b)) => Some(b.model.clone()),
+                    (true, _, _) => Some(self.model.to_safetensors()?),
                 };
                 on_event(Event::Checkpoint {
                     bytes: self.checkpoint()?,
@@ -579,6 +776,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
                     last,
                     model,
                 })?;
+            }
+            if self.stopped.is_some() {
+                break;
             }
         }
         Ok(())
@@ -616,6 +816,28 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
                 self.config.random_seed
             ),
         );
+        if self.best.is_some() || self.stopped.is_some() {
+            let b = self.best.as_ref();
+            let record = CheckRecord {
+                best_step: b.map(|b| b.step),
+                best_natural: b.map_or(0.0, |b| b.natural),
+                best_pgd: b.map_or(0.0, |b| b.pgd),
+                stopped: self.stopped.clone(),
+            };
+            meta.insert(
+                "saddle.robust_check".into(),
+                serde_json::to_string(&record)
+                    .map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+            );
+            if let Some(b) = b {
+                tensors.push(HostTensor {
+                    name: CHECK_BEST.into(),
+                    shape: vec![b.model.len()],
+                    dtype: safetensors::Dtype::U8,
+                    bytes: b.model.clone(),
+                });
+            }
+        }
         Ok(serialize_safetensors(&tensors, meta)?)
     }
 
@@ -658,6 +880,30 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             },
             osteps,
         )?;
+        let (mut best, mut stopped) = (None, None);
+        if let Some(r) = meta.get("saddle.robust_check") {
+            let r: CheckRecord = serde_json::from_str(r)
+                .map_err(|e| TrainError::Checkpoint(format!("bad saddle.robust_check: {e}")))?;
+            if let Some(step) = r.best_step {
+                let v = st.tensor(CHECK_BEST).map_err(|_| {
+                    TrainError::Checkpoint(format!(
+                        "{CHECK_BEST} (the best check's model) is missing"
+                    ))
+                })?;
+                if v.dtype() != safetensors::Dtype::U8 {
+                    return Err(TrainError::Checkpoint(format!("{CHECK_BEST} is not U8")));
+                }
+                best = Some(BestCheck {
+                    step,
+                    natural: r.best_natural,
+                    pgd: r.best_pgd,
+                    model: v.data().to_vec(),
+                });
+            }
+            stopped = r.stopped;
+        }
+        self.best = best;
+        self.stopped = stopped;
         self.step = step;
         Ok(cfg)
     }

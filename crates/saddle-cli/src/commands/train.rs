@@ -22,7 +22,8 @@ pub struct TrainArgs {
     /// training_batch_size, epsilon, k, a, random_start, loss_func, ...).
     #[arg(long, conflicts_with = "preset")]
     config: Option<PathBuf>,
-    /// A built-in recipe: mnist-paper, mnist-quick, mnist-natural, mnist-smoke.
+    /// A built-in recipe: mnist-paper, mnist-quick, mnist-natural, mnist-smoke, cifar-paper,
+    /// cifar-quick, cifar-smoke.
     #[arg(long)]
     preset: Option<String>,
     /// Override the config's arch: the network to train (mnist, wrn-madry-34-10, wrn-28-10, ...).
@@ -31,9 +32,21 @@ pub struct TrainArgs {
     /// Override the config's random_seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Override the config's max_num_training_steps.
+    /// Override the config's max_num_training_steps (the learning-rate schedule is kept as it
+    /// is, so a shorter run stops part of the way through it; see --stretch-schedule).
     #[arg(long)]
     steps: Option<u64>,
+    /// With --steps N: stretch the learning-rate schedule to the N steps (a one-cycle total and
+    /// piecewise boundaries scaled by N / the config's steps), e.g. `--preset cifar-quick
+    /// --steps 1800 --stretch-schedule` for a machine where the preset's steps take too long.
+    #[arg(long, requires = "steps")]
+    stretch_schedule: bool,
+    /// Turn on the robustness check (the guard against catastrophic overfitting) every N steps,
+    /// with the config's `[robust_check]` settings or the defaults (512 check images, PGD-10,
+    /// stop on a fall of 20 points below the best check): the checks go to metrics.jsonl, and a
+    /// run that falls stops with the best check's weights in model.safetensors.
+    #[arg(long, value_name = "N")]
+    robust_check: Option<u64>,
     /// Override the config's grad_shards: split each global batch into S shards attacked and
     /// differentiated one by one, their gradients summed in shard order (default 1: the whole
     /// batch). `mpirun -np S saddle train` computes one shard per rank and gives the same
@@ -53,6 +66,16 @@ pub struct TrainArgs {
 
 /// The training set named by the config, limited to `train_limit` examples.
 pub fn load_train_set(cfg: &TrainConfig, data_dir: Option<&Path>) -> Result<Dataset> {
+    Ok(load_train_and_check_sets(cfg, data_dir)?.0)
+}
+
+/// The training set (as [`load_train_set`]) and, with a `[robust_check]`, its check images:
+/// training images `train_limit..` when the limit leaves enough of them (held out), else the
+/// first training images; with a line that says which.
+fn load_train_and_check_sets(
+    cfg: &TrainConfig,
+    data_dir: Option<&Path>,
+) -> Result<(Dataset, Option<(Dataset, String)>)> {
     let root = data_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(saddle_data::datasets_dir);
@@ -64,11 +87,33 @@ pub fn load_train_set(cfg: &TrainConfig, data_dir: Option<&Path>) -> Result<Data
         "cifar10" => saddle_data::cifar10::load(root.join("cifar10"), Split::Train)?,
         other => bail!("unknown dataset {other}"),
     };
-    Ok(if cfg.train_limit > 0 && cfg.train_limit < ds.len() {
+    let check = cfg.robust_check.as_ref().map(|rc| {
+        let n = rc.examples.min(ds.len());
+        let held = cfg.train_limit > 0 && ds.len() - cfg.train_limit.min(ds.len()) >= n;
+        if held {
+            let idx: Vec<usize> = (cfg.train_limit..cfg.train_limit + n).collect();
+            let what = format!(
+                "training images {}..{} (held out: after train_limit)",
+                cfg.train_limit,
+                cfg.train_limit + n
+            );
+            ds.select(&idx).map(|d| (d, what))
+        } else {
+            Ok((
+                ds.subset_first(n),
+                format!(
+                    "the first {n} training images (trained on; set train_limit to hold some out)"
+                ),
+            ))
+        }
+    });
+    let check = check.transpose()?;
+    let train = if cfg.train_limit > 0 && cfg.train_limit < ds.len() {
         ds.subset_first(cfg.train_limit)
     } else {
         ds
-    })
+    };
+    Ok((train, check))
 }
 
 fn build_config(a: &TrainArgs, place: Place) -> Result<TrainConfig> {
@@ -97,7 +142,16 @@ fn build_config(a: &TrainArgs, place: Place) -> Result<TrainConfig> {
         cfg.random_seed = s;
     }
     if let Some(s) = a.steps {
+        if a.stretch_schedule {
+            cfg.learning_rate = cfg.learning_rate.stretched(cfg.max_num_training_steps, s);
+        }
         cfg.max_num_training_steps = s;
+    }
+    if let Some(every) = a.robust_check {
+        cfg.robust_check = Some(saddle_train::RobustCheck {
+            every,
+            ..cfg.robust_check.unwrap_or_default()
+        });
     }
     if let Some(s) = a.grad_shards {
         cfg.grad_shards = s;
@@ -154,11 +208,28 @@ fn train_on<B: saddle_tensor::Backend>(
     place: Place,
 ) -> Result<()> {
     let root = place.is_root();
-    let data = load_train_set(&cfg, a.run.data_dir.as_deref())?;
+    let (data, check) = load_train_and_check_sets(&cfg, a.run.data_dir.as_deref())?;
     let ckpt_path = a.out.join("checkpoint.safetensors");
     let model = Model::build(&cfg.arch()?, b, cfg.random_seed)?;
     let mut trainer = Trainer::new(model, cfg.clone())?;
     trainer.set_reducer(place.reducer())?;
+    if let Some((set, what)) = check {
+        if root {
+            let rc = cfg
+                .robust_check
+                .as_ref()
+                .expect("a check set comes with a check");
+            eprintln!(
+                "robustness check every {} steps: PGD-{} at ε = {} on {what}; a fall of more than \
+                 {:.0} points below the best check stops training",
+                rc.every,
+                rc.k,
+                cfg.epsilon,
+                100.0 * rc.max_drop
+            );
+        }
+        trainer.set_check_set(set);
+    }
     if !root {
         return train_quietly(trainer, a, &data, place);
     }
@@ -245,6 +316,32 @@ fn train_on<B: saddle_tensor::Backend>(
                         .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
                 }
             }
+            Event::Check(c) => {
+                let line = serde_json::json!({
+                    "step": c.step, "check_examples": c.examples,
+                    "check_natural_accuracy": c.natural_accuracy,
+                    "check_pgd_accuracy": c.pgd_accuracy,
+                    "check_best_step": c.best_step,
+                    "check_best_pgd_accuracy": c.best_pgd_accuracy,
+                    "check_collapsed": c.collapsed,
+                    "elapsed_sec": t0.elapsed().as_secs_f64(),
+                });
+                fsutil::append_line(&metrics_path, &line.to_string())
+                    .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
+                bar.println(format!(
+                    "check at step {}: natural {:.1}%, PGD {:.1}% (best {:.1}% at step {}){}",
+                    c.step,
+                    100.0 * c.natural_accuracy,
+                    100.0 * c.pgd_accuracy,
+                    100.0 * c.best_pgd_accuracy,
+                    c.best_step,
+                    if c.collapsed {
+                        ": catastrophic overfitting, training stops"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             Event::Checkpoint { bytes, model, .. } => {
                 fsutil::write_atomic(&ckpt_path, &bytes)
                     .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
@@ -267,6 +364,21 @@ fn train_on<B: saddle_tensor::Backend>(
         // A run killed between its last checkpoint and the model file resumes at its last step,
         // where the loop above writes nothing: the model is the checkpoint's weights.
         fsutil::write_atomic(&model_path, &trainer.model().to_safetensors()?)?;
+    }
+    if let Some(st) = trainer.stopped() {
+        eprintln!(
+            "stopped at step {} of {}: the robustness check fell to {:.1}% under PGD, more than \
+             the allowed drop below the best check ({:.1}% at step {}); {} holds the weights of \
+             step {} (a known failure of one-step training: try N-FGSM, a smaller step `a`, or \
+             another seed)",
+            st.step,
+            total,
+            100.0 * st.pgd_accuracy,
+            100.0 * st.best_pgd_accuracy,
+            st.best_step,
+            model_path.display(),
+            st.best_step
+        );
     }
     eprintln!(
         "trained {} steps in {:.1} s; model: {} ({} parameters)",

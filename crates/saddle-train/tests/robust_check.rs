@@ -1,0 +1,271 @@
+//! The robustness check (`[robust_check]`, the guard against catastrophic overfitting): it
+//! measures without changing training, its state survives a checkpoint, and a fall stops the
+//! run with the best check's weights.
+
+use saddle_data::Dataset;
+use saddle_models::{Classifier, MnistNet};
+use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
+use saddle_train::{
+    CheckMetrics, Event, RobustCheck, Schedule, TrainConfig, TrainError, Trainer, TrainingMode,
+};
+
+/// A synthetic 10-class problem on 28×28 images (as in `training.rs`): class c is a bright
+/// square at one of ten places, on uniform noise of amplitude 0.3.
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    let mut r = Rng::new(seed);
+    let mut images = Vec::with_capacity(n * 784);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = (i % 10) as u8;
+        let (r0, c0) = (2 + (c as usize / 5) * 14, 1 + (c as usize % 5) * 5);
+        for y in 0..28 {
+            for x in 0..28 {
+                let on = (r0..r0 + 6).contains(&y) && (c0..c0 + 5).contains(&x);
+                images.push(if on {
+                    0.7 + 0.3 * r.next_f32()
+                } else {
+                    0.3 * r.next_f32()
+                });
+            }
+        }
+        labels.push(c);
+    }
+    Dataset::new("synthetic", images, labels, [n, 1, 28, 28], 10).unwrap()
+}
+
+/// PGD training of the smallest MNIST network at ε = 0.1, checked every 10 steps on 100 images.
+fn config(steps: u64, check: bool) -> TrainConfig {
+    TrainConfig {
+        model_scale: 1,
+        max_num_training_steps: steps,
+        training_batch_size: 50,
+        training: TrainingMode::Pgd,
+        k: 3,
+        a: 0.04,
+        epsilon: 0.1,
+        learning_rate: Schedule::Constant { value: 3e-3 },
+        num_checkpoint_steps: 10,
+        num_output_steps: 5,
+        eval_batch_size: 40,
+        robust_check: check.then_some(RobustCheck {
+            every: 10,
+            examples: 100,
+            k: 5,
+            max_drop: 0.2,
+        }),
+        ..TrainConfig::default()
+    }
+}
+
+struct Run {
+    trainer: Trainer<Cpu, MnistNet<Cpu>>,
+    checks: Vec<CheckMetrics>,
+    checkpoints: Vec<(u64, Vec<u8>)>,
+    model: Option<Vec<u8>>,
+}
+
+fn run_from(mut trainer: Trainer<Cpu, MnistNet<Cpu>>, data: &Dataset) -> Run {
+    let (mut checks, mut checkpoints, mut model) = (Vec::new(), Vec::new(), None);
+    trainer
+        .run(data, |e| {
+            match e {
+                Event::Check(c) => checks.push(c.clone()),
+                Event::Checkpoint {
+                    bytes,
+                    step,
+                    model: m,
+                    ..
+                } => {
+                    checkpoints.push((step, bytes));
+                    if m.is_some() {
+                        model = m;
+                    }
+                }
+                Event::Step(_) => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    Run {
+        trainer,
+        checks,
+        checkpoints,
+        model,
+    }
+}
+
+fn fresh(cfg: TrainConfig) -> Trainer<Cpu, MnistNet<Cpu>> {
+    let model = MnistNet::new(Cpu::new(), cfg.model_scale, cfg.random_seed).unwrap();
+    Trainer::new(model, cfg).unwrap()
+}
+
+fn weights(t: &Trainer<Cpu, MnistNet<Cpu>>) -> Vec<Vec<u32>> {
+    let b = Cpu::new();
+    t.model()
+        .params()
+        .tensors()
+        .iter()
+        .map(|x| b.to_vec(x).unwrap().iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn checks_measure_without_changing_training_and_survive_a_resume() {
+    let data = synthetic(400, 1);
+    let plain = run_from(fresh(config(40, false)), &data);
+    let checked = run_from(fresh(config(40, true)), &data);
+    assert!(plain.checks.is_empty());
+    // The checks run the model in evaluation mode, from their own generator: training is the
+    // same to the bit.
+    assert_eq!(weights(&plain.trainer), weights(&checked.trainer));
+    let steps: Vec<u64> = checked.checks.iter().map(|c| c.step).collect();
+    assert_eq!(steps, [10, 20, 30, 40]);
+    for c in &checked.checks {
+        assert_eq!(c.examples, 100);
+        assert!(!c.collapsed, "{c:?}");
+        // Robust accuracy is at most natural accuracy only on average; on one set it is a
+        // count of images, both in [0, 1].
+        assert!((0.0..=1.0).contains(&c.natural_accuracy), "{c:?}");
+        assert!((0.0..=1.0).contains(&c.pgd_accuracy), "{c:?}");
+    }
+    // The model learns and the check sees it: better than chance (10%) at the end.
+    let end = checked.checks.last().unwrap();
+    assert!(end.natural_accuracy > 0.5, "{end:?}");
+    let best = checked
+        .checks
+        .iter()
+        .map(|c| c.pgd_accuracy)
+        .fold(0.0, f32::max);
+    assert_eq!(end.best_pgd_accuracy, best);
+
+    // Stopped at step 20 and resumed: the same checks from there and the same bytes at the
+    // end, the best check's state included (it is in the checkpoint).
+    let half = run_from(fresh(config(20, true)), &data);
+    let (step, bytes) = half.checkpoints.last().unwrap();
+    assert_eq!(*step, 20);
+    let mut resumed = fresh(config(40, true));
+    resumed.restore(bytes).unwrap();
+    assert_eq!(
+        resumed.best_check().map(|(s, _)| s),
+        half.trainer.best_check().map(|(s, _)| s)
+    );
+    let resumed = run_from(resumed, &data);
+    assert_eq!(resumed.checks[..], checked.checks[2..]);
+    assert_eq!(
+        resumed.checkpoints.last().unwrap().1,
+        checked.checkpoints.last().unwrap().1,
+        "the final checkpoints differ"
+    );
+}
+
+#[test]
+fn a_fall_stops_the_run_and_keeps_the_best_checks_weights() {
+    let data = synthetic(400, 2);
+    let first = run_from(fresh(config(20, true)), &data);
+    let (best_step, best_model) = first.trainer.best_check().unwrap();
+    let best_model = best_model.to_vec();
+    let best = first
+        .checks
+        .iter()
+        .find(|c| c.step == best_step)
+        .unwrap()
+        .clone();
+    // A fall of more than 20 points must be possible from here: zeroed weights predict class
+    // 0 everywhere (10% of this balanced set).
+    assert!(best.pgd_accuracy > 0.35, "{best:?}");
+
+    // Resume with 40 steps, but first wreck the model (what catastrophic overfitting does to
+    // robustness, in one stroke): every weight zero, so the gradients are zero and so is
+    // learning, and the check at step 30 sees 10%.
+    let (_, bytes) = first.checkpoints.last().unwrap();
+    let mut t = fresh(config(40, true));
+    t.restore(bytes).unwrap();
+    let b = Cpu::new();
+    for x in t.model_mut().params_mut().tensors_mut() {
+        *x = b.zeros(saddle_tensor::TensorLike::dims(x)).unwrap();
+    }
+    let r = run_from(t, &data);
+    assert_eq!(
+        r.trainer.step(),
+        30,
+        "the run goes no further than the fall"
+    );
+    let fall = r.checks.last().unwrap();
+    assert!(fall.collapsed, "{fall:?}");
+    assert!(fall.pgd_accuracy < 0.15, "{fall:?}");
+    assert_eq!(fall.best_step, best_step);
+    let st = r.trainer.stopped().unwrap();
+    assert_eq!((st.step, st.best_step), (30, best_step));
+    // The model handed out is the best check's, byte for byte; the checkpoint is the step of
+    // the fall and says it stopped.
+    assert_eq!(r.model.as_deref(), Some(&best_model[..]));
+    let (step, ckpt) = r.checkpoints.last().unwrap();
+    assert_eq!(*step, 30);
+    let mut again = fresh(config(40, true));
+    again.restore(ckpt).unwrap();
+    assert_eq!(again.stopped(), Some(st));
+    let err = again.run(&data, |_| Ok(())).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Config(_)) && err.to_string().contains("stopped at step 30"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_check_settings_are_named() {
+    for (rc, eps, want) in [
+        (
+            RobustCheck {
+                every: 0,
+                ..RobustCheck::default()
+            },
+            0.3,
+            "robust_check.every",
+        ),
+        (
+            RobustCheck {
+                examples: 0,
+                ..RobustCheck::default()
+            },
+            0.3,
+            "robust_check.examples",
+        ),
+        (
+            RobustCheck {
+                k: 0,
+                ..RobustCheck::default()
+            },
+            0.3,
+            "robust_check.k",
+        ),
+        (
+            RobustCheck {
+                max_drop: f32::NAN,
+                ..RobustCheck::default()
+            },
+            0.3,
+            "robust_check.max_drop",
+        ),
+        (RobustCheck::default(), 0.0, "epsilon > 0"),
+    ] {
+        let cfg = TrainConfig {
+            robust_check: Some(rc),
+            epsilon: eps,
+            ..TrainConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    // Written only when on (the CLI writes TOML through the same serde), read back with
+    // defaults for what is left out.
+    let off = serde_json::to_string(&TrainConfig::default()).unwrap();
+    assert!(!off.contains("robust_check"), "{off}");
+    let on: TrainConfig = serde_json::from_str(r#"{"robust_check": {"every": 250}}"#).unwrap();
+    assert_eq!(
+        on.robust_check,
+        Some(RobustCheck {
+            every: 250,
+            ..RobustCheck::default()
+        })
+    );
+}
