@@ -12,10 +12,13 @@
 //!   a pixel differs only where the input gradient is so close to 0 that rounding flips its sign.
 //! - PGD-10 (ε = 0.3, α = 0.01, no random start, summed cross-entropy) reaches a summed loss
 //!   within 1% of the CPU's.
+//! - PGD with 3 restarts (merged on the device): the same predictions and success as the CPU,
+//!   losses within 1e-4, images equal on ≥ 99.5% of pixels.
 //!
 //! Runs on any wgpu adapter, lavapipe included (see `saddle-wgsl`'s README). With no adapter the
 //! tests fail, unless `SADDLE_SKIP_GPU_TESTS=1`: then they print that they were skipped.
 
+use saddle_attacks::{Attack, AttackResult, Pgd, Targeting};
 use saddle_autograd::Graph;
 use saddle_models::{loss_and_input_grad, Classifier, Loss};
 use saddle_tensor::{cpu::Cpu, Backend, TensorLike};
@@ -223,5 +226,77 @@ fn pgd_10_reaches_a_summed_loss_within_1_percent_of_the_cpus() {
     assert!(
         rel <= 0.01,
         "GPU loss {on_gpu} differs from the CPU's {on_cpu} by {rel:.2e}"
+    );
+}
+
+/// PGD with 3 restarts (ε = 0.05, 4 steps of α = 0.02 from random starts, cross-entropy, and
+/// least-likely targeted) on backend `b`: the result, with the adversarial images on the host.
+fn pgd_restarts<B: Backend>(
+    b: &B,
+    gold: &Golden,
+    targeting: Targeting,
+) -> (Vec<f32>, AttackResult<B>) {
+    let mut net = gold.model(b);
+    let (x, y) = gold.inputs(b);
+    let pgd = Pgd::linf(0.05, 0.02, 4)
+        .unwrap()
+        .restarts(3)
+        .targeting(targeting)
+        .seed(3);
+    let res = pgd.perturb(&mut net, &x, &y).unwrap();
+    (b.to_vec(&res.x_adv).unwrap(), res)
+}
+
+/// The restarts are merged on the device: a multi-restart PGD on the GPU keeps, per example, the
+/// same restart as on the CPU, so predictions and success are equal, the losses within
+/// `CPU_TOL`, and the images equal (|Δ| ≤ 1e-6) on ≥ 99.5% of pixels (as one PGD step: only
+/// pixels whose gradient is so close to 0 that rounding flips its sign differ).
+#[test]
+fn a_multi_restart_pgd_keeps_the_same_restarts_as_the_cpu() {
+    let Some(gb) = gpu() else { return };
+    let gold = Golden::load();
+    let mut outcomes = Vec::new();
+    for targeting in [Targeting::Untargeted, Targeting::LeastLikely] {
+        let t = std::time::Instant::now();
+        let (xg, on_gpu) = pgd_restarts(&gb, &gold, targeting);
+        println!(
+            "GPU PGD-4 × 3 restarts ({targeting:?}), batch 16: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        let (xc, on_cpu) = pgd_restarts(&Cpu::new(), &gold, targeting);
+        println!(
+            "{targeting:?}: success GPU {:?} CPU {:?}",
+            on_gpu.success, on_cpu.success
+        );
+        assert_eq!(on_gpu.predictions, on_cpu.predictions, "{targeting:?}");
+        assert_eq!(on_gpu.success, on_cpu.success, "{targeting:?}");
+        outcomes.extend(on_cpu.success.iter().copied());
+        check(
+            &format!("{targeting:?} losses vs CPU"),
+            &on_gpu.loss,
+            &on_cpu.loss,
+            CPU_TOL,
+        );
+        let same = xg
+            .iter()
+            .zip(&xc)
+            .filter(|(a, b)| (**a - **b).abs() <= 1e-6)
+            .count();
+        let frac = same as f64 / xc.len() as f64;
+        println!(
+            "{targeting:?}: {same} of {} pixels equal ({:.3}%)",
+            xc.len(),
+            frac * 100.0
+        );
+        assert!(
+            frac >= 0.995,
+            "{targeting:?}: only {:.3}% of pixels equal the CPU's",
+            frac * 100.0
+        );
+    }
+    // Both outcomes occur (untargeted all succeed, least-likely all fail on these images).
+    assert!(
+        outcomes.iter().any(|&s| s) && !outcomes.iter().all(|&s| s),
+        "successes and failures both wanted: {outcomes:?}"
     );
 }

@@ -49,10 +49,14 @@ pub enum Targeting {
 ///   ([`Pgd::cifar_train`]) and 20 for evaluation ([`Pgd::cifar_eval`]).
 ///
 /// **Transfers.** The NaN check of the gradients runs on the device and is read back once per
-/// attack, so on a GPU backend an L∞ PGD-k attack reads back the same (inputs checked once, each
-/// restart's losses and logits, the check) whatever k is; only the options that report per step
-/// (early stop, the loss trace) read back at every step, and [`L2`], whose step and projection
-/// run on the host in `f64`, reads the iterate back at every step. When the device reports a
+/// attack, and so is the result: the restarts are merged on the device
+/// ([`Backend::restart_merge`], [`Backend::select_rows`]), and the best one's losses,
+/// predictions and success are read back after the last restart. So on a GPU backend an L∞ PGD
+/// attack reads back the same whatever its number of steps and of restarts (the inputs checked,
+/// the result, the check), and uploads one random start per restart; only the options that
+/// report per step (early stop, the loss trace) read back at every step (and early stop the
+/// best so far after each restart), and [`L2`], whose step and projection run on the host in
+/// `f64`, reads the iterate back at every step. When the device reports a
 /// non-finite gradient sum, the attack runs again checking every step, so a NaN gradient is
 /// still reported with its restart and step.
 ///
@@ -291,6 +295,12 @@ impl<T: ThreatModel> Pgd<T> {
     /// The restarts and their steps: the result and, with [`NanCheck::Deferred`], the sum over
     /// all steps of the sums of the gradients, on the device (not finite if some gradient may
     /// hold a NaN; the caller reads it once and runs again with [`NanCheck::EveryStep`]).
+    ///
+    /// The strongest restart so far stays on the device: each restart is merged into it there
+    /// ([`Backend::restart_merge`] for the objective, prediction and success of each example,
+    /// [`Backend::select_rows`] for its image, both exact), and it is read back once, after the
+    /// last restart. Only early stop (which must know whether every example has succeeded)
+    /// reads it back after each restart, and the trace each restart's losses.
     fn restarts_loop<B: Backend>(
         &self,
         b: &B,
@@ -301,102 +311,184 @@ impl<T: ThreatModel> Pgd<T> {
         scratch: &mut Vec<f32>,
     ) -> Result<(AttackResult<B>, Option<B::Tensor>)> {
         let n = aim.labels.len();
+        let sign = if aim.targeted { -1.0f32 } else { 1.0 };
+        let mut base = Rng::new(self.seed);
+        let mut best: Option<Best<B>> = None;
+        let mut traces = Vec::new();
+        // Σ over steps of Σ g (deferred check): finite unless some gradient had a NaN or an
+        // infinity (or the sums overflowed), which the checked run then tells apart.
+        let mut nan = NanState {
+            check,
+            scratch,
+            total: None,
+        };
+        for r in 0..self.restarts {
+            let run = self.restart(m, x0, aim, r, base.fork(r as u64), &mut nan)?;
+            if let Some(mut trace) = run.trace {
+                if !run.stopped {
+                    trace.push(b.to_vec(&run.loss)?.into_iter().map(|v| sign * v).collect());
+                }
+                traces.push(trace);
+            }
+            let merged = merge_best(b, best.take(), run.x, &run.logits, &run.loss, aim)?;
+            if self.early_stop {
+                let host = b.to_vec(&merged.state)?;
+                if host[2 * n..].iter().all(|&s| s != 0.0) {
+                    best = Some(merged);
+                    break;
+                }
+            }
+            best = Some(merged);
+        }
+        let best = best.expect("at least one restart ran");
+        // The one read-back of the result: objectives, predictions and success, [3, n].
+        let mut loss = b.to_vec(&best.state)?;
+        let predictions = loss[n..2 * n].iter().map(|&p| p as usize).collect();
+        let success = loss[2 * n..].iter().map(|&s| s != 0.0).collect();
+        loss.truncate(n);
+        let result = AttackResult {
+            x_adv: best.x,
+            loss,
+            success,
+            predictions,
+            trace: self.trace.then_some(LossTrace { losses: traces }),
+        };
+        Ok((result, nan.total))
+    }
+
+    /// Restart `r` from its generator `rng`: its steps, then the logits and per-example loss
+    /// (sign not applied) of its last iterate, on the device.
+    fn restart<B: Backend>(
+        &self,
+        m: &dyn Classifier<B>,
+        x0: &B::Tensor,
+        aim: &Aim<'_, B>,
+        r: usize,
+        mut rng: Rng,
+        nan: &mut NanState<'_, B>,
+    ) -> Result<Restart<B>> {
+        let b = m.backend();
+        let n = aim.labels.len();
         let k = aim.classes;
         let targeted = aim.targeted;
         let sign = if targeted { -1.0f32 } else { 1.0 };
         let succeeded = |pred: usize, i: usize| (pred == aim.labels[i]) == targeted;
-
-        let mut base = Rng::new(self.seed);
-        let mut best: Option<Candidate<B>> = None;
-        let mut traces = Vec::new();
-        // Σ over steps of Σ g (deferred check): finite unless some gradient had a NaN or an
-        // infinity (or the sums overflowed), which the checked run then tells apart.
-        let mut nan_total: Option<B::Tensor> = None;
-        for r in 0..self.restarts {
-            let mut rng = base.fork(r as u64);
-            let mut x = if self.random_start && self.threat.eps() > 0.0 {
-                self.threat.random_init(b, x0, &mut rng)?
-            } else {
-                x0.clone()
-            };
-            let mut frozen = vec![false; n];
-            let mut trace = Vec::new();
-            let mut stopped = false;
-            for step in 0..self.steps {
-                let (per, g, logits) = loss_and_input_grad(m, &x, aim.tensor, self.loss)?;
-                if self.trace {
-                    trace.push(b.to_vec(&per)?.into_iter().map(|v| sign * v).collect());
-                }
-                if self.early_stop {
-                    let pred = argmax_rows(&b.to_vec(&logits)?, k);
-                    for i in 0..n {
-                        frozen[i] |= succeeded(pred[i], i);
-                    }
-                    if frozen.iter().all(|&f| f) {
-                        stopped = true;
-                        break;
-                    }
-                }
-                let g = if targeted {
-                    b.affine(&g, -1.0, 0.0)?
-                } else {
-                    g
-                };
-                match check {
-                    NanCheck::EveryStep => check_gradient(b, &g, scratch, self.name, r, step)?,
-                    NanCheck::Deferred => {
-                        let s = gradient_sum(b, &g)?;
-                        nan_total = Some(match nan_total {
-                            None => s,
-                            Some(t) => b.add(&t, &s)?,
-                        });
-                    }
-                }
-                let next = self.threat.step_and_project(b, &x, x0, &g, self.alpha)?;
-                x = if frozen.iter().any(|&f| f) {
-                    select(b, &frozen, &x, &next)?
-                } else {
-                    next
-                };
-            }
-            let logits = m.logits(&x)?;
-            let per = match self.loss {
-                Loss::CrossEntropy => b.cross_entropy(&logits, aim.tensor)?,
-                Loss::Cw { kappa } => b.cw_loss(&logits, aim.tensor, kappa)?,
-            };
-            let loss: Vec<f32> = b.to_vec(&per)?.into_iter().map(|v| sign * v).collect();
-            let predictions = argmax_rows(&b.to_vec(&logits)?, k);
-            let success: Vec<bool> = (0..n).map(|i| succeeded(predictions[i], i)).collect();
-            if self.trace {
-                if !stopped {
-                    trace.push(loss.clone());
-                }
-                traces.push(trace);
-            }
-            let cand = Candidate {
-                x,
-                loss,
-                success,
-                predictions,
-            };
-            best = Some(match best {
-                None => cand,
-                Some(cur) => merge(b, cur, cand)?,
-            });
-            if self.early_stop && best.as_ref().is_some_and(|c| c.success.iter().all(|&s| s)) {
-                break;
-            }
-        }
-        let best = best.expect("at least one restart ran");
-        let result = AttackResult {
-            x_adv: best.x,
-            loss: best.loss,
-            success: best.success,
-            predictions: best.predictions,
-            trace: self.trace.then_some(LossTrace { losses: traces }),
+        let mut x = if self.random_start && self.threat.eps() > 0.0 {
+            self.threat.random_init(b, x0, &mut rng)?
+        } else {
+            x0.clone()
         };
-        Ok((result, nan_total))
+        let mut frozen = vec![false; n];
+        let mut trace = Vec::new();
+        let mut stopped = false;
+        for step in 0..self.steps {
+            let (per, g, logits) = loss_and_input_grad(m, &x, aim.tensor, self.loss)?;
+            if self.trace {
+                trace.push(b.to_vec(&per)?.into_iter().map(|v| sign * v).collect());
+            }
+            if self.early_stop {
+                let pred = argmax_rows(&b.to_vec(&logits)?, k);
+                for i in 0..n {
+                    frozen[i] |= succeeded(pred[i], i);
+                }
+                if frozen.iter().all(|&f| f) {
+                    stopped = true;
+                    break;
+                }
+            }
+            let g = if targeted {
+                b.affine(&g, -1.0, 0.0)?
+            } else {
+                g
+            };
+            match nan.check {
+                NanCheck::EveryStep => check_gradient(b, &g, nan.scratch, self.name, r, step)?,
+                NanCheck::Deferred => {
+                    let s = gradient_sum(b, &g)?;
+                    nan.total = Some(match nan.total.take() {
+                        None => s,
+                        Some(t) => b.add(&t, &s)?,
+                    });
+                }
+            }
+            let next = self.threat.step_and_project(b, &x, x0, &g, self.alpha)?;
+            x = if frozen.iter().any(|&f| f) {
+                select(b, &frozen, &x, &next)?
+            } else {
+                next
+            };
+        }
+        let logits = m.logits(&x)?;
+        let loss = match self.loss {
+            Loss::CrossEntropy => b.cross_entropy(&logits, aim.tensor)?,
+            Loss::Cw { kappa } => b.cw_loss(&logits, aim.tensor, kappa)?,
+        };
+        Ok(Restart {
+            x,
+            logits,
+            loss,
+            trace: self.trace.then_some(trace),
+            stopped,
+        })
     }
+}
+
+/// One restart's end, on the device.
+struct Restart<B: Backend> {
+    /// The last iterate.
+    x: B::Tensor,
+    /// Its logits, `[n, classes]`.
+    logits: B::Tensor,
+    /// Its per-example loss, `[n]`, sign not applied.
+    loss: B::Tensor,
+    /// The objective at every iterate, with the trace option (the last iterate's not yet).
+    trace: Option<Vec<Vec<f32>>>,
+    /// Early stop ended the steps (the last iterate's objective is already in the trace).
+    stopped: bool,
+}
+
+/// The strongest restart so far, per example, on the device.
+struct Best<B: Backend> {
+    /// The images.
+    x: B::Tensor,
+    /// `[3, n]`: objective (the loss, negated when targeted), prediction and success (1 or 0),
+    /// as [`Backend::restart_merge`] keeps them.
+    state: B::Tensor,
+}
+
+/// How the NaN check of the gradients runs, and what it carries across restarts.
+struct NanState<'a, B: Backend> {
+    check: NanCheck,
+    /// Reused by the per-step check's read-backs.
+    scratch: &'a mut Vec<f32>,
+    /// The deferred check's sum over all steps so far.
+    total: Option<B::Tensor>,
+}
+
+/// Per example, the stronger of `best` and the restart that ended at `x` with `logits` and
+/// `loss`: success first, then the higher objective; ties keep `best` (the earlier restart). On
+/// the device and exact ([`Backend::restart_merge`], then [`Backend::select_rows`] with its
+/// mask, the rows' bits unchanged), so nothing is read back or uploaded per restart.
+fn merge_best<B: Backend>(
+    b: &B,
+    best: Option<Best<B>>,
+    x: B::Tensor,
+    logits: &B::Tensor,
+    loss: &B::Tensor,
+    aim: &Aim<'_, B>,
+) -> Result<Best<B>> {
+    let (take, state) = b.restart_merge(
+        best.as_ref().map(|c| &c.state),
+        logits,
+        loss,
+        aim.tensor,
+        aim.targeted,
+    )?;
+    let x = match best {
+        None => x,
+        Some(cur) => b.select_rows(&take, &x, &cur.x)?,
+    };
+    Ok(Best { x, state })
 }
 
 /// What the attack aims at: the classes whose loss it ascends (untargeted) or descends.
@@ -424,55 +516,6 @@ enum Goal {
     Labels,
     /// `y` holds the targets.
     Towards,
-}
-
-struct Candidate<B: Backend> {
-    x: B::Tensor,
-    loss: Vec<f32>,
-    success: Vec<bool>,
-    predictions: Vec<usize>,
-}
-
-/// Per example, the stronger of `cur` and `cand`: success first, then the higher objective;
-/// ties keep `cur` (the earlier restart). The images are selected on the device
-/// ([`Backend::select_rows`], the rows' bits unchanged) with a mask uploaded whatever it holds,
-/// so that an attack's transfers do not depend on its results.
-fn merge<B: Backend>(b: &B, cur: Candidate<B>, cand: Candidate<B>) -> Result<Candidate<B>> {
-    let take: Vec<bool> = (0..cur.loss.len())
-        .map(|i| {
-            (cand.success[i] && !cur.success[i])
-                || (cand.success[i] == cur.success[i] && cand.loss[i] > cur.loss[i])
-        })
-        .collect();
-    let mask = b.from_vec(
-        &[take.len()],
-        take.iter().map(|&t| if t { 1.0 } else { 0.0 }).collect(),
-    )?;
-    let pick = |i: usize| take[i];
-    Ok(Candidate {
-        x: b.select_rows(&mask, &cand.x, &cur.x)?,
-        loss: (0..take.len())
-            .map(|i| if pick(i) { cand.loss[i] } else { cur.loss[i] })
-            .collect(),
-        success: (0..take.len())
-            .map(|i| {
-                if pick(i) {
-                    cand.success[i]
-                } else {
-                    cur.success[i]
-                }
-            })
-            .collect(),
-        predictions: (0..take.len())
-            .map(|i| {
-                if pick(i) {
-                    cand.predictions[i]
-                } else {
-                    cur.predictions[i]
-                }
-            })
-            .collect(),
-    })
 }
 
 /// Per example `i`, `a[i]` where `keep_a[i]`, else `b[i]`; exact for finite values
@@ -676,10 +719,65 @@ impl<B: Backend> Attack<B> for Fgsm {
     }
 }
 
+/// A restart's result on the host: what the attack merged before the merge moved to the device,
+/// kept as the reference of the tests.
+#[cfg(test)]
+struct Candidate<B: Backend> {
+    x: B::Tensor,
+    loss: Vec<f32>,
+    success: Vec<bool>,
+    predictions: Vec<usize>,
+}
+
+/// The merge as it was on the host (the tests' reference of [`merge_best`]): per example, the
+/// stronger of `cur` and `cand`, success first, then the higher objective; ties keep `cur` (the
+/// earlier restart). The images are selected on the device ([`Backend::select_rows`]) with a
+/// mask uploaded.
+#[cfg(test)]
+fn merge<B: Backend>(b: &B, cur: Candidate<B>, cand: Candidate<B>) -> Result<Candidate<B>> {
+    let take: Vec<bool> = (0..cur.loss.len())
+        .map(|i| {
+            (cand.success[i] && !cur.success[i])
+                || (cand.success[i] == cur.success[i] && cand.loss[i] > cur.loss[i])
+        })
+        .collect();
+    let mask = b.from_vec(
+        &[take.len()],
+        take.iter().map(|&t| if t { 1.0 } else { 0.0 }).collect(),
+    )?;
+    let pick = |i: usize| take[i];
+    Ok(Candidate {
+        x: b.select_rows(&mask, &cand.x, &cur.x)?,
+        loss: (0..take.len())
+            .map(|i| if pick(i) { cand.loss[i] } else { cur.loss[i] })
+            .collect(),
+        success: (0..take.len())
+            .map(|i| {
+                if pick(i) {
+                    cand.success[i]
+                } else {
+                    cur.success[i]
+                }
+            })
+            .collect(),
+        predictions: (0..take.len())
+            .map(|i| {
+                if pick(i) {
+                    cand.predictions[i]
+                } else {
+                    cur.predictions[i]
+                }
+            })
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use saddle_tensor::cpu::Cpu;
+    use saddle_autograd::{Graph, Var};
+    use saddle_models::{layers::Ctx, Forward, ParamSet};
+    use saddle_tensor::cpu::{Cpu, CpuTensor};
 
     fn cand(b: &Cpu, fill: f32, loss: [f32; 4], success: [bool; 4]) -> Candidate<Cpu> {
         Candidate {
@@ -705,5 +803,233 @@ mod tests {
         assert_eq!(m.predictions, vec![0, 0, 0, 0]);
         let x = b.to_vec(&m.x).unwrap();
         assert_eq!(x, vec![0.25, 0.25, 0.75, 0.75, 0.75, 0.75, 0.25, 0.25]);
+    }
+
+    /// The same four cases through the merge the attack runs ([`merge_best`], on the device).
+    #[test]
+    fn the_device_merge_keeps_the_same_rules() {
+        let b = Cpu::new();
+        let labels = [0usize; 4];
+        let y = b.zeros(&[4]).unwrap();
+        let aim = Aim {
+            labels: &labels,
+            tensor: &y,
+            targeted: false,
+            classes: 2,
+        };
+        // The best so far: objectives, predictions (class 1 misclassifies), success.
+        let state = b
+            .from_vec(
+                &[3, 4],
+                vec![
+                    1.0, 1.0, 5.0, 2.0, // objective
+                    1.0, 0.0, 0.0, 0.0, // prediction
+                    1.0, 0.0, 0.0, 0.0, // success
+                ],
+            )
+            .unwrap();
+        let cur = Best {
+            x: b.full(&[4, 1, 1, 2], 0.25).unwrap(),
+            state,
+        };
+        // The new restart: only example 2 predicts class 1.
+        let logits = b
+            .from_vec(&[4, 2], vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+            .unwrap();
+        let loss = b.from_vec(&[4], vec![5.0, 2.0, 0.1, 2.0]).unwrap();
+        let x = b.full(&[4, 1, 1, 2], 0.75).unwrap();
+        let m = merge_best(&b, Some(cur), x, &logits, &loss, &aim).unwrap();
+        let state = b.to_vec(&m.state).unwrap();
+        assert_eq!(state[..4], [1.0, 2.0, 0.1, 2.0], "objectives");
+        assert_eq!(state[4..8], [1.0, 0.0, 1.0, 0.0], "predictions");
+        assert_eq!(state[8..], [1.0, 0.0, 1.0, 0.0], "success");
+        let x = b.to_vec(&m.x).unwrap();
+        assert_eq!(x, vec![0.25, 0.25, 0.75, 0.75, 0.75, 0.75, 0.25, 0.25]);
+    }
+
+    /// flatten → linear → ReLU → linear over `[1, 4, 4]` images and 4 classes, seeded.
+    struct Mlp {
+        backend: Cpu,
+        params: ParamSet<Cpu>,
+        training: bool,
+    }
+
+    impl Mlp {
+        fn new(seed: u64) -> Self {
+            let b = Cpu::new();
+            let mut rng = Rng::new(seed);
+            let mut params = ParamSet::new();
+            for (name, dims, fan_in) in [
+                ("fc1.weight", vec![16, 16], 16),
+                ("fc1.bias", vec![16], 16),
+                ("fc2.weight", vec![4, 16], 16),
+                ("fc2.bias", vec![4], 16),
+            ] {
+                let bound = 3.0 / (fan_in as f32).sqrt();
+                let n: usize = dims.iter().product();
+                let data = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
+                params.push(name, b.from_vec(&dims, data).unwrap()).unwrap();
+            }
+            Mlp {
+                backend: b,
+                params,
+                training: false,
+            }
+        }
+    }
+
+    impl Classifier<Cpu> for Mlp {
+        fn backend(&self) -> &Cpu {
+            &self.backend
+        }
+        fn num_classes(&self) -> usize {
+            4
+        }
+        fn input_shape(&self) -> [usize; 3] {
+            [1, 4, 4]
+        }
+        fn params(&self) -> &ParamSet<Cpu> {
+            &self.params
+        }
+        fn params_mut(&mut self) -> &mut ParamSet<Cpu> {
+            &mut self.params
+        }
+        fn is_training(&self) -> bool {
+            self.training
+        }
+        fn set_training(&mut self, training: bool) {
+            self.training = training;
+        }
+        fn forward(
+            &self,
+            g: &Graph<Cpu>,
+            x: Var,
+            param_grads: bool,
+        ) -> saddle_models::Result<Forward> {
+            let mut cx = Ctx::new(g, &self.params, param_grads, self.training);
+            let p: Vec<Var> = (0..self.params.len()).map(|i| cx.param(i)).collect();
+            let h = g.flatten(x)?;
+            let h = g.relu(g.linear(h, p[0], Some(p[1]))?)?;
+            let logits = g.linear(h, p[2], Some(p[3]))?;
+            Ok(cx.finish(logits))
+        }
+    }
+
+    /// The attack as it ran before the merge moved to the device: every restart's losses and
+    /// logits read back, and the restarts merged on the host by [`merge`].
+    fn host_merged(
+        pgd: &Pgd,
+        net: &Mlp,
+        x0: &CpuTensor,
+        y: &CpuTensor,
+        targeted: bool,
+    ) -> Candidate<Cpu> {
+        let b = Cpu::new();
+        let k = net.num_classes();
+        let labels: Vec<usize> = b.to_vec(y).unwrap().iter().map(|&v| v as usize).collect();
+        let n = labels.len();
+        let aim = Aim {
+            labels: &labels,
+            tensor: y,
+            targeted,
+            classes: k,
+        };
+        let sign = if targeted { -1.0f32 } else { 1.0 };
+        let mut scratch = Vec::new();
+        let mut nan = NanState {
+            check: NanCheck::Deferred,
+            scratch: &mut scratch,
+            total: None,
+        };
+        let mut base = Rng::new(pgd.seed);
+        let mut best: Option<Candidate<Cpu>> = None;
+        for r in 0..pgd.restarts {
+            let run = pgd
+                .restart(net, x0, &aim, r, base.fork(r as u64), &mut nan)
+                .unwrap();
+            let loss: Vec<f32> = b
+                .to_vec(&run.loss)
+                .unwrap()
+                .into_iter()
+                .map(|v| sign * v)
+                .collect();
+            let predictions = argmax_rows(&b.to_vec(&run.logits).unwrap(), k);
+            let success = (0..n)
+                .map(|i| (predictions[i] == labels[i]) == targeted)
+                .collect();
+            let cand = Candidate {
+                x: run.x,
+                loss,
+                success,
+                predictions,
+            };
+            best = Some(match best {
+                None => cand,
+                Some(cur) => merge(&b, cur, cand).unwrap(),
+            });
+        }
+        best.unwrap()
+    }
+
+    /// Several restarts, untargeted and targeted, cross-entropy and CW: the attack (merged on
+    /// the device, read back once) returns bit for bit what the host merge returned.
+    #[test]
+    fn the_device_merge_equals_the_host_merge_bit_for_bit() {
+        let b = Cpu::new();
+        let classes = 4;
+        let mut net = Mlp::new(11);
+        let mut rng = Rng::new(5);
+        let x = b
+            .from_vec(
+                &[24, 1, 4, 4],
+                (0..24 * 16).map(|_| rng.next_f32()).collect(),
+            )
+            .unwrap();
+        let y = b
+            .from_vec(&[24], (0..24).map(|_| rng.below(4) as f32).collect())
+            .unwrap();
+        let targets = b
+            .from_vec(&[24], (0..24).map(|i| (i % classes) as f32).collect())
+            .unwrap();
+        let mut later_restart_won = false;
+        for restarts in [2, 3, 5] {
+            for loss in [Loss::CrossEntropy, CW_PLUS] {
+                for targeted in [false, true] {
+                    let pgd = Pgd::linf(0.1, 0.02, 3)
+                        .unwrap()
+                        .restarts(restarts)
+                        .loss(loss)
+                        .seed(restarts as u64);
+                    let (got, aim) = if targeted {
+                        (
+                            pgd.perturb_targeted(&mut net, &x, &targets).unwrap(),
+                            &targets,
+                        )
+                    } else {
+                        (pgd.perturb(&mut net, &x, &y).unwrap(), &y)
+                    };
+                    let want = host_merged(&pgd, &net, &x, aim, targeted);
+                    let ctx = format!("{restarts} restarts, {loss:?}, targeted {targeted}");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got.loss), bits(&want.loss), "loss, {ctx}");
+                    assert_eq!(got.success, want.success, "success, {ctx}");
+                    assert_eq!(got.predictions, want.predictions, "predictions, {ctx}");
+                    let (gx, wx) = (b.to_vec(&got.x_adv).unwrap(), b.to_vec(&want.x).unwrap());
+                    assert_eq!(bits(&gx), bits(&wx), "x_adv, {ctx}");
+                    // Not vacuous: the first restart alone gives another result somewhere.
+                    let one = pgd.clone().restarts(1);
+                    let first = if targeted {
+                        one.perturb_targeted(&mut net, &x, &targets).unwrap()
+                    } else {
+                        one.perturb(&mut net, &x, &y).unwrap()
+                    };
+                    later_restart_won |= bits(&first.loss) != bits(&got.loss);
+                }
+            }
+        }
+        assert!(
+            later_restart_won,
+            "no later restart ever won: the test sees no merge"
+        );
     }
 }

@@ -22,21 +22,24 @@ use saddle_tensor::{cpu::Cpu, rng::Rng, Backend};
 
 /// Allocations of one warm `Pgd::perturb` (L∞, random start, cross-entropy, one restart, MNIST
 /// network at scale 1, batch 8), whatever its number of steps, measured with
-/// `SADDLE_ALLOC_TRACE=1` (50,780 bytes at batch 8, nearly all the two host copies of the
+/// `SADDLE_ALLOC_TRACE=1` (50,524 bytes at batch 8, nearly all the two host copies of the
 /// batch):
 ///
 /// - 4 checking the batch (`attack::check_batch`): the images read back to check they lie in
 ///   `[0, 1]` (`to_vec`), the labels read back (`to_vec`) and turned into class indices (2);
 /// - 1 the NaN check's one-element scratch vector (`Pgd::run`, reused by every step);
 /// - 2 the random start (`Linf::random_init`): the host noise array (`Rng::array`) and its
-///   upload (`from_vec`);
+///   upload (`from_vec`), once per restart;
 /// - 1 the per-example early-stop flags (`vec![false; n]`), once per restart;
-/// - 4 the result (once per restart): the final losses read back (`to_vec`, collected in place),
-///   the final logits read back (`to_vec`), the predictions (`argmax_rows`) and the success
-///   flags.
+/// - 3 the result, once per attack: the restarts are merged on the device
+///   (`Backend::restart_merge`, whose CPU outputs come from the buffer pool), and the best one's
+///   objectives, predictions and success read back in one copy (`to_vec` of `[3, n]`, truncated
+///   in place to the losses), then the predictions and the success flags collected from it.
+///   (Before the merge moved to the device this was 4 per restart: the losses and the logits
+///   read back, the predictions and the flags; 12 in all.)
 ///
 /// The PGD steps themselves allocate nothing.
-const PER_CALL: u64 = 12;
+const PER_CALL: u64 = 11;
 
 // ---- the counting allocator (saddle-tensor's, `testing` feature) ---------------------------
 

@@ -1,10 +1,11 @@
 //! The PGD loop stays on the device: on the wgpu backend (lavapipe in CI) a PGD-k attack moves
-//! the same data between host and device whatever k is. Per attack: the check of the inputs
-//! reads the images and labels back (2), each restart uploads its random start and reads its
-//! losses and logits back (1 + 2), each restart after the first uploads the mask that keeps the
-//! stronger restart per example (1), and the NaN check, done on the device at every step, is
-//! read back once (1). Kernel parameters are cached on the device: the first attack writes each
-//! distinct block once, a repeated attack writes none.
+//! the same data between host and device whatever k is, and reads back the same whatever its
+//! number of restarts. Per attack: the check of the inputs reads the images and labels back (2),
+//! each restart uploads its random start (1 per restart), the restarts are merged on the device
+//! and the best one's losses, predictions and success read back once at the end (1), and the
+//! NaN check, done on the device at every step, is read back once (1). Kernel parameters are
+//! cached on the device: the first attack writes each distinct block once, a repeated attack
+//! writes none.
 //!
 //! With no adapter the test fails, unless `SADDLE_SKIP_GPU_TESTS=1`: then it prints that it was
 //! skipped.
@@ -137,14 +138,65 @@ fn a_pgd_attack_transfers_the_same_whatever_its_number_of_steps() {
         );
         let r = restarts as u64;
         for c in [&cold[0], &warm[0]] {
-            assert_eq!(c.readbacks, 2 + 2 * r + 1, "read-backs: {c:?}");
-            assert_eq!(c.uploads, r + (r - 1), "uploads: {c:?}");
+            assert_eq!(c.readbacks, 2 + 1 + 1, "read-backs: {c:?}");
+            assert_eq!(c.uploads, r, "uploads: {c:?}");
         }
         assert_eq!(
             warm[0].param_uploads, 0,
             "parameters rewritten: {:?}",
             warm[0]
         );
+    }
+}
+
+/// The restarts are merged on the device ([`saddle_tensor::Backend::restart_merge`]) and the
+/// best one read back once, at the end: on a warm device an attack of 1, 2 or 5 restarts reads
+/// back the same (the inputs checked: 2; the best restart's objective, prediction and success:
+/// 1; the NaN check: 1), and without a random start it transfers exactly the same. A random
+/// start is drawn on the host and uploaded, one per restart (the only transfer that grows).
+#[test]
+fn a_pgd_attack_transfers_the_same_whatever_its_number_of_restarts() {
+    let Some(_) = gpu::backend() else { return };
+    // A device of its own: the counts are per device, and the other tests run beside this one.
+    let b = Wgpu::new(DeviceChoice::Any).unwrap();
+    let d: usize = SHAPE.iter().product();
+    // Measured first (all printed), then checked.
+    let all: Vec<(bool, Vec<TransferCounts>)> = [false, true]
+        .iter()
+        .map(|&random_start| {
+            let counts = [1usize, 2, 5]
+                .iter()
+                .map(|&restarts| {
+                    let attack = pgd(3, restarts).random_start(random_start);
+                    // Warm-up: every kernel-parameter block of this attack cached.
+                    attack_transfers(&b, &attack);
+                    let c = attack_transfers(&b, &attack);
+                    println!("random start {random_start}, {restarts} restart(s): {c:?}");
+                    c
+                })
+                .collect();
+            (random_start, counts)
+        })
+        .collect();
+    for (random_start, counts) in &all {
+        for (c, r) in counts.iter().zip([1u64, 2, 5]) {
+            assert_eq!(c.readbacks, 4, "{r} restart(s), read-backs: {c:?}");
+            assert_eq!(
+                c.readback_bytes, counts[0].readback_bytes,
+                "{r} restart(s): {counts:?}"
+            );
+            assert_eq!(c.param_uploads, 0, "{r} restart(s): {c:?}");
+            let starts = if *random_start { r } else { 0 };
+            assert_eq!(c.uploads, starts, "{r} restart(s), uploads: {c:?}");
+            assert_eq!(
+                c.upload_bytes,
+                starts * (N * d * 4) as u64,
+                "{r} restart(s), uploads: {c:?}"
+            );
+        }
+        if !random_start {
+            assert!(counts.iter().all(|c| *c == counts[0]), "{counts:?}");
+        }
     }
 }
 

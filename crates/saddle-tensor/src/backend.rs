@@ -425,6 +425,40 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         self.from_vec(a.dims(), out)
     }
 
+    /// One restart of a multi-restart attack merged, per example, into the strongest restart so
+    /// far, on the device: what lets PGD keep its best candidate there and read it back once
+    /// per attack instead of once per restart.
+    ///
+    /// `best` (`[3, n]`, `None` before the first restart) holds per example, in its rows, the
+    /// objective (0), the predicted class (1, an index as `f32`) and success (2, 1 or 0) of the
+    /// strongest restart so far. The candidate restart gives its `logits` `[n, k]` and its
+    /// per-example `loss` `[n]` against `labels` `[n]` (class indices as `f32`, compared as
+    /// values, not checked). Per example `i`, the candidate's
+    /// - objective is `sign · loss[i]` with `sign = −1` if `targeted`, else `+1` (one exact
+    ///   `f32` product);
+    /// - prediction `p` is the index of the first largest logit of row `i` (a NaN loses to any
+    ///   number; a row of NaN gives 0), as `saddle_models::argmax_rows`;
+    /// - success is `(p == labels[i]) == targeted`;
+    ///
+    /// and it is taken when `best` is `None`, or when it succeeds where the best did not, or
+    /// both (or neither) succeed and its objective is strictly higher (ties, and NaN, keep the
+    /// earlier restart). Returns `take` (`[n]`, 1 where taken, else 0: a mask for
+    /// [`Backend::select_rows`]) and the new best (`[3, n]`: the candidate's column where taken,
+    /// else the best's, bits unchanged). Every step is exact, so backends agree bit for bit.
+    ///
+    /// The default ([`restart_merge_default`]) computes on the host; a backend overrides it so
+    /// that nothing leaves the device.
+    fn restart_merge(
+        &self,
+        best: Option<&Self::Tensor>,
+        logits: &Self::Tensor,
+        loss: &Self::Tensor,
+        labels: &Self::Tensor,
+        targeted: bool,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        restart_merge_default(self, best, logits, loss, labels, targeted)
+    }
+
     // ---- batch normalisation -------------------------------------------------------------
 
     /// Batch normalisation with batch statistics over all axes but 1 (channels) of `x`
@@ -671,6 +705,105 @@ pub fn sum_to_shape_default<B: Backend>(
     }
     let s = b.sum_axes(x, &axes, true)?;
     b.reshape(&s, shape)
+}
+
+/// The default [`Backend::restart_merge`]: reads the inputs back and merges each example on the
+/// host ([`restart_merge_row`]). Backends that override the method may fall back to this.
+///
+/// # Errors
+/// As [`check_restart_merge`], and the backend's transfers.
+pub fn restart_merge_default<B: Backend>(
+    b: &B,
+    best: Option<&B::Tensor>,
+    logits: &B::Tensor,
+    loss: &B::Tensor,
+    labels: &B::Tensor,
+    targeted: bool,
+) -> Result<(B::Tensor, B::Tensor)> {
+    let op = "restart_merge";
+    let (n, k) = check_restart_merge(
+        op,
+        best.map(|t| t.dims()),
+        logits.dims(),
+        loss.dims(),
+        labels.dims(),
+    )?;
+    let (z, l, y) = (b.to_vec(logits)?, b.to_vec(loss)?, b.to_vec(labels)?);
+    let old = best.map(|t| b.to_vec(t)).transpose()?;
+    let mut take = vec![0.0f32; n];
+    let mut out = vec![0.0f32; 3 * n];
+    for i in 0..n {
+        let cur = old.as_ref().map(|o| [o[i], o[n + i], o[2 * n + i]]);
+        let (t, row) = restart_merge_row(cur, &z[i * k..(i + 1) * k], l[i], y[i], targeted);
+        take[i] = if t { 1.0 } else { 0.0 };
+        for (r, v) in row.into_iter().enumerate() {
+            out[r * n + i] = v;
+        }
+    }
+    Ok((b.from_vec(&[n], take)?, b.from_vec(&[3, n], out)?))
+}
+
+/// Checks the inputs of [`Backend::restart_merge`]: logits `[n, k]` with `k ≥ 1`, `loss` and
+/// `labels` `[n]`, `best` `[3, n]`. Returns `(n, k)`.
+///
+/// # Errors
+/// [`TensorError::Shape`] naming `op` for any other shapes.
+pub fn check_restart_merge(
+    op: &'static str,
+    best: Option<&[usize]>,
+    logits: &[usize],
+    loss: &[usize],
+    labels: &[usize],
+) -> Result<(usize, usize)> {
+    let (n, k) = crate::shape::check_logits_labels(op, logits, labels)?;
+    if loss != [n] {
+        return Err(TensorError::shape(
+            op,
+            format!("loss {loss:?} must be [{n}] for logits {logits:?}"),
+        ));
+    }
+    if let Some(b) = best {
+        if b != [3, n] {
+            return Err(TensorError::shape(
+                op,
+                format!("best {b:?} must be [3, {n}] (objective, prediction, success)"),
+            ));
+        }
+    }
+    Ok((n, k))
+}
+
+/// One example of [`Backend::restart_merge`]: from the best so far `cur` (objective,
+/// prediction, success; `None` before the first restart) and the candidate's logits row `z`,
+/// loss and label, whether the candidate is taken and the new `[objective, prediction,
+/// success]`.
+pub fn restart_merge_row(
+    cur: Option<[f32; 3]>,
+    z: &[f32],
+    loss: f32,
+    label: f32,
+    targeted: bool,
+) -> (bool, [f32; 3]) {
+    let sign = if targeted { -1.0f32 } else { 1.0 };
+    let objective = sign * loss;
+    // First largest; a NaN loses to any number (saddle_models::argmax_rows).
+    let mut p = 0usize;
+    for (j, &v) in z.iter().enumerate().skip(1) {
+        if v > z[p] || z[p].is_nan() && !v.is_nan() {
+            p = j;
+        }
+    }
+    let pred = p as f32;
+    let success = (pred == label) == targeted;
+    let cand = [objective, pred, if success { 1.0 } else { 0.0 }];
+    let take = match cur {
+        None => true,
+        Some([o, _, s]) => {
+            let s = s != 0.0;
+            (success && !s) || (success == s && objective > o)
+        }
+    };
+    (take, if take { cand } else { cur.unwrap_or(cand) })
 }
 
 /// Checks a batch `x` `[n, …]` against one scalar per example `s` `[n]`; returns `n`.

@@ -952,6 +952,84 @@ pub fn select_rows(mask: &RefTensor, a: &RefTensor, b: &RefTensor) -> Result<Ref
     })
 }
 
+/// One restart merged into the best so far, per example (`Backend::restart_merge`): `best`
+/// `[3, n]` (rows: objective, predicted class, success as 1 or 0; `None` before the first
+/// restart), the candidate's `logits` `[n, k]`, `loss` `[n]` and `labels` `[n]`. The candidate's
+/// objective is `−loss` if `targeted`, else `loss`; its prediction the first index of the row's
+/// maximum, NaN below every number (all NaN: 0); success `(prediction = label) = targeted`. It
+/// is taken where there is no best yet, where it succeeds and the best does not, or where both
+/// agree on success and its objective is strictly higher. Returns `(take` `[n]` of 1 and 0, the
+/// new best `[3, n])`.
+///
+/// # Errors
+/// [`TensorError::Shape`] unless `logits` is `[n, k ≥ 1]`, `loss` and `labels` `[n]` and `best`
+/// `[3, n]`.
+pub fn restart_merge(
+    best: Option<&RefTensor>,
+    logits: &RefTensor,
+    loss: &RefTensor,
+    labels: &RefTensor,
+    targeted: bool,
+) -> Result<(RefTensor, RefTensor)> {
+    let op = "restart_merge";
+    let bad = |what: String| Err(TensorError::shape(op, what));
+    if logits.shape.len() != 2 || logits.shape[1] == 0 {
+        return bad(format!("logits {:?} must be [n, k ≥ 1]", logits.shape));
+    }
+    let (n, k) = (logits.shape[0], logits.shape[1]);
+    if loss.shape != [n] || labels.shape != [n] {
+        return bad(format!(
+            "loss {:?} and labels {:?} must be [{n}]",
+            loss.shape, labels.shape
+        ));
+    }
+    if let Some(b) = best {
+        if b.shape != [3, n] {
+            return bad(format!("best {:?} must be [3, {n}]", b.shape));
+        }
+    }
+    let mut take = RefTensor::full(&[n], 0.0);
+    let mut out = RefTensor::full(&[3, n], 0.0);
+    for i in 0..n {
+        let row = &logits.data[i * k..(i + 1) * k];
+        let mut arg = None::<usize>;
+        for (j, &v) in row.iter().enumerate() {
+            let better = match arg {
+                None => !v.is_nan(),
+                Some(a) => v > row[a],
+            };
+            if better {
+                arg = Some(j);
+            }
+        }
+        let pred = arg.unwrap_or(0) as f64;
+        let objective = if targeted {
+            -loss.data[i]
+        } else {
+            loss.data[i]
+        };
+        let success = (pred == labels.data[i]) == targeted;
+        let cand = [objective, pred, if success { 1.0 } else { 0.0 }];
+        let chosen = match best {
+            None => Some(cand),
+            Some(b) => {
+                let (o, s) = (b.data[i], b.data[2 * n + i] != 0.0);
+                let wins = if success != s { success } else { objective > o };
+                wins.then_some(cand)
+            }
+        };
+        take.data[i] = if chosen.is_some() { 1.0 } else { 0.0 };
+        for r in 0..3 {
+            out.data[r * n + i] = match (chosen, best) {
+                (Some(c), _) => c[r],
+                (None, Some(b)) => b.data[r * n + i],
+                (None, None) => unreachable!("no best: the candidate is taken"),
+            };
+        }
+    }
+    Ok((take, out))
+}
+
 // ---- batch normalisation --------------------------------------------------------------------
 
 /// Checks `x` (`[n, c]` or `[n, c, h, w]`) against per-channel vectors and returns `c`.

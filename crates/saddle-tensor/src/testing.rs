@@ -505,6 +505,7 @@ pub fn checks<B: Backend>() -> Vec<(&'static str, CheckFn<B>)> {
         ("dlr_loss_backward", check_dlr_loss_backward::<B>),
         ("mul_rows", check_mul_rows::<B>),
         ("select_rows", check_select_rows::<B>),
+        ("restart_merge", check_restart_merge::<B>),
         ("batch_norm_train", check_batch_norm_train::<B>),
         ("batch_norm_eval", check_batch_norm_eval::<B>),
         (
@@ -2594,6 +2595,204 @@ pub fn check_select_rows<B: Backend>(b: &B, _tol: Tol) -> CheckResult {
     })
 }
 
+/// `(n, k)` of the [`Backend::restart_merge`] cases: one class, batch 1, MNIST's and a large
+/// batch, and an empty batch.
+const MERGE_CASES: [(usize, usize); 6] = [(1, 1), (1, 4), (5, 3), (9, 10), (300, 10), (0, 3)];
+
+/// `restart_merge` bit for bit against [`reference::restart_merge`] (the op only compares,
+/// selects and negates): logits drawn from a few values so that rows tie for their maximum, with
+/// NaN and infinities; losses from a few values so that the candidate ties with the best, and
+/// NaN; labels that the prediction often hits; with and without a best so far, untargeted and
+/// targeted; a hand-made case of every rule; and its shape errors.
+pub fn check_restart_merge<B: Backend>(b: &B, _tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "restart_merge";
+    let mut rng = SplitMix64::new(0x8E57);
+    let logit_values = [
+        -1.0f32,
+        0.0,
+        0.5,
+        2.0,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+    let loss_values = [0.25f32, 1.0, 2.0, -0.0, 0.0, f32::INFINITY, f32::NAN];
+    let run = |ctx: &str,
+               best: Option<&Host>,
+               z: &Host,
+               loss: &Host,
+               y: &Host,
+               targeted: bool|
+     -> CheckResult {
+        let n = loss.data.len();
+        let (want_take, want_best) = reference::restart_merge(
+            best.map(|h| h.r()).as_ref(),
+            &z.r(),
+            &loss.r(),
+            &y.r(),
+            targeted,
+        )
+        .reference(ctx)?;
+        let best_t = best.map(|h| h.up(b, ctx)).transpose()?;
+        let (take, merged) = b
+            .restart_merge(
+                best_t.as_ref(),
+                &z.up(b, ctx)?,
+                &loss.up(b, ctx)?,
+                &y.up(b, ctx)?,
+                targeted,
+            )
+            .backend(ctx, op)?;
+        expect_bits(b, &format!("{ctx}: take"), &take, &[n], &want_take.to_f32())?;
+        expect_bits(
+            b,
+            &format!("{ctx}: best"),
+            &merged,
+            &[3, n],
+            &want_best.to_f32(),
+        )
+    };
+    for (n, k) in MERGE_CASES {
+        let pick = |rng: &mut SplitMix64, vals: &[f32]| vals[rng.below(vals.len())];
+        // Mostly finite logits from four values (ties), now and then a non-finite one.
+        let z = Host::new(
+            &[n, k],
+            (0..n * k)
+                .map(|_| {
+                    let i = if rng.chance(0.15) {
+                        rng.below(7)
+                    } else {
+                        rng.below(4)
+                    };
+                    logit_values[i]
+                })
+                .collect(),
+        );
+        let loss = Host::new(&[n], (0..n).map(|_| pick(&mut rng, &loss_values)).collect());
+        // Labels: the row's prediction half of the time (successes either way).
+        let preds = reference::restart_merge(None, &z.r(), &loss.r(), &loss.r(), false)
+            .reference("restart_merge predictions")?
+            .1;
+        let y = Host::new(
+            &[n],
+            (0..n)
+                .map(|i| {
+                    if rng.chance(0.5) {
+                        preds.data[n + i] as f32
+                    } else {
+                        rng.below(k) as f32
+                    }
+                })
+                .collect(),
+        );
+        let best = Host::new(
+            &[3, n],
+            (0..3 * n)
+                .map(|f| match f / n.max(1) {
+                    0 => {
+                        let v = pick(&mut rng, &loss_values);
+                        if rng.chance(0.5) {
+                            -v
+                        } else {
+                            v
+                        }
+                    }
+                    1 => rng.below(k) as f32,
+                    _ => {
+                        if rng.chance(0.5) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    }
+                })
+                .collect(),
+        );
+        for targeted in [false, true] {
+            for with_best in [false, true] {
+                let ctx = format!(
+                    "[{name}] {op} (n {n}, k {k}, targeted {targeted}, best {})",
+                    if with_best { "given" } else { "none" }
+                );
+                run(&ctx, with_best.then_some(&best), &z, &loss, &y, targeted)?;
+            }
+        }
+    }
+    // Every rule once, untargeted (labels 1, so success means predicting 0; the prediction is
+    // the first maximum):
+    // 0: the best succeeded, the candidate has a higher loss but does not: keep;
+    // 1: neither succeeds, the candidate's loss is higher: take;
+    // 2: the candidate succeeds with a lower loss: take;
+    // 3: a tie (equal loss, both fail): keep;
+    // 4: a tie in the logits: the first maximum (class 0 = the label) is predicted, a success
+    //    where the best failed: take;
+    // 5: the candidate's loss is NaN, both fail: keep.
+    let ctx = format!("[{name}] {op} (each rule by hand)");
+    let z = Host::new(
+        &[6, 2],
+        vec![0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 3.0, 3.0, 0.0, 1.0],
+    );
+    let loss = Host::new(&[6], vec![5.0, 2.0, 0.1, 2.0, 0.5, f32::NAN]);
+    let y = Host::new(&[6], vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    let best = Host::new(
+        &[3, 6],
+        vec![
+            1.0, 1.0, 5.0, 2.0, 9.0, 1.0, // objective
+            1.0, 1.0, 0.0, 1.0, 1.0, 1.0, // prediction
+            1.0, 0.0, 0.0, 0.0, 0.0, 0.0, // success
+        ],
+    );
+    let y_un = Host::new(&[6], vec![1.0; 6]);
+    let (want_take, _) =
+        reference::restart_merge(Some(&best.r()), &z.r(), &loss.r(), &y_un.r(), false)
+            .reference(&ctx)?;
+    if want_take.data != [0.0, 1.0, 1.0, 0.0, 1.0, 0.0] {
+        return Err(format!(
+            "{ctx}: suite bug: the reference takes {:?}",
+            want_take.data
+        ));
+    }
+    run(&ctx, Some(&best), &z, &loss, &y_un, false)?;
+    run(
+        &format!("{ctx}, targeted"),
+        Some(&best),
+        &z,
+        &loss,
+        &y,
+        true,
+    )?;
+
+    let ctx = format!("[{name}] {op} errors");
+    let t = |s: &[usize]| Host::new(s, vec![0.0; s.iter().product()]).up(b, &ctx);
+    let (z23, z20, v2, v3, b32, b22) = (
+        t(&[2, 3])?,
+        t(&[2, 0])?,
+        t(&[2])?,
+        t(&[3])?,
+        t(&[3, 2])?,
+        t(&[2, 2])?,
+    );
+    expect_err(&ctx, op, true, "logits with no class", || {
+        b.restart_merge(None, &z20, &v2, &v2, false)
+    })?;
+    expect_err(&ctx, op, true, "3 losses for 2 rows", || {
+        b.restart_merge(None, &z23, &v3, &v2, false)
+    })?;
+    expect_err(&ctx, op, true, "3 labels for 2 rows", || {
+        b.restart_merge(None, &z23, &v2, &v3, false)
+    })?;
+    expect_err(&ctx, op, true, "best [2, 2]", || {
+        b.restart_merge(Some(&b22), &z23, &v2, &v2, true)
+    })?;
+    expect_err(&ctx, op, true, "best [3]", || {
+        b.restart_merge(Some(&v3), &z23, &v2, &v2, true)
+    })?;
+    b.restart_merge(Some(&b32), &z23, &v2, &v2, true)
+        .map(|_| ())
+        .backend(&ctx, op)
+}
+
 // ---- batch normalisation --------------------------------------------------------------------
 
 /// `(x shape, value range, eps)` for batch norm: `[n, c]` and `[n, c, h, w]`, batch 1 with a
@@ -3323,6 +3522,7 @@ macro_rules! op_suite {
             dlr_loss_backward => check_dlr_loss_backward,
             mul_rows => check_mul_rows,
             select_rows => check_select_rows,
+            restart_merge => check_restart_merge,
             batch_norm_train => check_batch_norm_train,
             batch_norm_eval => check_batch_norm_eval,
             batch_norm_train_backward => check_batch_norm_train_backward,

@@ -1,6 +1,7 @@
 //! The CPU backend against the shared op suite, small cases worked by hand, and proof that the
 //! suite catches wrong gradients: a backend with a deliberately injected bug must fail it.
 
+use saddle_tensor::backend::restart_merge_default;
 use saddle_tensor::cpu::Cpu;
 use saddle_tensor::testing::{self, Tol};
 use saddle_tensor::{
@@ -400,6 +401,8 @@ enum Bug {
     DlrTiesToHigherIndex,
     /// `mul_rows` scales every row by the first example's scalar.
     MulRowsFirstScale,
+    /// `restart_merge` lets a tie (same success, same objective) go to the later restart.
+    RestartMergeTiesTakeLater,
 }
 
 #[derive(Clone, Debug)]
@@ -609,6 +612,38 @@ impl Backend for Buggy {
         let n = s.dims()[0];
         self.cpu.mul_rows(x, &self.cpu.full(&[n], first)?)
     }
+    fn restart_merge(
+        &self,
+        best: Option<&T>,
+        logits: &T,
+        loss: &T,
+        labels: &T,
+        targeted: bool,
+    ) -> Result<(T, T)> {
+        // Without the bug, the trait's default body (on the host), so that the suite checks it.
+        let good = restart_merge_default(self, best, logits, loss, labels, targeted)?;
+        let (Some(best), Bug::RestartMergeTiesTakeLater) = (best, self.bug) else {
+            return Ok(good);
+        };
+        let (_, cand) = self
+            .cpu
+            .restart_merge(None, logits, loss, labels, targeted)?;
+        let (old, cand) = (self.host(best), self.host(&cand));
+        let (mut take, mut out) = (self.host(&good.0), self.host(&good.1));
+        let n = take.len();
+        for i in 0..n {
+            if old[i] == cand[i] && old[2 * n + i] == cand[2 * n + i] {
+                take[i] = 1.0;
+                for r in 0..3 {
+                    out[r * n + i] = cand[r * n + i];
+                }
+            }
+        }
+        Ok((
+            self.cpu.from_vec(&[n], take)?,
+            self.cpu.from_vec(&[3, n], out)?,
+        ))
+    }
     fn batch_norm_train(
         &self,
         x: &T,
@@ -727,6 +762,12 @@ fn catches_mul_rows_with_one_scale_for_all_rows() {
 }
 
 #[test]
+fn catches_restart_merge_ties_going_to_the_later_restart() {
+    // The random cases tie often (losses from a few values) and the hand-made case has a tie.
+    assert_caught(Bug::RestartMergeTiesTakeLater, testing::check_restart_merge);
+}
+
+#[test]
 fn catches_cross_entropy_gradient_ignoring_gy() {
     assert_caught(
         Bug::CrossEntropyIgnoresGy,
@@ -772,7 +813,7 @@ fn check_all_names_every_failing_op() {
 #[test]
 fn trait_default_bodies_pass_the_suite() {
     // `Buggy` with no bug uses the trait's default bodies for mean_axes, sum_all, sum_to_shape,
-    // l2_norms, project_linf, pgd_step_l2, project_l2 and sgd_update.
+    // l2_norms, project_linf, pgd_step_l2, project_l2, sgd_update and restart_merge.
     testing::check_all(&Buggy::new(Bug::None), Tol::CPU).unwrap();
 }
 

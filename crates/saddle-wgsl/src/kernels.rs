@@ -152,6 +152,8 @@ kernels! {
     MulRows => "mul_rows.wgsl",
     /// Per-example select between two batches.
     SelectRows => "select_rows.wgsl",
+    /// One restart merged into the best so far (multi-restart attacks).
+    RestartMerge => "restart_merge.wgsl",
     /// Per-channel batch mean and variance.
     BatchNormStats => "batch_norm_stats.wgsl",
     /// Per-channel normalisation with given statistics.

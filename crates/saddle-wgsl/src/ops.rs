@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use saddle_tensor::backend::check_dlr;
+use saddle_tensor::backend::{check_dlr, check_restart_merge};
 use saddle_tensor::shape::{
     bn_layout, broadcast_shape, check_labels, check_logits_labels, checked_numel, pool_out_shape,
     same_shape, ConvGeometry,
@@ -1000,6 +1000,49 @@ impl Backend for Wgpu {
             self.g1(total),
         )?;
         Ok(out)
+    }
+
+    fn restart_merge(
+        &self,
+        best: Option<&T>,
+        logits: &T,
+        loss: &T,
+        labels: &T,
+        targeted: bool,
+    ) -> Result<(T, T)> {
+        let op = "restart_merge";
+        let (n, k) = check_restart_merge(
+            op,
+            best.map(|t| t.shape.as_slice()),
+            &logits.shape,
+            &loss.shape,
+            &labels.shape,
+        )?;
+        let take = self.out(op, &[n])?;
+        let merged = self.out(op, &[3, n])?;
+        if n == 0 {
+            return Ok((take, merged));
+        }
+        let flags = u32::from(best.is_some()) | (u32::from(targeted) << 1);
+        let params = Params::new().u(u(n)).u(u(k)).u(flags).u(0);
+        // Without a best so far, the kernel reads nothing from its `best` binding: the loss
+        // stands in (read-only, as that binding is).
+        let best = best.unwrap_or(loss);
+        self.ctx.dispatch(
+            Kernel::RestartMerge,
+            &params,
+            &[
+                best.bind(),
+                logits.bind(),
+                loss.bind(),
+                labels.bind(),
+                take.bind(),
+                merged.bind(),
+            ],
+            false,
+            self.g1(n),
+        )?;
+        Ok((take, merged))
     }
 
     fn batch_norm_train(

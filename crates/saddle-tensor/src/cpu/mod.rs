@@ -27,7 +27,10 @@ use std::sync::Arc;
 use ndarray::{ArrayViewD, IxDyn, Zip};
 use rayon::prelude::*;
 
-use crate::backend::{check_dlr, dlr_rows, Backend, BatchNormGrads, BatchNormStats, TensorLike};
+use crate::backend::{
+    check_dlr, check_restart_merge, dlr_rows, restart_merge_row, Backend, BatchNormGrads,
+    BatchNormStats, TensorLike,
+};
 use crate::error::{Result, TensorError};
 use crate::shape::{
     bn_layout, broadcast_shape, check_labels, check_logits_labels, checked_numel, pool_out_shape,
@@ -914,6 +917,45 @@ impl Backend for Cpu {
                 out[r].copy_from_slice(src);
             }
         }))
+    }
+
+    fn restart_merge(
+        &self,
+        best: Option<&CpuTensor>,
+        logits: &CpuTensor,
+        loss: &CpuTensor,
+        labels: &CpuTensor,
+        targeted: bool,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        let (n, k) = check_restart_merge(
+            "restart_merge",
+            best.map(|t| t.dims()),
+            logits.dims(),
+            loss.dims(),
+            labels.dims(),
+        )?;
+        let (zs, ls, ys) = (logits.as_slice(), loss.as_slice(), labels.as_slice());
+        let old = best.map(|t| t.as_slice());
+        // Each example's merge is a few comparisons: computed again for the mask rather than
+        // kept in a host vector, so that the op allocates nothing but its two pooled outputs.
+        let row = |i: usize| {
+            let cur = old.map(|o| [o[i], o[n + i], o[2 * n + i]]);
+            restart_merge_row(cur, &zs[i * k..(i + 1) * k], ls[i], ys[i], targeted)
+        };
+        let merged = CpuTensor::build(&[3, n], |out| {
+            for i in 0..n {
+                let (_, r) = row(i);
+                for (j, v) in r.into_iter().enumerate() {
+                    out[j * n + i] = v;
+                }
+            }
+        });
+        let take = CpuTensor::build(&[n], |out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = if row(i).0 { 1.0 } else { 0.0 };
+            }
+        });
+        Ok((take, merged))
     }
 
     fn batch_norm_train(
