@@ -127,35 +127,67 @@ pub fn direct(
                 relu,
             };
             let mut acc = [0.0f32; MR * 64];
+            let rt = kernel::tile_rows();
             for j0 in (0..d.k).step_by(64) {
                 let nr = (d.k - j0).min(64);
                 let nv = nr.div_ceil(16);
                 let bp = wt[j0..].as_ptr();
-                for oi in 0..d.oh {
-                    for oj0 in (0..d.ow).step_by(MR) {
-                        let mr = MR.min(d.ow - oj0);
-                        let mut rows = [xpad.as_ptr(); MR];
-                        for (r, row) in rows.iter_mut().enumerate() {
-                            let oj = oj0 + r.min(mr - 1);
-                            *row = xpad[(oi * d.stride) * wp + oj * d.stride..].as_ptr();
-                        }
-                        // SAFETY: window offsets stay inside the padded image for every valid
-                        // output pixel; the weight panel has ckk rows of kp ≥ j0 + 16·nv.
-                        unsafe {
-                            match slabs {
-                                Some(sl) => kernel::tile_slabs(
-                                    nv,
-                                    ckk,
-                                    &rows,
-                                    Offs::Table(tab),
-                                    sl[j0 * ckk..].as_ptr(),
-                                    &mut acc,
-                                ),
-                                None => {
-                                    kernel::tile(nv, ckk, &rows, Offs::Table(tab), bp, kp, &mut acc)
+                // Tiles of `rt` consecutive output pixels in row-major order: a tile may span
+                // two output rows (each of its rows has its own pointer, and its pixels are
+                // contiguous in the output), so no tile is short unless the image's last is.
+                let rows_at = |pix: usize| {
+                    let mr = rt.min(ohw - pix);
+                    let mut rows = [xpad.as_ptr(); MR];
+                    for (r, row) in rows.iter_mut().enumerate() {
+                        let q = pix + r.min(mr - 1);
+                        let (oi, oj) = (q / d.ow, q % d.ow);
+                        *row = xpad[(oi * d.stride) * wp + oj * d.stride..].as_ptr();
+                    }
+                    (rows, mr)
+                };
+                match slabs {
+                    // One slab (16 columns) at a time over every tile: the slab is read from
+                    // the cache by the next tile instead of being pushed out by the panel's
+                    // other slabs.
+                    Some(sl) => {
+                        for v in 0..nv {
+                            let (c0, b) = (j0 + 16 * v, sl[(j0 + 16 * v) * ckk..].as_ptr());
+                            for pix in (0..ohw).step_by(rt) {
+                                let (rows, mr) = rows_at(pix);
+                                // SAFETY: window offsets stay inside the padded image for every
+                                // valid output pixel; slab c0/16 has ckk rows of 16.
+                                unsafe {
+                                    kernel::tile_slabs(
+                                        1,
+                                        ckk,
+                                        &rows,
+                                        Offs::Table(tab),
+                                        b,
+                                        &mut acc,
+                                    );
+                                    kernel::store(
+                                        &dst,
+                                        &acc,
+                                        pix,
+                                        mr,
+                                        c0,
+                                        (d.k - c0).min(16),
+                                        true,
+                                        true,
+                                    );
                                 }
                             }
-                            kernel::store(&dst, &acc, oi * d.ow + oj0, mr, j0, nr, true, true);
+                        }
+                    }
+                    None => {
+                        for pix in (0..ohw).step_by(rt) {
+                            let (rows, mr) = rows_at(pix);
+                            // SAFETY: window offsets stay inside the padded image for every valid
+                            // output pixel; the weight panel has ckk rows of kp ≥ j0 + 16·nv.
+                            unsafe {
+                                kernel::tile(nv, ckk, &rows, Offs::Table(tab), bp, kp, &mut acc);
+                                kernel::store(&dst, &acc, pix, mr, j0, nr, true, true);
+                            }
                         }
                     }
                 }
@@ -500,6 +532,129 @@ mod tests {
             close("conv2d_backward_input", got.as_slice(), &gx);
             let got = b.conv2d_backward_weight(&xt, &gyt, &ws, p).unwrap();
             close("conv2d_backward_weight", got.as_slice(), &gw);
+        }
+    }
+
+    /// The direct convolution (forward, and the gradient with respect to the input when it is
+    /// one) computes each output as the documented chain, bit for bit: on the AVX-512 and AVX2
+    /// kernels one fused multiply-add per window element `(c, ki, kj)` in order, the padding's
+    /// zeros included, from +0; then `+ bias` and ReLU. Checked on the instruction set this
+    /// process uses (CI runs it under each `SADDLE_CPU_ISA`); the portable kernel rounds each
+    /// product and is left to the test above. Shapes leave partial tiles and partial slabs.
+    #[test]
+    fn direct_convolution_is_the_documented_chain() {
+        use crate::cpu::kernel::{isa, Isa};
+        if isa() == Isa::Portable {
+            return;
+        }
+        let b = Cpu::new();
+        let mut r = Rng::new(13);
+        // (n, c, h, w, k, kk, pad): the second and third run the gradient directly (c ≥ 16).
+        for &(n, c, h, w, k, kk, pad) in &[
+            (2, 3, 9, 11, 20, 3, 1),
+            (2, 17, 7, 9, 18, 5, 2),
+            (1, 16, 6, 13, 33, 3, 0),
+        ] {
+            let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+            let (oh, ow) = (hp - kk + 1, wp - kk + 1);
+            let mut rnd = |len: usize| (0..len).map(|_| r.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
+            let x = rnd(n * c * h * w);
+            let wt = rnd(k * c * kk * kk);
+            let bias = rnd(k);
+            let gy = rnd(n * k * oh * ow);
+            let p = Conv2dParams::new(1, pad);
+            let xs = [n, c, h, w];
+            let ws = [k, c, kk, kk];
+            let xt = b.from_vec(&xs, x.clone()).unwrap();
+            let wtt = b.from_vec(&ws, wt.clone()).unwrap();
+            let bt = b.from_vec(&[k], bias.clone()).unwrap();
+            let gyt = b.from_vec(&[n, k, oh, ow], gy.clone()).unwrap();
+            let y = b.conv2d_relu(&xt, &wtt, Some(&bt), p).unwrap();
+            let at = |v: &[f32],
+                      ch: usize,
+                      chans: usize,
+                      hh: usize,
+                      ww: usize,
+                      i: isize,
+                      j: isize,
+                      img: usize| {
+                if i < 0 || j < 0 || i >= hh as isize || j >= ww as isize {
+                    0.0
+                } else {
+                    v[((img * chans + ch) * hh + i as usize) * ww + j as usize]
+                }
+            };
+            for img in 0..n {
+                for o in 0..k {
+                    for oi in 0..oh {
+                        for oj in 0..ow {
+                            let mut s = 0.0f32;
+                            for ch in 0..c {
+                                for a in 0..kk {
+                                    for bb in 0..kk {
+                                        let xv = at(
+                                            &x,
+                                            ch,
+                                            c,
+                                            h,
+                                            w,
+                                            (oi + a) as isize - pad as isize,
+                                            (oj + bb) as isize - pad as isize,
+                                            img,
+                                        );
+                                        s = xv.mul_add(wt[((o * c + ch) * kk + a) * kk + bb], s);
+                                    }
+                                }
+                            }
+                            let v = s + bias[o];
+                            let want = if v <= 0.0 || v.is_nan() { 0.0 } else { v };
+                            let got = y.as_slice()[((img * k + o) * oh + oi) * ow + oj];
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "conv2d_relu {n}x{c}x{h}x{w} k{k}: ({img}, {o}, {oi}, {oj})"
+                            );
+                        }
+                    }
+                }
+            }
+            if c < 16 {
+                continue;
+            }
+            // The gradient: a stride-1 convolution of gy padded by q = kk − 1 − pad with the
+            // flipped weights, summed over (o, ki, kj) in order.
+            let gx = b.conv2d_backward_input(&gyt, &wtt, &xs, p).unwrap();
+            let q = (kk - 1 - pad) as isize;
+            for img in 0..n {
+                for ch in 0..c {
+                    for i in 0..h {
+                        for j in 0..w {
+                            let mut s = 0.0f32;
+                            for o in 0..k {
+                                for a in 0..kk {
+                                    for bb in 0..kk {
+                                        let gv = at(
+                                            &gy,
+                                            o,
+                                            k,
+                                            oh,
+                                            ow,
+                                            (i + a) as isize - q,
+                                            (j + bb) as isize - q,
+                                            img,
+                                        );
+                                        let wv =
+                                            wt[((o * c + ch) * kk + kk - 1 - a) * kk + kk - 1 - bb];
+                                        s = gv.mul_add(wv, s);
+                                    }
+                                }
+                            }
+                            let got = gx.as_slice()[((img * c + ch) * h + i) * w + j];
+                            assert_eq!(got.to_bits(), s.to_bits(), "conv2d_backward_input {n}x{c}x{h}x{w} k{k}: ({img}, {ch}, {i}, {j})");
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //! where the CPU has them, portable Rust elsewhere; see [`Isa`]), the matrix product built on it, and direct convolution that
 //! feeds the micro-kernel straight from the (padded) image, without an im2col matrix.
 //!
-//! **The micro-kernel** computes a tile of `MR` rows × `16·NV` columns of `C = A·B`:
+//! **The micro-kernel** computes a tile of `MR` rows (six on AVX2: [`tile_rows`]) × `16·NV`
+//! columns of `C = A·B`:
 //! `tile[r][j] = Σ_p A[r][p] · B[p][j]`. Columns of `B` are loaded as vectors from a panel with
 //! row stride `ldb`; elements of `A` are broadcast from anywhere: row `r` of the tile reads
 //! `rows[r] + off(p)`, where `off` is affine (`p·cs`, a matrix) or a table (the offsets of a
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 
 use super::pool::Scratch;
 
-/// Rows of a tile.
+/// Rows of a tile (at most: the AVX2 kernel computes [`tile_rows`] of them).
 pub const MR: usize = 7;
 /// Widest tile: `16·NV_MAX` columns.
 pub const NV_MAX: usize = 4;
@@ -150,7 +151,20 @@ pub fn as_u32(s: &mut [f32]) -> &mut [u32] {
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u32, s.len()) }
 }
 
-/// One tile: `out[r·64 + j] = Σ_{p<k} A[r][p]·b[p·ldb + j]` for `r < MR`, `j < 16·nv`.
+/// Rows the kernel in use computes per tile: [`MR`], or six on AVX2, whose sixteen registers
+/// hold six rows × 16 columns of accumulators with both vectors of `B` (seven rows left room
+/// for only one, and the other was loaded again for every row). Callers tile by this; a
+/// tile's rows past it are not computed.
+pub fn tile_rows() -> usize {
+    if isa() == Isa::Avx2 {
+        6
+    } else {
+        MR
+    }
+}
+
+/// One tile: `out[r·64 + j] = Σ_{p<k} A[r][p]·b[p·ldb + j]` for `r < tile_rows()`,
+/// `j < 16·nv`.
 ///
 /// # Safety
 /// Every `rows[r] + off(p)` for `p < k` and every `b[p·ldb + j]` must be readable.
@@ -277,14 +291,33 @@ pub unsafe fn tile_slabs(
     b: *const f32,
     out: &mut [f32; TILE],
 ) {
+    // SAFETY: forwarded.
+    unsafe { tile_slabs_strided(nv, k, rows, offs, b, k * 16, out) }
+}
+
+/// [`tile_slabs`] on the first `k` rows of slabs that lie `vstride` values apart (slabs of
+/// more rows than this call reduces over: a block of a panel packed whole as slabs).
+///
+/// # Safety
+/// As [`tile_slabs`], with slab `v`'s rows of 16 at `b + v·vstride`.
+#[inline]
+unsafe fn tile_slabs_strided(
+    nv: usize,
+    k: usize,
+    rows: &[*const f32; MR],
+    offs: Offs<'_>,
+    b: *const f32,
+    vstride: usize,
+    out: &mut [f32; TILE],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa() == Isa::Avx2 {
-        // SAFETY: the CPU has AVX2 and FMA; slab v (rows of 16 at b + v·k·16) is what the
+        // SAFETY: the CPU has AVX2 and FMA; slab v (rows of 16 at b + v·vstride) is what the
         // caller vouches for.
-        unsafe { avx2_passes(nv, k, rows, offs, b, 16, k * 16, out) };
+        unsafe { avx2_passes(nv, k, rows, offs, b, 16, vstride, out) };
         return;
     }
-    let _ = (nv, k, rows, offs, b, out);
+    let _ = (nv, k, rows, offs, b, vstride, out);
     unreachable!("slabs are only made for the AVX2 kernel");
 }
 
@@ -423,9 +456,88 @@ mod avx2 {
     use super::{MR, TILE};
     use std::arch::x86_64::*;
 
-    /// The AVX2 micro-kernel: `MR` rows × 16 columns (two 8-lane vectors), one broadcast of `A`
-    /// per row and two loads of `B` per step of the reduction; each element is a chain of
-    /// fused multiply-adds over `p` in order, as in the AVX-512 kernel.
+    /// [`super::store`]'s column-major case with vectors: the tile's rows transposed eight
+    /// columns at a time, then per column `t + bias` (plus zero without a bias, as the scalar
+    /// loop adds: it turns −0 into +0), `max(·, +0)` for ReLU (which gives +0 for −0 and NaN,
+    /// like the scalar test), and a masked store of the `mr` rows: the same values as the
+    /// scalar loop, bit for bit, written to the same elements only.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `dst + j·cs + i` writable for `j < nr`, `i < mr ≤ MR`; `bias`
+    /// null or readable for `nr` values.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn store_cols(
+        t: &[f32; TILE],
+        dst: *mut f32,
+        cs: usize,
+        mr: usize,
+        nr: usize,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(mr as i32), lanes);
+        let zero = _mm256_setzero_ps();
+        for jb in (0..nr).step_by(8) {
+            // SAFETY (loads): rows clamped to MR − 1, columns jb..jb+8 ≤ 64 of each row.
+            let row =
+                |r: usize| unsafe { _mm256_loadu_ps(t.as_ptr().add(r.min(MR - 1) * 64 + jb)) };
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let (r4, r5, r6, r7) = (row(4), row(5), row(6), row(7));
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+            let (u0, u1) = (
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+            );
+            let (u2, u3) = (
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+            );
+            let (u4, u5) = (
+                _mm256_shuffle_ps::<0x44>(t4, t6),
+                _mm256_shuffle_ps::<0xEE>(t4, t6),
+            );
+            let (u6, u7) = (
+                _mm256_shuffle_ps::<0x44>(t5, t7),
+                _mm256_shuffle_ps::<0xEE>(t5, t7),
+            );
+            // Column jb + c: lane i holds row i.
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (c, &v) in cols.iter().enumerate().take(nr - jb) {
+                let j = jb + c;
+                // SAFETY: the caller vouches for bias[j] when the bias is not null.
+                let bj = if bias.is_null() {
+                    0.0
+                } else {
+                    unsafe { *bias.add(j) }
+                };
+                let mut x = _mm256_add_ps(v, _mm256_set1_ps(bj));
+                if relu {
+                    // MAXPS returns its second operand when either is NaN or both are zeros.
+                    x = _mm256_max_ps(x, zero);
+                }
+                // SAFETY: lanes i < mr of column j, which the caller vouches for.
+                unsafe { _mm256_maskstore_ps(dst.add(j * cs), mask, x) };
+            }
+        }
+    }
+
+    /// The AVX2 micro-kernel: 6 rows × 16 columns (two 8-lane vectors), two loads of `B` and
+    /// one broadcast of `A` per row per step of the reduction; each element is a chain of
+    /// fused multiply-adds over `p` in order, as in the AVX-512 kernel. Rows 6.. of `rows`
+    /// and of `out` are left alone.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; memory as [`super::tile`].
@@ -439,14 +551,16 @@ mod avx2 {
         out: &mut [f32; TILE],
         col0: usize,
     ) {
-        // Fourteen accumulators pinned to ymm0–13, B's first vector in ymm14, the broadcast in
-        // ymm15 and B's second vector read from memory by its FMAs: written in assembly because
-        // the compiler, given the same loop in intrinsics, spilled accumulators and shuffled
-        // registers every step (a third of the kernel's time).
+        // Twelve accumulators pinned to ymm0–11, B's two vectors in ymm12–13, the broadcasts
+        // in ymm14–15: written in assembly because the compiler, given such a loop in
+        // intrinsics, spilled accumulators and shuffled registers every step. Six rows, not
+        // seven: fourteen accumulators left one register for B, and its second vector was
+        // then read from memory by each row's FMA (sixteen loads per fourteen FMAs, which
+        // the load ports, not the FMA units, limited; here nine per twelve).
         let z = _mm256_setzero_ps();
-        let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30) = (z, z, z, z, z, z, z);
-        let (mut c31, mut c40, mut c41, mut c50, mut c51, mut c60, mut c61) = (z, z, z, z, z, z, z);
-        let [r0, r1, r2, r3, r4, r5, r6] = *rows;
+        let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+        let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+        let [r0, r1, r2, r3, r4, r5, _] = *rows;
         let mut bp = b;
         for p in 0..k {
             let o = off(p);
@@ -454,28 +568,26 @@ mod avx2 {
             // the block reads only those and writes only its declared registers.
             unsafe {
                 std::arch::asm!(
-                    "vmovups ymm14, ymmword ptr [{bp}]",
-                    "vbroadcastss ymm15, dword ptr [{r0} + {o}*4]",
-                    "vfmadd231ps ymm0, ymm15, ymm14",
-                    "vfmadd231ps ymm1, ymm15, ymmword ptr [{bp} + 32]",
+                    "vmovups ymm12, ymmword ptr [{bp}]",
+                    "vmovups ymm13, ymmword ptr [{bp} + 32]",
+                    "vbroadcastss ymm14, dword ptr [{r0} + {o}*4]",
+                    "vfmadd231ps ymm0, ymm14, ymm12",
+                    "vfmadd231ps ymm1, ymm14, ymm13",
                     "vbroadcastss ymm15, dword ptr [{r1} + {o}*4]",
-                    "vfmadd231ps ymm2, ymm15, ymm14",
-                    "vfmadd231ps ymm3, ymm15, ymmword ptr [{bp} + 32]",
-                    "vbroadcastss ymm15, dword ptr [{r2} + {o}*4]",
-                    "vfmadd231ps ymm4, ymm15, ymm14",
-                    "vfmadd231ps ymm5, ymm15, ymmword ptr [{bp} + 32]",
+                    "vfmadd231ps ymm2, ymm15, ymm12",
+                    "vfmadd231ps ymm3, ymm15, ymm13",
+                    "vbroadcastss ymm14, dword ptr [{r2} + {o}*4]",
+                    "vfmadd231ps ymm4, ymm14, ymm12",
+                    "vfmadd231ps ymm5, ymm14, ymm13",
                     "vbroadcastss ymm15, dword ptr [{r3} + {o}*4]",
-                    "vfmadd231ps ymm6, ymm15, ymm14",
-                    "vfmadd231ps ymm7, ymm15, ymmword ptr [{bp} + 32]",
-                    "vbroadcastss ymm15, dword ptr [{r4} + {o}*4]",
-                    "vfmadd231ps ymm8, ymm15, ymm14",
-                    "vfmadd231ps ymm9, ymm15, ymmword ptr [{bp} + 32]",
+                    "vfmadd231ps ymm6, ymm15, ymm12",
+                    "vfmadd231ps ymm7, ymm15, ymm13",
+                    "vbroadcastss ymm14, dword ptr [{r4} + {o}*4]",
+                    "vfmadd231ps ymm8, ymm14, ymm12",
+                    "vfmadd231ps ymm9, ymm14, ymm13",
                     "vbroadcastss ymm15, dword ptr [{r5} + {o}*4]",
-                    "vfmadd231ps ymm10, ymm15, ymm14",
-                    "vfmadd231ps ymm11, ymm15, ymmword ptr [{bp} + 32]",
-                    "vbroadcastss ymm15, dword ptr [{r6} + {o}*4]",
-                    "vfmadd231ps ymm12, ymm15, ymm14",
-                    "vfmadd231ps ymm13, ymm15, ymmword ptr [{bp} + 32]",
+                    "vfmadd231ps ymm10, ymm15, ymm12",
+                    "vfmadd231ps ymm11, ymm15, ymm13",
                     bp = in(reg) bp,
                     o = in(reg) o,
                     r0 = in(reg) r0,
@@ -484,7 +596,6 @@ mod avx2 {
                     r3 = in(reg) r3,
                     r4 = in(reg) r4,
                     r5 = in(reg) r5,
-                    r6 = in(reg) r6,
                     inout("ymm0") c00,
                     inout("ymm1") c01,
                     inout("ymm2") c10,
@@ -497,8 +608,8 @@ mod avx2 {
                     inout("ymm9") c41,
                     inout("ymm10") c50,
                     inout("ymm11") c51,
-                    inout("ymm12") c60,
-                    inout("ymm13") c61,
+                    out("ymm12") _,
+                    out("ymm13") _,
                     out("ymm14") _,
                     out("ymm15") _,
                     options(nostack, readonly, preserves_flags),
@@ -513,7 +624,6 @@ mod avx2 {
             [c30, c31],
             [c40, c41],
             [c50, c51],
-            [c60, c61],
         ];
         for (r, row) in acc.iter().enumerate() {
             for (v, x) in row.iter().enumerate() {
@@ -578,6 +688,18 @@ pub unsafe fn store(
     if o.rs == 1 && !add {
         // Column-major output written once (a convolution's [channel][pixel] block): each
         // column's rows are contiguous; bias and ReLU in the same pass, no read of the output.
+        #[cfg(target_arch = "x86_64")]
+        if isa() != Isa::Portable && std::arch::is_x86_feature_detected!("avx2") {
+            let b = match o.bias {
+                Some(b) => b.0.wrapping_add(j0) as *const f32,
+                None => std::ptr::null(),
+            };
+            // SAFETY: the CPU has AVX2; the caller vouches for the output block.
+            unsafe {
+                avx2::store_cols(t, o.c.0.wrapping_add(j0 * o.cs + i0), o.cs, mr, nr, b, relu)
+            };
+            return;
+        }
         for j in 0..nr {
             let bj = bias(j);
             // SAFETY: the caller vouches for the output block: `mr` elements from `base`.
@@ -673,9 +795,30 @@ fn panels(n: usize, k: usize, b: BSrc, plan: &mut [Panel; 64]) -> (usize, usize)
     (np, pack_len)
 }
 
-/// Packs panel `pl` of `B` (all `k` rows) into `dst` with row stride `16·nv`, zero-padded.
+/// Packs panel `pl` of `B` (all `k` rows) into `dst` with row stride `16·nv`, zero-padded; for
+/// the AVX2 kernel ([`wants_slabs`]) as `nv` slabs of `k × 16` instead.
 fn pack_panel(b: BSrc, pl: Panel, k: usize, dst: &mut [f32]) {
     let w = 16 * pl.nv;
+    if wants_slabs() {
+        // As slabs of k × 16 (`dst[(v·k + p)·16 + j]`), which the AVX2 kernel reads directly.
+        let mut row = [0.0f32; 16 * NV_MAX];
+        for p in 0..k {
+            for (j, x) in row[..pl.nr].iter_mut().enumerate() {
+                // SAFETY: B has k rows and columns j0..j0+nr.
+                *x = unsafe {
+                    match b {
+                        BSrc::Rows(ptr, ld) => *ptr.0.add(p * ld + pl.j0 + j),
+                        BSrc::Cols(ptr, ld) => *ptr.0.add((pl.j0 + j) * ld + p),
+                    }
+                };
+            }
+            for v in 0..pl.nv {
+                dst[(v * k + p) * 16..(v * k + p + 1) * 16]
+                    .copy_from_slice(&row[16 * v..16 * v + 16]);
+            }
+        }
+        return;
+    }
     match b {
         BSrc::Rows(ptr, ld) => {
             for p in 0..k {
@@ -811,7 +954,8 @@ pub unsafe fn gemm(
         Some((buf, ld)) => (buf.as_ptr(), Offs::Affine(*ld)),
         None => (a, arows),
     };
-    let mt = m.div_ceil(MR);
+    let rt = tile_rows();
+    let mt = m.div_ceil(rt);
     // Tasks: panels × chunks of row tiles, aiming at 16 or more tasks.
     let chunks = if parallel {
         16usize.div_ceil(np).min(mt)
@@ -829,11 +973,13 @@ pub unsafe fn gemm(
         let (tile0, tile1) = ((c * per).min(mt), ((c + 1) * per).min(mt));
         let (bp, ldb) = panel_ptr(b, pl, packed);
         let w = 16 * pl.nv;
+        // A packed panel is already in slabs for the AVX2 kernel (see `pack_panel`).
+        let packed_slabs = wants_slabs() && pl.packed.is_some();
         // A strided panel read by several tiles is copied to a contiguous block first (one
         // pass over B instead of one per tile, and no stride across pages in the kernel).
-        let slabs = wants_slabs() && tile1 - tile0 >= 2;
-        let mut local =
-            ((ldb != w || slabs) && tile1 - tile0 >= 2).then(|| Scratch::new(KC.min(k) * w));
+        let slabs = wants_slabs() && !packed_slabs && tile1 - tile0 >= 2;
+        let mut local = (!packed_slabs && (ldb != w || slabs) && tile1 - tile0 >= 2)
+            .then(|| Scratch::new(KC.min(k) * w));
         let mut acc = [0.0f32; TILE];
         let mut k0 = 0;
         while k0 < k {
@@ -854,6 +1000,7 @@ pub unsafe fn gemm(
                     }
                     (buf.as_ptr(), w)
                 }
+                None if packed_slabs => (bp.wrapping_add(k0 * 16), 16),
                 None => (bp.wrapping_add(k0 * ldb), ldb),
             };
             let offs_k = match offs {
@@ -861,8 +1008,8 @@ pub unsafe fn gemm(
                 Offs::Table(tb) => (Offs::Table(&tb[k0..]), 0),
             };
             for ti in tile0..tile1 {
-                let i0 = ti * MR;
-                let mr = MR.min(m - i0);
+                let i0 = ti * rt;
+                let mr = rt.min(m - i0);
                 let mut rows = [a; MR];
                 for (r, row) in rows.iter_mut().enumerate() {
                     let i = i0 + r.min(mr - 1);
@@ -874,7 +1021,9 @@ pub unsafe fn gemm(
                 }
                 // SAFETY: rows and panel are in bounds by the caller's contract.
                 unsafe {
-                    if slabs {
+                    if packed_slabs {
+                        tile_slabs_strided(pl.nv, kc, &rows, offs_k.0, bblk, k * 16, &mut acc);
+                    } else if slabs {
                         tile_slabs(pl.nv, kc, &rows, offs_k.0, bblk, &mut acc);
                     } else {
                         tile(pl.nv, kc, &rows, offs_k.0, bblk, ldb_blk, &mut acc);
@@ -1009,28 +1158,58 @@ mod tests {
         ] {
             let av: Vec<f32> = (0..m * k).map(|_| r.uniform(-1.0, 1.0)).collect();
             let bv: Vec<f32> = (0..k * n).map(|_| r.uniform(-1.0, 1.0)).collect();
+            // Each operand stored as is or transposed: the four ways through `matmul` (products
+            // computed directly or as Cᵀ, panels read in place or packed).
             let at = b.from_vec(&[m, k], av.clone()).unwrap();
             let bt = b.from_vec(&[k, n], bv.clone()).unwrap();
-            let c = b.matmul(&at, &bt, false, false).unwrap();
-            for i in 0..m {
-                for j in 0..n {
-                    let mut total = 0.0f32;
-                    for k0 in (0..k).step_by(KC) {
-                        let mut s = 0.0f32;
-                        for p in k0..(k0 + KC).min(k) {
-                            let (x, y) = (av[i * k + p], bv[p * n + j]);
-                            s = if fused { x.mul_add(y, s) } else { s + x * y };
-                        }
-                        total = if k0 == 0 { s } else { total + s };
+            let tr = |v: &[f32], rows: usize, cols: usize| {
+                let t: Vec<f32> = (0..rows * cols)
+                    .map(|q| v[(q % rows) * cols + q / rows])
+                    .collect();
+                b.from_vec(&[cols, rows], t).unwrap()
+            };
+            let (att, btt) = (tr(&av, m, k), tr(&bv, k, n));
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a_op = if ta { &att } else { &at };
+                let b_op = if tb { &btt } else { &bt };
+                let c = b.matmul(a_op, b_op, ta, tb).unwrap();
+                check(m, k, n, &av, &bv, c.as_slice(), fused, (ta, tb));
+            }
+        }
+    }
+
+    /// `c` against the documented chain for `a` `[m, k]` times `b` `[k, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        m: usize,
+        k: usize,
+        n: usize,
+        av: &[f32],
+        bv: &[f32],
+        c: &[f32],
+        fused: bool,
+        how: (bool, bool),
+    ) {
+        use super::{isa, KC};
+        for i in 0..m {
+            for j in 0..n {
+                let mut total = 0.0f32;
+                for k0 in (0..k).step_by(KC) {
+                    let mut s = 0.0f32;
+                    for p in k0..(k0 + KC).min(k) {
+                        let (x, y) = (av[i * k + p], bv[p * n + j]);
+                        s = if fused { x.mul_add(y, s) } else { s + x * y };
                     }
-                    let got = c.as_slice()[i * n + j];
-                    assert_eq!(
-                        got.to_bits(),
-                        total.to_bits(),
-                        "{isa:?} kernel, {m}×{k}·{k}×{n}, element ({i}, {j}): {got} vs {total}",
-                        isa = isa()
-                    );
+                    total = if k0 == 0 { s } else { total + s };
                 }
+                let got = c[i * n + j];
+                assert_eq!(
+                    got.to_bits(),
+                    total.to_bits(),
+                    "{isa:?} kernel, {m}×{k}·{k}×{n} (transposed: {how:?}), element \
+                         ({i}, {j}): {got} vs {total}",
+                    isa = isa()
+                );
             }
         }
     }
