@@ -1336,8 +1336,9 @@ impl Cpu {
 }
 
 /// Max-pool 2×2 gradient for one pair of input rows `s0`, `s1`, 16 windows at a time with
-/// AVX-512 (same choice as the scalar loop: first strict maximum; with `relu_mask` only where
-/// it is positive). Returns how many windows it handled (all, or none without AVX-512).
+/// AVX-512 or 8 with AVX2 (same choice as the scalar loop: first strict maximum; with
+/// `relu_mask` only where it is positive). Returns how many windows it handled (all, or none
+/// with the portable kernels).
 fn pool2_backward_row_simd(
     s0: &[f32],
     s1: &[f32],
@@ -1352,6 +1353,15 @@ fn pool2_backward_row_simd(
         assert!(s0.len() >= 2 * n && s1.len() >= 2 * n && top.len() >= 2 * n && bot.len() >= 2 * n);
         // SAFETY: AVX-512F is present; all accesses are within the lengths asserted above.
         unsafe { pool2_avx512(n, s0, s1, g, top, bot, relu_mask) };
+        return n;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel::isa() == Isa::Avx2 {
+        let n = g.len();
+        assert!(s0.len() >= 2 * n && s1.len() >= 2 * n && top.len() >= 2 * n && bot.len() >= 2 * n);
+        // SAFETY: AVX2 and FMA are present (checked when the set was chosen); all accesses are
+        // within the lengths asserted above.
+        unsafe { pool2_avx2(n, s0, s1, g, top, bot, relu_mask) };
         return n;
     }
     let _ = (s0, s1, g, top, bot, relu_mask);
@@ -1430,6 +1440,133 @@ unsafe fn pool2_avx512(
             _mm512_mask_storeu_ps(u, k0, _mm512_permutex2var_ps(vc, lo, vd));
             _mm512_mask_storeu_ps(u.add(16), k1, _mm512_permutex2var_ps(vc, hi, vd));
         }
+    }
+}
+
+/// [`pool2_avx512`] with 8 windows per step; a last group of fewer than 8 windows uses masked
+/// loads and stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pool2_avx2(
+    n: usize,
+    s0: &[f32],
+    s1: &[f32],
+    g: &[f32],
+    top: &mut [f32],
+    bot: &mut [f32],
+    relu_mask: bool,
+) {
+    let (s0, s1, g) = (s0.as_ptr(), s1.as_ptr(), g.as_ptr());
+    let (top, bot) = (top.as_mut_ptr(), bot.as_mut_ptr());
+    let full = n / 8 * 8;
+    for j in (0..full).step_by(8) {
+        // SAFETY: windows j..j+8 lie below n: inputs and outputs below 2n, gradients below n
+        // (checked by the caller).
+        unsafe {
+            let i = 2 * j;
+            pool2_avx2_step::<false>(
+                s0.add(i),
+                s1.add(i),
+                g.add(j),
+                top.add(i),
+                bot.add(i),
+                8,
+                relu_mask,
+            )
+        };
+    }
+    if full < n {
+        let (i, j) = (2 * full, full);
+        // SAFETY: the masked step touches only windows full..n, as above.
+        unsafe {
+            pool2_avx2_step::<true>(
+                s0.add(i),
+                s1.add(i),
+                g.add(j),
+                top.add(i),
+                bot.add(i),
+                n - full,
+                relu_mask,
+            )
+        };
+    }
+}
+
+/// `r` windows (8, or with `MASKED` fewer) of [`pool2_avx2`]: `s0`, `s1`, `top`, `bot` hold
+/// `2r` values, `g` `r`. `_mm256_shuffle_ps` splits each row's 16 values into the windows' first
+/// and second elements within each 128-bit half, so lanes hold windows 0, 1, 4, 5, 2, 3, 6, 7;
+/// the gradient is put in that order by one 64-bit permute, and `unpacklo`/`unpackhi` put the
+/// outputs back in place without another cross-lane step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn pool2_avx2_step<const MASKED: bool>(
+    s0: *const f32,
+    s1: *const f32,
+    g: *const f32,
+    top: *mut f32,
+    bot: *mut f32,
+    r: usize,
+    relu_mask: bool,
+) {
+    use std::arch::x86_64::*;
+    const EVEN: i32 = 0b10_00_10_00;
+    const ODD: i32 = 0b11_01_11_01;
+    // 64-bit elements 0, 2, 1, 3: windows 0..8 into the shuffled order above.
+    const ORDER: i32 = 0b11_01_10_00;
+    // SAFETY: the caller vouches for `2r` values at `s0`, `s1`, `top`, `bot` and `r` at `g`;
+    // with `MASKED` only those are read or written, without it `r` is 8.
+    unsafe {
+        // Lane masks: the first 8 and second 8 values of a row, and the gradients.
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let r = r as i32;
+        let (k0, k1, kg) = (
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * r), idx),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * r - 8), idx),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(r), idx),
+        );
+        let load = |p: *const f32, k: __m256i| {
+            if MASKED {
+                _mm256_maskload_ps(p, k)
+            } else {
+                _mm256_loadu_ps(p)
+            }
+        };
+        let store = |p: *mut f32, k: __m256i, v: __m256| {
+            if MASKED {
+                _mm256_maskstore_ps(p, k, v)
+            } else {
+                _mm256_storeu_ps(p, v)
+            }
+        };
+        let (x0, x1) = (load(s0, k0), load(s0.add(8), k1));
+        let (y0, y1) = (load(s1, k0), load(s1.add(8), k1));
+        let a = _mm256_shuffle_ps::<EVEN>(x0, x1);
+        let b = _mm256_shuffle_ps::<ODD>(x0, x1);
+        let c = _mm256_shuffle_ps::<EVEN>(y0, y1);
+        let d = _mm256_shuffle_ps::<ODD>(y0, y1);
+        let mut m = a;
+        let kb = _mm256_cmp_ps::<_CMP_GT_OQ>(b, m);
+        m = _mm256_blendv_ps(m, b, kb);
+        let kc = _mm256_cmp_ps::<_CMP_GT_OQ>(c, m);
+        m = _mm256_blendv_ps(m, c, kc);
+        let kd = _mm256_cmp_ps::<_CMP_GT_OQ>(d, m);
+        m = _mm256_blendv_ps(m, d, kd);
+        let gw = _mm256_castps_pd(load(g, kg));
+        let mut gv = _mm256_castpd_ps(_mm256_permute4x64_pd::<ORDER>(gw));
+        if relu_mask {
+            gv = _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()));
+        }
+        // Winners: d if kd; else c if kc; else b if kb; else a. The masks are all ones or
+        // zero, so `and` keeps the gradient's bits or gives +0.0, as the scalar loop does.
+        let vd = _mm256_and_ps(kd, gv);
+        let vc = _mm256_andnot_ps(kd, _mm256_and_ps(kc, gv));
+        let vb = _mm256_andnot_ps(_mm256_or_ps(kc, kd), _mm256_and_ps(kb, gv));
+        let va = _mm256_andnot_ps(_mm256_or_ps(kb, _mm256_or_ps(kc, kd)), gv);
+        store(top, k0, _mm256_unpacklo_ps(va, vb));
+        store(top.add(8), k1, _mm256_unpackhi_ps(va, vb));
+        store(bot, k0, _mm256_unpacklo_ps(vc, vd));
+        store(bot.add(8), k1, _mm256_unpackhi_ps(vc, vd));
     }
 }
 
