@@ -67,6 +67,16 @@ fn load_checkpoint(path: &Path, cfg: &TrainConfig) -> u64 {
     t.step()
 }
 
+/// The step of the last complete line of `out`'s training log (0 without one).
+fn logged_step(out: &Path) -> u64 {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|j| j["step"].as_u64())
+        .unwrap_or(0)
+}
+
 /// Every tensor of two safetensors files, bit for bit (the header's key order may differ).
 fn same_tensors(a: &Path, b: &Path) {
     let (a_bytes, b_bytes) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
@@ -147,16 +157,28 @@ fn training_killed_with_sigkill_and_resumed_ends_bit_identical() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Between 15% and 50% of an uninterrupted run's time after the start.
-        let frac = 0.15 + 0.35 * (rng.next() % 1000) as f64 / 1000.0;
-        let deadline = Instant::now() + full.mul_f64(frac);
+        // The kill lands when the run's log has reached a seeded step 15 to 54 steps past the
+        // last checkpoint, plus a seeded 0 to 39 ms: moments tied to the run's progress, not to
+        // the clock, so that they fall inside training however loaded the machine is (a share of
+        // the uninterrupted run's time did not on a machine whose load changed).
+        let target = (last_step + 15 + rng.next() % 40).min(total - 5);
+        let extra = Duration::from_millis(rng.next() % 40);
+        let give_up = Instant::now() + full * 20;
         let mut finished = None;
-        while Instant::now() < deadline {
+        loop {
             if let Some(st) = child.try_wait().unwrap() {
                 finished = Some(st);
                 break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if logged_step(&run) >= target {
+                std::thread::sleep(extra);
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "round {round}: step {target} not logged after 20 times an uninterrupted run"
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
         if let Some(st) = finished {
             assert!(st.success(), "round {round}: the run failed: {st}");
@@ -172,8 +194,9 @@ fn training_killed_with_sigkill_and_resumed_ends_bit_identical() {
                 "round {round}: checkpoint at step {step} after {last_step}"
             );
             eprintln!(
-                "round {round}: killed after {:.0}% of a run's time; checkpoint at step {step}",
-                100.0 * frac
+                "round {round}: killed {} ms after the log passed step {target}; checkpoint at step \
+                 {step}",
+                extra.as_millis()
             );
             if step < total {
                 mid_training_kills += 1;
