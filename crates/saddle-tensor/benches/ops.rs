@@ -9,27 +9,8 @@ use std::time::Instant;
 
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend, Conv2dParams};
 
-/// CPU time of the whole process (all threads), in seconds.
-#[cfg(target_os = "linux")]
-fn cpu_time() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: CLOCK_PROCESS_CPUTIME_ID (2) with a valid out-pointer.
-    unsafe { clock_gettime(2, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cpu_time() -> f64 {
-    f64::NAN
-}
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
 
 fn t<F: FnMut()>(name: &str, flop: f64, mut f: F) {
     // `SADDLE_OPS=conv2` runs only the ops whose name contains `conv2`.
@@ -39,7 +20,7 @@ fn t<F: FnMut()>(name: &str, flop: f64, mut f: F) {
         }
     }
     f();
-    let c0 = cpu_time();
+    let c0 = cpu_clock::process();
     let mut v: Vec<f64> = (0..11)
         .map(|_| {
             let s = Instant::now();
@@ -47,7 +28,7 @@ fn t<F: FnMut()>(name: &str, flop: f64, mut f: F) {
             s.elapsed().as_secs_f64()
         })
         .collect();
-    let cpu = (cpu_time() - c0) / 11.0;
+    let cpu = (cpu_clock::process() - c0) / 11.0;
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let m = v[5];
     if flop > 0.0 {

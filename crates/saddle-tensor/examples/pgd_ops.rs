@@ -10,27 +10,8 @@
 
 use saddle_tensor::{cpu::Cpu, rng::Rng, Backend, Conv2dParams};
 
-/// CPU time of the calling thread, in seconds.
-#[cfg(target_os = "linux")]
-fn thread_cpu() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: CLOCK_THREAD_CPUTIME_ID (3) with a valid out-pointer.
-    unsafe { clock_gettime(3, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
-
-#[cfg(not(target_os = "linux"))]
-fn thread_cpu() -> f64 {
-    f64::NAN
-}
+#[path = "../benches/support/cpu_clock.rs"]
+mod cpu_clock;
 
 const OPS: [&str; 17] = [
     "conv1 fwd (+bias+relu)",
@@ -110,9 +91,9 @@ fn run(n: usize, reps: usize, threads: usize) {
     for rep in 0..reps + 3 {
         let mut t = [0.0f64; 19];
         let mut k = 0;
-        let mut last = thread_cpu();
+        let mut last = cpu_clock::thread();
         let mut tick = |t: &mut [f64; 19]| {
-            let now = thread_cpu();
+            let now = cpu_clock::thread();
             t[k] = now - last;
             last = now;
             k += 1;
