@@ -188,7 +188,9 @@ pub fn run(args: Args) -> Result<()> {
     // The CIFAR-10 presets' networks and recipes, as the saddle bench reads them from
     // `TrainConfig::preset`, for the PyTorch side.
     let cifar_info = run_cmd(
-        Command::new(&cifar).env("SADDLE_BENCH_ROWS", "none"),
+        Command::new(&cifar)
+            .env("SADDLE_BENCH_ROWS", "none")
+            .envs(isa_saddle.clone()),
         "saddle CIFAR-10 bench (presets)",
     )?;
     // Its header and the networks' forward FLOP per image.
