@@ -1348,21 +1348,24 @@ fn pool2_backward_row_simd(
     relu_mask: bool,
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if kernel::use_avx512() {
+    {
         let n = g.len();
-        assert!(s0.len() >= 2 * n && s1.len() >= 2 * n && top.len() >= 2 * n && bot.len() >= 2 * n);
-        // SAFETY: AVX-512F is present; all accesses are within the lengths asserted above.
-        unsafe { pool2_avx512(n, s0, s1, g, top, bot, relu_mask) };
-        return n;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel::isa() == Isa::Avx2 {
-        let n = g.len();
-        assert!(s0.len() >= 2 * n && s1.len() >= 2 * n && top.len() >= 2 * n && bot.len() >= 2 * n);
-        // SAFETY: AVX2 and FMA are present (checked when the set was chosen); all accesses are
-        // within the lengths asserted above.
-        unsafe { pool2_avx2(n, s0, s1, g, top, bot, relu_mask) };
-        return n;
+        let avx512 = kernel::use_avx512();
+        if avx512 || kernel::isa() == Isa::Avx2 {
+            assert!(
+                s0.len() >= 2 * n && s1.len() >= 2 * n && top.len() >= 2 * n && bot.len() >= 2 * n
+            );
+            // SAFETY: the chosen instruction set is present (checked when it was chosen); all
+            // accesses are within the lengths asserted above.
+            unsafe {
+                if avx512 {
+                    pool2_avx512(n, s0, s1, g, top, bot, relu_mask)
+                } else {
+                    pool2_avx2(n, s0, s1, g, top, bot, relu_mask)
+                }
+            };
+            return n;
+        }
     }
     let _ = (s0, s1, g, top, bot, relu_mask);
     0
