@@ -141,6 +141,16 @@ fn pgd_step<B: Backend>(b: &B, gold: &Golden) -> (Vec<f32>, Vec<f32>) {
     (b.to_vec(&x1).unwrap(), b.to_vec(&g).unwrap())
 }
 
+/// How many pixels of `gpu` are within 1e-6 of `cpu` (the same sign step taken), and their share.
+fn pixels_equal(gpu: &[f32], cpu: &[f32]) -> (usize, f64) {
+    let same = gpu
+        .iter()
+        .zip(cpu)
+        .filter(|(a, b)| (**a - **b).abs() <= 1e-6)
+        .count();
+    (same, same as f64 / cpu.len() as f64)
+}
+
 #[test]
 fn one_pgd_step_equals_the_cpus_on_at_least_99_5_percent_of_pixels() {
     let Some(gb) = gpu() else { return };
@@ -153,12 +163,7 @@ fn one_pgd_step_equals_the_cpus_on_at_least_99_5_percent_of_pixels() {
         &gc,
         CPU_TOL,
     );
-    let same = xg
-        .iter()
-        .zip(&xc)
-        .filter(|(a, b)| (**a - **b).abs() <= 1e-6)
-        .count();
-    let frac = same as f64 / xc.len() as f64;
+    let (same, frac) = pixels_equal(&xg, &xc);
     let moved = xc
         .iter()
         .zip(&gold.get("input.x").data)
@@ -277,12 +282,7 @@ fn a_multi_restart_pgd_keeps_the_same_restarts_as_the_cpu() {
             &on_cpu.loss,
             CPU_TOL,
         );
-        let same = xg
-            .iter()
-            .zip(&xc)
-            .filter(|(a, b)| (**a - **b).abs() <= 1e-6)
-            .count();
-        let frac = same as f64 / xc.len() as f64;
+        let (same, frac) = pixels_equal(&xg, &xc);
         println!(
             "{targeting:?}: {same} of {} pixels equal ({:.3}%)",
             xc.len(),
