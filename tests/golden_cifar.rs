@@ -127,9 +127,26 @@ const MADRY_END_TO_END_GRAD: f64 = 1e-2;
 /// wrong backward rule moves every image, which this check still catches.
 const MADRY_FLIPPED_IMAGES: usize = 2;
 
+/// The same for `wrn` (ReLU): its golden batch's image 6 has a unit within float32 rounding of
+/// a ReLU's kink, so the order of the sums decides its input gradient. Measured with the direct
+/// convolutions (AVX-512), moving every input pixel by a random amount of at most 1e-6 moved
+/// image 6's input gradient by 2.3e-2 (three seeds out of three; images 0, 2, 4, 5 and 7 by
+/// 2e-4 to 2e-2 for some seeds; every other image by < 1e-6). The AVX2 kernels' Winograd
+/// convolutions over 16 channels sum in another order and land on the other side for image 6.
+const WRN_FLIPPED_IMAGES: usize = 1;
+/// How far one such flip moves an image's input gradient at most (measured: 2.3e-2).
+const WRN_FLIP_GRAD: f64 = 5e-2;
+
 /// `got` against `want` image by image (3×32×32 values each): every image within `bar`, except
-/// at most `flips_allowed` images within [`MADRY_END_TO_END_GRAD`].
-fn check_per_image(name: &str, got: &[f32], want: &[f32], bar: f64, flips_allowed: usize) {
+/// at most `flips_allowed` images within `flip_bar`.
+fn check_per_image(
+    name: &str,
+    got: &[f32],
+    want: &[f32],
+    bar: f64,
+    flips_allowed: usize,
+    flip_bar: f64,
+) {
     assert_eq!(got.len(), want.len(), "{name}: lengths differ");
     let errs: Vec<f64> = got
         .chunks(3072)
@@ -151,8 +168,8 @@ fn check_per_image(name: &str, got: &[f32], want: &[f32], bar: f64, flips_allowe
     );
     for &i in &off {
         assert!(
-            errs[i] <= MADRY_END_TO_END_GRAD,
-            "{name}: image {i}'s relative error {:.3e} exceeds {MADRY_END_TO_END_GRAD:.0e}, more than a unit at a kink moves it",
+            errs[i] <= flip_bar,
+            "{name}: image {i}'s relative error {:.3e} exceeds {flip_bar:.0e}, more than a unit at a kink moves it",
             errs[i]
         );
     }
@@ -194,13 +211,18 @@ fn eval_mode<B: Backend>(b: &B, bytes: &[u8], bars: Bars) {
         gx = g2.backward_with(s, gx).unwrap().get(raw).unwrap().clone();
     }
     let want_gx = &gold.get("out.eval.grad_x_sum_xent").data;
-    let flips_allowed = if split { MADRY_FLIPPED_IMAGES } else { 0 };
+    let (flips_allowed, flip_bar) = if split {
+        (MADRY_FLIPPED_IMAGES, MADRY_END_TO_END_GRAD)
+    } else {
+        (WRN_FLIPPED_IMAGES, WRN_FLIP_GRAD)
+    };
     check_per_image(
         "eval input gradient",
         &b.to_vec(&gx).unwrap(),
         want_gx,
         bars.other,
         flips_allowed,
+        flip_bar,
     );
     if split {
         // The whole network, its own standardisation included.

@@ -689,8 +689,10 @@ type BinOp<B> = fn(
 type RefBinOp = fn(&RefTensor, &RefTensor) -> crate::Result<RefTensor>;
 
 /// Shape pairs for the broadcasting binary ops: equal shapes, a trailing vector, both sides
-/// broadcasting, a scalar `[]` on either side, rank 4, an odd size of 1037.
-const BROADCAST_CASES: [(&[usize], &[usize]); 12] = [
+/// broadcasting, a scalar `[]` on either side, rank 4, an odd size of 1037; a per-channel
+/// `[1, c, 1, 1]` and a per-image-and-channel `[n, c, 1, 1]` against a batch large enough
+/// (73,728 elements) to be split over threads, on either side.
+const BROADCAST_CASES: [(&[usize], &[usize]); 16] = [
     (&[2, 3], &[2, 3]),
     (&[2, 3], &[3]),
     (&[3], &[2, 3]),
@@ -703,6 +705,10 @@ const BROADCAST_CASES: [(&[usize], &[usize]); 12] = [
     (&[2, 3, 4, 5], &[1, 3, 1, 5]),
     (&[1, 1], &[1]),
     (&[7, 9, 11], &[7, 1, 11]),
+    (&[16, 8, 24, 24], &[1, 8, 1, 1]),
+    (&[8, 1, 1], &[16, 8, 24, 24]),
+    (&[16, 8, 24, 24], &[16, 8, 1, 1]),
+    (&[3, 5, 7], &[5, 1]),
 ];
 
 fn check_binary<B: Backend>(
@@ -987,8 +993,10 @@ pub fn check_leaky_relu_backward<B: Backend>(b: &B, tol: Tol) -> CheckResult {
 
 // ---- reductions -----------------------------------------------------------------------------
 
-/// `(shape, axes)` for the reductions: none, one, several, unsorted, all, long, a scalar.
-const REDUCE_CASES: [(&[usize], &[usize]); 12] = [
+/// `(shape, axes)` for the reductions: none, one, several, unsorted, all, long, a scalar; the
+/// trailing axes (a global average pool) and all axes but the channels (a batch norm's
+/// gradient), small and large enough (73,728 elements) to be split over threads.
+const REDUCE_CASES: [(&[usize], &[usize]); 16] = [
     (&[2, 3, 4, 5], &[]),
     (&[2, 3, 4, 5], &[0]),
     (&[2, 3, 4, 5], &[3]),
@@ -1001,6 +1009,10 @@ const REDUCE_CASES: [(&[usize], &[usize]); 12] = [
     (&[4097], &[0]),
     (&[], &[]),
     (&[5, 1, 9], &[1]),
+    (&[2, 3, 4, 5], &[2, 3]),
+    (&[16, 8, 24, 24], &[2, 3]),
+    (&[16, 8, 24, 24], &[0, 2, 3]),
+    (&[16, 8, 24, 24], &[3, 2, 0]),
 ];
 
 /// `sum_axes` with and without `keep_dims` against [`reference::sum_axes`]; `mag` is the sum of
@@ -2797,13 +2809,15 @@ pub fn check_restart_merge<B: Backend>(b: &B, _tol: Tol) -> CheckResult {
 
 /// `(x shape, value range, eps)` for batch norm: `[n, c]` and `[n, c, h, w]`, batch 1 with a
 /// spatial extent, odd channel counts, and inputs off-centre (as after a ReLU).
-const BN_CASES: [(&[usize], f32, f32, f32); 6] = [
+const BN_CASES: [(&[usize], f32, f32, f32); 7] = [
     (&[5, 3], -1.0, 1.0, 1e-5),
     (&[4, 3, 5, 7], -1.0, 1.0, 1e-5),
     (&[1, 2, 3, 3], -1.0, 1.0, 1e-3),
     (&[2, 17, 4, 4], 0.5, 1.5, 1e-5),
     (&[50, 10], -2.0, 2.0, 1e-5),
     (&[3, 4, 1, 1], 0.0, 1.0, 1e-5),
+    // Large enough (73,728 elements) for the work to be split over threads.
+    (&[16, 8, 24, 24], -1.0, 1.0, 1e-5),
 ];
 
 /// Per-element channel index of a batch-norm input.
@@ -2975,27 +2989,52 @@ pub fn check_batch_norm_train_backward<B: Backend>(b: &B, tol: Tol) -> CheckResu
         let gy = Host::random(&mut rng, shape, -1.0, 1.0);
         let (rx, rg, rb, rgy) = (x.r(), gamma.r(), beta.r(), gy.r());
         let e = f64::from(eps);
-        let (dx, nx) = fd_grad(&ctx, &rx, &rgy, |x| {
-            Ok(reference::batch_norm_train(x, &rg, &rb, e)?.0)
-        })?;
-        let (dg, ng) = fd_grad(&ctx, &rg, &rgy, |g| {
-            Ok(reference::batch_norm_train(&rx, g, &rb, e)?.0)
-        })?;
-        let (db, nb) = fd_grad(&ctx, &rb, &rgy, |bt| {
-            Ok(reference::batch_norm_train(&rx, &rg, bt, e)?.0)
-        })?;
-
         // Magnitudes from the reference statistics.
         let ones = RefTensor::full(&[c], 1.0);
         let zeros = RefTensor::full(&[c], 0.0);
         let (xhat, _, var) = reference::batch_norm_train(&rx, &ones, &zeros, e).reference(&ctx)?;
         let cnt = (rx.numel() / c) as f64;
         let (mut gy_abs, mut gyx_abs) = (vec![0.0; c], vec![0.0; c]);
+        let (mut gy_sum, mut gyx_sum) = (vec![0.0; c], vec![0.0; c]);
         for i in 0..rx.numel() {
             let ch = channel_of(shape, i);
             gy_abs[ch] += rgy.data[i].abs();
             gyx_abs[ch] += (rgy.data[i] * xhat.data[i]).abs();
+            gy_sum[ch] += rgy.data[i];
+            gyx_sum[ch] += rgy.data[i] * xhat.data[i];
         }
+        // Finite differences cost one reference forward per element; past 4,096 elements (the
+        // case large enough to be split over threads) the expected gradients are the closed
+        // form in f64 instead: dβ = Σ gy, dγ = Σ gy·x̂, dx = γ/σ·(gy − mean gy − x̂·mean gy·x̂).
+        let ((dx, nx), (dg, ng), (db, nb)) = if rx.numel() <= 4096 {
+            (
+                fd_grad(&ctx, &rx, &rgy, |x| {
+                    Ok(reference::batch_norm_train(x, &rg, &rb, e)?.0)
+                })?,
+                fd_grad(&ctx, &rg, &rgy, |g| {
+                    Ok(reference::batch_norm_train(&rx, g, &rb, e)?.0)
+                })?,
+                fd_grad(&ctx, &rb, &rgy, |bt| {
+                    Ok(reference::batch_norm_train(&rx, &rg, bt, e)?.0)
+                })?,
+            )
+        } else {
+            let mut dx = rx.clone();
+            for i in 0..rx.numel() {
+                let ch = channel_of(shape, i);
+                dx.data[i] = rg.data[ch] / (var.data[ch] + e).sqrt()
+                    * (rgy.data[i] - gy_sum[ch] / cnt - xhat.data[i] * gyx_sum[ch] / cnt);
+            }
+            let per_channel = |data: Vec<f64>| RefTensor {
+                shape: vec![c],
+                data,
+            };
+            (
+                (dx, 0.0),
+                (per_channel(gyx_sum.clone()), 0.0),
+                (per_channel(gy_sum.clone()), 0.0),
+            )
+        };
         let mut mx = rx.clone();
         for i in 0..rx.numel() {
             let ch = channel_of(shape, i);

@@ -18,6 +18,7 @@
 mod conv;
 mod kernel;
 pub mod pool;
+mod winograd;
 
 pub use kernel::Isa;
 
@@ -238,6 +239,121 @@ fn suffix_period(big: &[usize], small: &[usize]) -> Option<usize> {
     (big[big.len() - core.len()..] == *core).then(|| core.iter().product())
 }
 
+/// If `small` broadcasts against `big` along leading and trailing axes only (aligned to the
+/// right, its axes other than ones form one block equal to `big`'s axes there, as a per-channel
+/// `[1, c, 1, 1]` or a `[n, c, 1, 1]` against `[n, c, h, w]`), `(mid, inner)`: element `i` of
+/// `big` pairs with element `(i / inner) % mid` of `small`.
+fn block_period(big: &[usize], small: &[usize]) -> Option<(usize, usize)> {
+    if small.len() > big.len() {
+        return None;
+    }
+    let off = big.len() - small.len();
+    let lo = small.iter().position(|&d| d != 1)?;
+    let hi = small.iter().rposition(|&d| d != 1)?;
+    if big[off + lo..=off + hi] != small[lo..=hi] {
+        return None;
+    }
+    let mid = small[lo..=hi].iter().product();
+    let inner = big[off + hi + 1..].iter().product();
+    Some((mid, inner))
+}
+
+/// `out[i] = f(big[i], small[(i / inner) % mid])`, a row of `inner` elements at a time, rows
+/// spread over threads in fixed groups when the output is large.
+fn rows_broadcast(
+    big: &[f32],
+    small: &[f32],
+    mid: usize,
+    inner: usize,
+    out: &mut [f32],
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
+) {
+    let per = CHUNK.div_ceil(inner).max(1);
+    let go = |(t, o): (usize, &mut [f32])| {
+        let r0 = t * per;
+        for (k, row) in o.chunks_mut(inner).enumerate() {
+            let v = small[(r0 + k) % mid];
+            let src = &big[(r0 + k) * inner..];
+            for (d, &u) in row.iter_mut().zip(src) {
+                *d = f(u, v);
+            }
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(per * inner).enumerate().for_each(go);
+    } else {
+        out.chunks_mut(per * inner).enumerate().for_each(go);
+    }
+}
+
+/// Runs `f(row_index, row)` over the rows of `row` elements of `out`, in parallel when `out` is
+/// large. Each row is written by one task, so results do not depend on the number of threads.
+fn per_row(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let row = row.max(1);
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(row)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+/// Σ `x` in `f64`, over 8 interleaved lanes (so that it vectorises) combined in a fixed order.
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v as f64;
+        }
+    }
+    let mut s: f64 = lanes.iter().sum();
+    for &v in it.remainder() {
+        s += v as f64;
+    }
+    s
+}
+
+/// Σ `(x − mu)²` in `f64`, lanes as [`sum_f64`].
+fn sq_dev_f64(x: &[f32], mu: f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let d = v as f64 - mu;
+            *l += d * d;
+        }
+    }
+    let mut s: f64 = lanes.iter().sum();
+    for &v in it.remainder() {
+        let d = v as f64 - mu;
+        s += d * d;
+    }
+    s
+}
+
+/// Σ `gy` and Σ `gy · ((x − mu) · inv)` (the normalised input rounded to `f32` first) in `f64`,
+/// lanes as [`sum_f64`].
+fn bn_grad_sums(x: &[f32], gy: &[f32], mu: f32, inv: f32) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0f64; 8], [0.0f64; 8]);
+    let (mut xi, mut gi) = (x.chunks_exact(8), gy.chunks_exact(8));
+    for (xc, gc) in (&mut xi).zip(&mut gi) {
+        for l in 0..8 {
+            let g = gc[l] as f64;
+            a[l] += g;
+            b[l] += g * ((xc[l] - mu) * inv) as f64;
+        }
+    }
+    let (mut sa, mut sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+    for (&xv, &gv) in xi.remainder().iter().zip(gi.remainder()) {
+        let g = gv as f64;
+        sa += g;
+        sb += g * ((xv - mu) * inv) as f64;
+    }
+    (sa, sb)
+}
+
 impl Cpu {
     fn binary(
         &self,
@@ -278,6 +394,18 @@ impl Cpu {
                         *d = f(x[(start + t) % per], v);
                     }
                 })
+            }));
+        }
+        if let Some((mid, inner)) = block_period(ad, bd).filter(|&(m, i)| m > 0 && i > 0) {
+            let (x, y) = (a.as_slice(), b.as_slice());
+            return Ok(CpuTensor::build(ad, |o| {
+                rows_broadcast(x, y, mid, inner, o, f)
+            }));
+        }
+        if let Some((mid, inner)) = block_period(bd, ad).filter(|&(m, i)| m > 0 && i > 0) {
+            let (x, y) = (a.as_slice(), b.as_slice());
+            return Ok(CpuTensor::build(bd, |o| {
+                rows_broadcast(y, x, mid, inner, o, |v, u| f(u, v))
             }));
         }
         let out = broadcast_shape(op, ad, bd)?;
@@ -355,23 +483,87 @@ impl Cpu {
                 }
             }));
         }
-        // All axes but one (`keep`): per-channel sums of [outer, c, inner].
+        // All axes but one (`keep`): per-channel sums of [outer, c, inner], a channel per task.
         if sorted.len() + 1 == nd {
             let keep = (0..nd).find(|a| !sorted.contains(a))?;
             let outer: usize = d[..keep].iter().product();
             let c = d[keep];
             let inner: usize = d[keep + 1..].iter().product();
+            let chan = |ch: usize| {
+                let mut acc = 0.0f64;
+                for i in 0..outer {
+                    acc += lane_sum(&xs[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
+                }
+                acc as f32
+            };
             return Some(CpuTensor::build(out_shape, |o| {
-                for (ch, dst) in o.iter_mut().enumerate() {
-                    let mut acc = 0.0f64;
-                    for i in 0..outer {
-                        acc += lane_sum(&xs[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
+                if xs.len() >= PAR_MIN {
+                    o.par_iter_mut()
+                        .enumerate()
+                        .for_each(|(ch, dst)| *dst = chan(ch));
+                } else {
+                    o.iter_mut()
+                        .enumerate()
+                        .for_each(|(ch, dst)| *dst = chan(ch));
+                }
+            }));
+        }
+        // Trailing axes p..nd reduced (a global average pool's [n, c, h, w] → [n, c]): the sum
+        // of each row of a [rows, inner] matrix.
+        if sorted
+            .iter()
+            .enumerate()
+            .all(|(i, &a)| a == nd - sorted.len() + i)
+        {
+            let inner: usize = d[nd - sorted.len()..].iter().product();
+            let rows: usize = d[..nd - sorted.len()].iter().product();
+            return Some(CpuTensor::build(out_shape, |o| {
+                let per = CHUNK.div_ceil(inner).max(1);
+                let go = |(t, dst): (usize, &mut [f32])| {
+                    for (k, v) in dst.iter_mut().enumerate() {
+                        let r = t * per + k;
+                        *v = lane_sum(&xs[r * inner..(r + 1) * inner]) as f32;
                     }
-                    *dst = acc as f32;
+                };
+                if xs.len() >= PAR_MIN && rows > 1 {
+                    o.par_chunks_mut(per).enumerate().for_each(go);
+                } else {
+                    o.chunks_mut(per).enumerate().for_each(go);
                 }
             }));
         }
         None
+    }
+}
+
+impl Cpu {
+    /// `y = (x − mean) · inv · gamma + beta` per channel, `inv = 1/√(var + eps)`, an image per
+    /// task.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_apply(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        mean: &[f32],
+        var: &[f32],
+        eps: f32,
+        c: usize,
+        s: usize,
+    ) -> CpuTensor {
+        let (xs, gm, bt) = (x.as_slice(), gamma.as_slice(), beta.as_slice());
+        CpuTensor::build(x.dims(), |out| {
+            per_row(out, c * s, |i, img| {
+                for ch in 0..c {
+                    let inv = 1.0 / (var[ch] + eps).sqrt();
+                    let (g, b, mu) = (gm[ch], bt[ch], mean[ch]);
+                    let src = &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
+                    for (d, &v) in img[ch * s..(ch + 1) * s].iter_mut().zip(src) {
+                        *d = (v - mu) * inv * g + b;
+                    }
+                }
+            })
+        })
     }
 }
 
@@ -622,6 +814,12 @@ impl Backend for Cpu {
         }
         if out_sz == 0 {
             return Ok(CpuTensor::build_zeroed(input_shape, |_| {}));
+        }
+        let fd = conv::forward_geometry(&g);
+        if winograd::applies_backward_input(&fd) {
+            return Ok(CpuTensor::build(input_shape, |gx| {
+                winograd::backward_input(&fd, gy.as_slice(), w.as_slice(), gx)
+            }));
         }
         if let Some(d) = conv::backward_input_geometry(&g) {
             // A direct stride-1 convolution of the padded gradient with the flipped weights.
@@ -967,45 +1165,34 @@ impl Backend for Cpu {
     ) -> Result<(CpuTensor, BatchNormStats<CpuTensor>)> {
         let (n, c, s) = bn_layout("batch_norm_train", x.dims(), gamma.dims(), beta.dims())?;
         let cnt = (n * s) as f64;
-        let mut mean = vec![0.0f32; c];
-        let mut var = vec![0.0f32; c];
-        for ch in 0..c {
-            let mut acc = 0.0f64;
-            for i in 0..n {
-                acc += x.data[(i * c + ch) * s..(i * c + ch + 1) * s]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>();
-            }
-            let mu = acc / cnt;
-            let mut acc2 = 0.0f64;
-            for i in 0..n {
-                acc2 += x.data[(i * c + ch) * s..(i * c + ch + 1) * s]
-                    .iter()
-                    .map(|&v| (v as f64 - mu).powi(2))
-                    .sum::<f64>();
-            }
-            mean[ch] = mu as f32;
-            var[ch] = (acc2 / cnt) as f32;
+        let xs = x.as_slice();
+        let plane = |i: usize, ch: usize| &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
+        // Per channel (one task each): the mean, then the biased variance about it, both
+        // accumulated in f64.
+        let mut st = pool::Scratch::new(2 * c);
+        let chan = |ch: usize, out: &mut [f32]| {
+            let mu = (0..n).map(|i| sum_f64(plane(i, ch))).sum::<f64>() / cnt;
+            let v = (0..n).map(|i| sq_dev_f64(plane(i, ch), mu)).sum::<f64>() / cnt;
+            out[0] = mu as f32;
+            out[1] = v as f32;
+        };
+        if xs.len() >= PAR_MIN {
+            st.par_chunks_mut(2)
+                .enumerate()
+                .for_each(|(ch, o)| chan(ch, o));
+        } else {
+            st.chunks_mut(2).enumerate().for_each(|(ch, o)| chan(ch, o));
         }
-        let mut y = vec![0.0f32; x.data.len()];
-        for i in 0..n {
-            for ch in 0..c {
-                let inv = 1.0 / (var[ch] + eps).sqrt();
-                let (gm, bt, mu) = (gamma.data[ch], beta.data[ch], mean[ch]);
-                let o = (i * c + ch) * s;
-                for t in 0..s {
-                    y[o + t] = (x.data[o + t] - mu) * inv * gm + bt;
-                }
-            }
-        }
-        Ok((
-            CpuTensor::from_parts(x.dims().to_vec(), y),
-            BatchNormStats {
-                mean: CpuTensor::from_parts(vec![c], mean),
-                var: CpuTensor::from_parts(vec![c], var),
-            },
-        ))
+        let mean = CpuTensor::build(&[c], |m| {
+            m.iter_mut().enumerate().for_each(|(ch, v)| *v = st[2 * ch])
+        });
+        let var = CpuTensor::build(&[c], |m| {
+            m.iter_mut()
+                .enumerate()
+                .for_each(|(ch, v)| *v = st[2 * ch + 1])
+        });
+        let y = self.bn_apply(x, gamma, beta, mean.as_slice(), var.as_slice(), eps, c, s);
+        Ok((y, BatchNormStats { mean, var }))
     }
 
     fn batch_norm_eval(
@@ -1017,7 +1204,7 @@ impl Backend for Cpu {
         var: &CpuTensor,
         eps: f32,
     ) -> Result<CpuTensor> {
-        let (n, c, s) = bn_layout("batch_norm_eval", x.dims(), gamma.dims(), beta.dims())?;
+        let (_, c, s) = bn_layout("batch_norm_eval", x.dims(), gamma.dims(), beta.dims())?;
         if mean.dims() != [c] || var.dims() != [c] {
             return Err(TensorError::shape(
                 "batch_norm_eval",
@@ -1028,18 +1215,7 @@ impl Backend for Cpu {
                 ),
             ));
         }
-        let mut y = vec![0.0f32; x.data.len()];
-        for i in 0..n {
-            for ch in 0..c {
-                let inv = 1.0 / (var.data[ch] + eps).sqrt();
-                let o = (i * c + ch) * s;
-                for t in 0..s {
-                    y[o + t] =
-                        (x.data[o + t] - mean.data[ch]) * inv * gamma.data[ch] + beta.data[ch];
-                }
-            }
-        }
-        Ok(CpuTensor::from_parts(x.dims().to_vec(), y))
+        Ok(self.bn_apply(x, gamma, beta, mean.as_slice(), var.as_slice(), eps, c, s))
     }
 
     fn batch_norm_train_backward(
@@ -1064,36 +1240,61 @@ impl Backend for Cpu {
             ));
         }
         let cnt = (n * s) as f32;
-        let mut gx = vec![0.0f32; x.data.len()];
-        let mut gg = vec![0.0f32; c];
-        let mut gb = vec![0.0f32; c];
-        for ch in 0..c {
-            let inv = 1.0 / (stats.var.data[ch] + eps).sqrt();
-            let mu = stats.mean.data[ch];
+        let (xs, gs) = (x.as_slice(), gy.as_slice());
+        let (mean, var, gm) = (
+            stats.mean.as_slice(),
+            stats.var.as_slice(),
+            gamma.as_slice(),
+        );
+        let inv = |ch: usize| 1.0 / (var[ch] + eps).sqrt();
+        // Per channel (one task each): Σ gy (beta's gradient) and Σ gy·x̂ (gamma's), in f64.
+        let mut st = pool::Scratch::new(2 * c);
+        let chan = |ch: usize, out: &mut [f32]| {
+            let (mu, iv) = (mean[ch], inv(ch));
             let (mut sg, mut sgx) = (0.0f64, 0.0f64);
             for i in 0..n {
                 let o = (i * c + ch) * s;
-                for t in 0..s {
-                    let g = gy.data[o + t] as f64;
-                    sg += g;
-                    sgx += g * ((x.data[o + t] - mu) * inv) as f64;
-                }
+                let (a, b) = bn_grad_sums(&xs[o..o + s], &gs[o..o + s], mu, iv);
+                sg += a;
+                sgx += b;
             }
-            gb[ch] = sg as f32;
-            gg[ch] = sgx as f32;
-            let k = gamma.data[ch] * inv / cnt;
-            for i in 0..n {
-                let o = (i * c + ch) * s;
-                for t in 0..s {
-                    let xhat = (x.data[o + t] - mu) * inv;
-                    gx[o + t] = k * (cnt * gy.data[o + t] - gb[ch] - xhat * gg[ch]);
-                }
-            }
+            out[0] = sg as f32;
+            out[1] = sgx as f32;
+        };
+        if xs.len() >= PAR_MIN {
+            st.par_chunks_mut(2)
+                .enumerate()
+                .for_each(|(ch, o)| chan(ch, o));
+        } else {
+            st.chunks_mut(2).enumerate().for_each(|(ch, o)| chan(ch, o));
         }
+        let gb = CpuTensor::build(&[c], |m| {
+            m.iter_mut().enumerate().for_each(|(ch, v)| *v = st[2 * ch])
+        });
+        let gg = CpuTensor::build(&[c], |m| {
+            m.iter_mut()
+                .enumerate()
+                .for_each(|(ch, v)| *v = st[2 * ch + 1])
+        });
+        let (gbs, ggs) = (gb.as_slice(), gg.as_slice());
+        let gx = CpuTensor::build(x.dims(), |out| {
+            per_row(out, c * s, |i, img| {
+                for ch in 0..c {
+                    let (mu, iv) = (mean[ch], inv(ch));
+                    let k = gm[ch] * iv / cnt;
+                    let o = (i * c + ch) * s;
+                    let (xr, gr) = (&xs[o..o + s], &gs[o..o + s]);
+                    for ((d, &xv), &gv) in img[ch * s..(ch + 1) * s].iter_mut().zip(xr).zip(gr) {
+                        let xhat = (xv - mu) * iv;
+                        *d = k * (cnt * gv - gbs[ch] - xhat * ggs[ch]);
+                    }
+                }
+            })
+        });
         Ok(BatchNormGrads {
-            x: CpuTensor::from_parts(x.dims().to_vec(), gx),
-            gamma: CpuTensor::from_parts(vec![c], gg),
-            beta: CpuTensor::from_parts(vec![c], gb),
+            x: gx,
+            gamma: gg,
+            beta: gb,
         })
     }
 
@@ -1237,6 +1438,18 @@ impl Cpu {
             }));
         }
         let d = conv::forward_geometry(&g);
+        if winograd::applies(&d) {
+            return Ok(CpuTensor::build(&os, |o| {
+                winograd::forward(
+                    &d,
+                    x.as_slice(),
+                    w.as_slice(),
+                    bias.map(|b| b.as_slice()),
+                    relu,
+                    o,
+                )
+            }));
+        }
         let mut wt = pool::Scratch::new(conv::packed_len(g.k, ckk));
         conv::pack_forward(g.k, ckk, w.as_slice(), &mut wt);
         Ok(CpuTensor::build(&os, |o| {

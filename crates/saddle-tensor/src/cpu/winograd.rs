@@ -1,0 +1,1301 @@
+//! Winograd F(2×2, 3×3) convolution for 3×3, stride-1, padding-1 layers (forward, and the
+//! gradient with respect to the input, which is such a convolution of the output gradient with
+//! the flipped, transposed weights).
+//!
+//! Each output channel's image is cut into 2×2 tiles; tile `t` reads the 4×4 window `d` of
+//! each input channel around it (zeros outside the image). With `V = Bᵀ d B` (per tile and input
+//! channel), `U = G g Gᵀ` (per pair of channels, `g` the 3×3 filter) and, for each of the 16
+//! positions `ξ` of a 4×4 tile, the product `M[ξ] = V[ξ] · U[ξ]` (tiles × input channels times
+//! input channels × output channels), the tile's outputs are `Aᵀ M A`: 16 products of `c`
+//! terms per 4 outputs where the direct convolution takes 36.
+//!
+//! ```text
+//!      ⎡1  0 −1  0⎤       ⎡1   0  0⎤
+//! Bᵀ = ⎢0  1  1  0⎥   G = ⎢½   ½  ½⎥   Aᵀ = ⎡1  1  1  0⎤
+//!      ⎢0 −1  1  0⎥       ⎢½  −½  ½⎥        ⎣0  1 −1 −1⎦
+//!      ⎣0  1  0 −1⎦       ⎣0   0  1⎦
+//! ```
+//!
+//! **Per task** (one image, or a few small ones, in parallel with rayon), per block of whole
+//! rows of tiles (sized to stay in the L2 cache, and of 48 tiles or more, the kernel computing
+//! tiles six or seven at a time): the input transform straight from the image into `V[ξ]`
+//! (`[row of tiles][c][tw + 1]`), the 16 products on the micro-kernel of [`super::kernel`]
+//! (`V[ξ]` read in place through per-tile row pointers, `U[ξ]` packed once per call as the
+//! kernel wants it) into `M[ξ]` (`[k][tile]`), and the output transform, `+ bias`, ReLU, into
+//! the output. The transforms are long loops over every channel's tiles, compiled once for each
+//! instruction set ([`Simd`]) so that the compiler vectorises them with its registers; all
+//! scratch comes from the pool ([`Scratch`]): after the first call nothing is allocated.
+//!
+//! **Determinism**: the transforms are plain `f32` arithmetic in a fixed order (products
+//! by ±1 and ½ are exact; Rust never fuses `a·b + c`), written element by element, so they give
+//! the same bits however the compiler vectorises them. Each `M` element is the kernel's chain:
+//! one fused multiply-add per input channel in order, from +0, on AVX-512 and AVX2 alike (the
+//! portable kernel rounds each product first), then `+ 0.0`. Each output is
+//! `((Aᵀ M A) + bias)` then ReLU. No result depends on the thread count, and the AVX-512 and
+//! AVX2 kernels agree bit for bit (tested against that chain computed in scalar code).
+
+use rayon::prelude::*;
+
+use super::conv::Direct;
+use super::kernel::{self, Isa, Offs, Out, MR, P};
+use super::pool::Scratch;
+
+/// Fewest channels summed over (input channels forward, output channels for the input
+/// gradient) for which the Winograd path is used, on the AVX-512 kernel: measured on the
+/// 3×3 layers of a wide ResNet 16-2 at batch 128 (one thread), a sum over 16 channels ran at
+/// 0.85–0.89× the direct convolution's speed, over 32 at 1.0–1.3×.
+pub const MIN_SUM_AVX512: usize = 32;
+/// The same on the AVX2 and portable kernels (16 channels: 1.14–1.25× on AVX2).
+pub const MIN_SUM: usize = 16;
+/// Fewest channels produced (output channels forward, input channels for the gradient).
+pub const MIN_OUT: usize = 16;
+/// Bytes of a block's `V` and `M` together: a block of tiles is transformed, multiplied and
+/// transformed back while it is in the L2 cache.
+const BLOCK_BYTES: usize = 512 << 10;
+/// Fewest tiles in a block (when the images of a task have them).
+const MIN_TILES: usize = 48;
+/// Most images per task.
+const MAX_GROUP: usize = 8;
+
+/// Whether [`forward`] is the faster way to compute the convolution `d` (forward geometry): a
+/// 3×3 kernel, stride 1, padding 1, at least [`MIN_SUM_AVX512`] (AVX-512) or [`MIN_SUM`] input
+/// channels and [`MIN_OUT`] output channels.
+pub fn applies(d: &Direct) -> bool {
+    geometry_fits(d) && d.c >= min_sum() && d.k >= MIN_OUT
+}
+
+/// Whether [`backward_input`] is the faster way to compute the gradient with respect to the
+/// input of the convolution `d` (forward geometry): as [`applies`] with the roles of `c` and
+/// `k` exchanged (the gradient sums over the `k` output channels).
+pub fn applies_backward_input(d: &Direct) -> bool {
+    geometry_fits(d) && d.k >= min_sum() && d.c >= MIN_OUT
+}
+
+fn min_sum() -> usize {
+    if kernel::isa() == Isa::Avx512 {
+        MIN_SUM_AVX512
+    } else {
+        MIN_SUM
+    }
+}
+
+/// 3×3, stride 1, padding 1: the output has the input's size.
+fn geometry_fits(d: &Direct) -> bool {
+    d.kh == 3 && d.kw == 3 && d.stride == 1 && d.pad == 1 && d.oh == d.h && d.ow == d.w
+}
+
+/// `out` `[n, k, oh, ow]` = the convolution of `x` `[n, c, h, w]` with `w` `[k, c, 3, 3]`
+/// (stride 1, padding 1), `+ bias`, then ReLU if asked. Any `c`, `k` ≥ 1 and any size.
+pub fn forward(
+    d: &Direct,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert!(
+        geometry_fits(d),
+        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+    );
+    assert!(x.len() >= d.n * d.c * d.h * d.w && w.len() >= d.k * d.c * 9);
+    assert!(out.len() >= d.n * d.k * d.h * d.w);
+    assert!(bias.is_none_or(|b| b.len() >= d.k));
+    let mut u = Scratch::new(16 * d.c * kpad(d.k));
+    // Reduction index p = input channel, column j = output channel: g = w[j][p].
+    transform_weights(d.c, d.k, |p, j| window(&w[(j * d.c + p) * 9..]), &mut u);
+    run(d.n, d.c, d.k, d.h, d.w, x, &u, bias, relu, out);
+}
+
+/// `gx` `[n, c, h, w]` = the gradient with respect to the input of [`forward`]'s convolution
+/// (without bias or ReLU: `gy` is the gradient of its output, `[n, k, h, w]`):
+/// `gx[ch][i][j] = Σ_{o, a, b} gy[o][i+a−1][j+b−1] · w[o][ch][2−a][2−b]`, a stride-1 padding-1
+/// convolution of `gy` with the flipped, transposed weights.
+pub fn backward_input(d: &Direct, gy: &[f32], w: &[f32], gx: &mut [f32]) {
+    assert!(
+        geometry_fits(d),
+        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+    );
+    assert!(gy.len() >= d.n * d.k * d.h * d.w && w.len() >= d.k * d.c * 9);
+    assert!(gx.len() >= d.n * d.c * d.h * d.w);
+    let mut u = Scratch::new(16 * d.k * kpad(d.c));
+    // Reduction index p = output channel o, column j = input channel: g = w[o][j] flipped.
+    transform_weights(
+        d.k,
+        d.c,
+        |p, j| {
+            let mut g = window(&w[(p * d.c + j) * 9..]);
+            g.reverse();
+            g
+        },
+        &mut u,
+    );
+    run(d.n, d.k, d.c, d.h, d.w, gy, &u, None, false, gx);
+}
+
+/// The nine weights of one filter, row-major.
+fn window(w: &[f32]) -> [f32; 9] {
+    let mut g = [0.0; 9];
+    g.copy_from_slice(&w[..9]);
+    g
+}
+
+/// Columns of the transformed weights: `k` rounded up to a whole vector.
+fn kpad(k: usize) -> usize {
+    k.div_ceil(16) * 16
+}
+
+/// Index of `U[ξ]`'s element (reduction `p` of `pc`, column `j`) in the transformed weights:
+/// `U[ξ]` row-major `[pc, kp]`, or for the AVX2 kernel ([`kernel::wants_slabs`]) as `kp / 16`
+/// slabs of `pc × 16`.
+fn u_index(slabs: bool, pc: usize, kp: usize, xi: usize, p: usize, j: usize) -> usize {
+    if slabs {
+        xi * pc * kp + (j / 16) * pc * 16 + p * 16 + j % 16
+    } else {
+        xi * pc * kp + p * kp + j
+    }
+}
+
+/// `u` = `U[ξ] = G g Gᵀ` for reduction index `p < pc` and column `j < cols` (zeros in the
+/// padding columns up to [`kpad`]), laid out as [`u_index`] says.
+fn transform_weights(pc: usize, cols: usize, g: impl Fn(usize, usize) -> [f32; 9], u: &mut [f32]) {
+    let (kp, slabs) = (kpad(cols), kernel::wants_slabs());
+    for xi in 0..16 {
+        for p in 0..pc {
+            for j in cols..kp {
+                u[u_index(slabs, pc, kp, xi, p, j)] = 0.0;
+            }
+        }
+    }
+    for p in 0..pc {
+        for j in 0..cols {
+            let t = weight_tile(&g(p, j));
+            for (xi, &v) in t.iter().enumerate() {
+                u[u_index(slabs, pc, kp, xi, p, j)] = v;
+            }
+        }
+    }
+}
+
+/// `G g Gᵀ` of a row-major 3×3 filter, row-major 4×4.
+fn weight_tile(g: &[f32; 9]) -> [f32; 16] {
+    // t = G g (4×3), then G tᵀ per row of t (u = t Gᵀ).
+    let mut t = [[0.0f32; 3]; 4];
+    for j in 0..3 {
+        let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+        t[0][j] = g0;
+        t[1][j] = ((g0 + g1) + g2) * 0.5;
+        t[2][j] = ((g0 - g1) + g2) * 0.5;
+        t[3][j] = g2;
+    }
+    let mut u = [0.0f32; 16];
+    for i in 0..4 {
+        let [g0, g1, g2] = t[i];
+        u[4 * i] = g0;
+        u[4 * i + 1] = ((g0 + g1) + g2) * 0.5;
+        u[4 * i + 2] = ((g0 - g1) + g2) * 0.5;
+        u[4 * i + 3] = g2;
+    }
+    u
+}
+
+/// Sizes of one task's pass: `group` images of `c` input and `k` output channels, `h × w`
+/// pixels, in blocks of whole rows of tiles.
+#[derive(Clone, Copy)]
+struct Plan {
+    c: usize,
+    k: usize,
+    h: usize,
+    w: usize,
+    /// Rows of tiles, and tiles per row.
+    th: usize,
+    tw: usize,
+    /// Images per task.
+    group: usize,
+    /// Slots of a row of tiles in `V`: `tw + 1` (the last one is not read).
+    te: usize,
+    /// Rows of tiles per block.
+    rows: usize,
+    /// Tiles per block: `rows·tw`.
+    ldt: usize,
+    /// Strides between the planes `V[ξ]` (`[rows, c, te]`) and between the planes `M[ξ]`.
+    sv: usize,
+    sm: usize,
+}
+
+impl Plan {
+    fn new(c: usize, k: usize, h: usize, w: usize) -> Plan {
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let te = tw + 1;
+        let per_row = 16 * (c * te + k * tw) * 4;
+        // Small images go several to a task, so that a block has MIN_TILES tiles or more (the
+        // kernel computes tiles in groups of six or seven): their rows of tiles follow each
+        // other in a block as if the images were one.
+        let group = MIN_TILES.div_ceil((th * tw).max(1)).clamp(1, MAX_GROUP);
+        let th_all = group * th;
+        // Blocks within the budget, but of at least MIN_TILES tiles.
+        let min_rows = MIN_TILES.div_ceil(tw.max(1));
+        let by_budget = (BLOCK_BYTES / per_row).max(min_rows).max(1);
+        let blocks = th_all.div_ceil(by_budget).max(1);
+        let rows = th_all.div_ceil(blocks).max(1);
+        let ldt = rows * tw;
+        // The 16 planes are read or written together: start them in different cache sets (a
+        // multiple of 4 KiB, plus one line per plane).
+        let plane = |len: usize| len.div_ceil(1024) * 1024 + 16;
+        Plan {
+            c,
+            k,
+            h,
+            w,
+            th,
+            tw,
+            te,
+            group,
+            rows,
+            ldt,
+            sv: plane(rows * c * te),
+            sm: plane(k * ldt),
+        }
+    }
+
+    /// Elements of the transforms' temporaries.
+    fn tmp_len(&self) -> usize {
+        (4 * (2 * self.c * self.te + 2)).max(4 * self.k * self.ldt)
+    }
+}
+
+/// The convolution of `x` `[n, c, h, w]` with the transformed weights `u` (reduction `c`,
+/// `k` columns, as [`transform_weights`] lays them out) into `out` `[n, k, h, w]`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    n: usize,
+    c: usize,
+    k: usize,
+    h: usize,
+    w: usize,
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert!(c > 0, "Winograd convolution over no channels");
+    let (in_sz, out_sz) = (c * h * w, k * h * w);
+    if n == 0 || out_sz == 0 {
+        return;
+    }
+    let pl = Plan::new(c, k, h, w);
+    let out = &mut out[..n * out_sz];
+    out.par_chunks_mut(pl.group * out_sz)
+        .enumerate()
+        .for_each(|(gi, o)| {
+            let mut buf = Scratch::new(w + 16 * pl.sv + 16 * pl.sm + pl.tmp_len());
+            let (zero, rest) = buf.split_at_mut(w);
+            let (v, rest) = rest.split_at_mut(16 * pl.sv);
+            let (m, tmp) = rest.split_at_mut(16 * pl.sm);
+            zero.fill(0.0);
+            let images = o.len() / out_sz;
+            let first = gi * pl.group;
+            let xg = &x[first * in_sz..(first + images) * in_sz];
+            let simd = Simd::get();
+            // Rows of tiles of the group's images, one after the other.
+            let th_all = images * pl.th;
+            for tr0 in (0..th_all).step_by(pl.rows) {
+                let tr1 = (tr0 + pl.rows).min(th_all);
+                simd.input_block(&pl, xg, zero, tr0, tr1, v, tmp);
+                products(&pl, v, u, tr1 - tr0, m);
+                simd.output_block(&pl, m, tr0, tr1, bias, relu, o, tmp);
+            }
+        });
+}
+
+/// Which build of the transforms runs: the same code compiled for AVX-512, for AVX2, or for
+/// the build target. The same operations, so the same bits (nothing there multiplies, and
+/// Rust fuses nothing); the compiler vectorises their long loops with the wider registers.
+#[derive(Clone, Copy)]
+enum Simd {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Plain,
+}
+
+impl Simd {
+    /// The build for the instruction set the kernels use.
+    fn get() -> Simd {
+        match kernel::isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Simd::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Simd::Avx2,
+            _ => Simd::Plain,
+        }
+    }
+}
+
+/// `Simd::$name`: the function `$name` of this module, run in the build [`Simd`] names.
+macro_rules! dispatch {
+    ($name:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        fn $avx512($($arg: $ty),*) {
+            $name($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn $avx2($($arg: $ty),*) {
+            $name($($arg),*)
+        }
+
+        impl Simd {
+            #[allow(clippy::too_many_arguments)]
+            fn $name(self, $($arg: $ty),*) {
+                match self {
+                    // SAFETY: the CPU has AVX-512F: `Simd::get` chose this build from the
+                    // instruction set in use, which is only chosen where the CPU runs it.
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => unsafe { $avx512($($arg),*) },
+                    // SAFETY: the CPU has AVX2 (as above).
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2 => unsafe { $avx2($($arg),*) },
+                    Simd::Plain => $name($($arg),*),
+                }
+            }
+        }
+    };
+}
+
+dispatch!(input_block, input_block_avx512, input_block_avx2,
+    (pl: &Plan, x: &[f32], zero: &[f32], tr0: usize, tr1: usize, v: &mut [f32], tmp: &mut [f32]));
+dispatch!(output_block, output_block_avx512, output_block_avx2,
+    (pl: &Plan, m: &[f32], tr0: usize, tr1: usize, bias: Option<&[f32]>, relu: bool,
+     o: &mut [f32], tmp: &mut [f32]));
+
+/// Runs `$body` over `0..$n` in steps of `$l` = 16, 8, 4 and 1 lanes (`$i` the start of each
+/// step): fixed-size steps the compiler turns into vector code however short the run.
+macro_rules! lanes {
+    ($n:expr, $i:ident, $l:ident, $body:block) => {{
+        let n: usize = $n;
+        let mut $i = 0usize;
+        {
+            const $l: usize = 16;
+            while $i + $l <= n {
+                $body
+                $i += $l;
+            }
+        }
+        {
+            const $l: usize = 8;
+            if $i + $l <= n {
+                $body
+                $i += $l;
+            }
+        }
+        {
+            const $l: usize = 4;
+            if $i + $l <= n {
+                $body
+                $i += $l;
+            }
+        }
+        {
+            const $l: usize = 1;
+            while $i < n {
+                $body
+                $i += $l;
+            }
+        }
+    }};
+}
+
+/// `x[at .. at + L]` as an array.
+#[inline(always)]
+fn part<const L: usize>(x: &[f32], at: usize) -> [f32; L] {
+    let mut a = [0.0f32; L];
+    a.copy_from_slice(&x[at..at + L]);
+    a
+}
+
+/// Four consecutive planes of `V` (`stride` apart, from plane 0 of `p`), elements
+/// `at .. at + len` of each.
+#[inline(always)]
+fn four(p: &mut [f32], stride: usize, at: usize, len: usize) -> [&mut [f32]; 4] {
+    let (a, rest) = p.split_at_mut(stride);
+    let (b, rest) = rest.split_at_mut(stride);
+    let (c, d) = rest.split_at_mut(stride);
+    [
+        &mut a[at..at + len],
+        &mut b[at..at + len],
+        &mut c[at..at + len],
+        &mut d[at..at + len],
+    ]
+}
+
+/// `V[ξ][tr − tr0][ch][tj]` = `(Bᵀ d B)[ξ]` of tile `(tr, tj)`'s window of channel `ch`, for the
+/// rows of tiles `tr0 ≤ tr < tr1` of the task's images `x` `[·, c, h, w]` (their rows of tiles
+/// one after the other; `zero` is a row of zeros,
+/// for rows outside it; `tmp` holds [`Plan::tmp_len`] values).
+///
+/// Per row of tiles, first `Bᵀ d` down the window's four rows (zeros outside the image), every
+/// channel's `wp = 2·te` columns side by side; then `(Bᵀ d) B` along the result, tile
+/// `(ch, tj)` reading its columns `2·(ch·te + tj) ..= + 3`, in one long loop over every
+/// channel's tiles (the slot `tj = tw` is computed but not read).
+#[inline(always)]
+fn input_block(
+    pl: &Plan,
+    x: &[f32],
+    zero: &[f32],
+    tr0: usize,
+    tr1: usize,
+    v: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let (h, w) = (pl.h, pl.w);
+    let ne = pl.c * pl.te;
+    let wp = 2 * pl.te;
+    let n = 2 * ne + 2;
+    for gtr in tr0..tr1 {
+        // Row tr of tiles of image img of the group.
+        let (img, tr) = (gtr / pl.th, gtr % pl.th);
+        let x = &x[img * pl.c * h * w..(img + 1) * pl.c * h * w];
+        {
+            let (t0, rest) = tmp.split_at_mut(n);
+            let (t1, rest) = rest.split_at_mut(n);
+            let (t2, rest) = rest.split_at_mut(n);
+            let t3 = &mut rest[..n];
+            for ch in 0..pl.c {
+                // Image row 2·tr − 1 + i, or zeros.
+                let r = |i: usize| {
+                    let y = (2 * tr + i).wrapping_sub(1);
+                    if y < h {
+                        &x[(ch * h + y) * w..(ch * h + y + 1) * w]
+                    } else {
+                        &zero[..w]
+                    }
+                };
+                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                let at = ch * wp;
+                let (d0, d1) = (&mut t0[at..at + wp], &mut t1[at..at + wp]);
+                let (d2, d3) = (&mut t2[at..at + wp], &mut t3[at..at + wp]);
+                // Padded column q + 1 is image column q; the others are zeros (0 ± 0 = +0).
+                for d in [&mut *d0, &mut *d1, &mut *d2, &mut *d3] {
+                    d[0] = 0.0;
+                    d[w + 1..].fill(0.0);
+                }
+                let (d0, d1) = (&mut d0[1..w + 1], &mut d1[1..w + 1]);
+                let (d2, d3) = (&mut d2[1..w + 1], &mut d3[1..w + 1]);
+                lanes!(w, q, L, {
+                    let r = |x: &[f32]| -> [f32; L] { part(x, q) };
+                    let (x0, x1, x2, x3) = (r(r0), r(r1), r(r2), r(r3));
+                    let mut y = [[0.0f32; L]; 4];
+                    for l in 0..L {
+                        y[0][l] = x0[l] - x2[l];
+                        y[1][l] = x1[l] + x2[l];
+                        y[2][l] = x2[l] - x1[l];
+                        y[3][l] = x1[l] - x3[l];
+                    }
+                    d0[q..q + L].copy_from_slice(&y[0]);
+                    d1[q..q + L].copy_from_slice(&y[1]);
+                    d2[q..q + L].copy_from_slice(&y[2]);
+                    d3[q..q + L].copy_from_slice(&y[3]);
+                });
+            }
+            for t in [t0, t1, t2, t3] {
+                t[2 * ne..].fill(0.0);
+            }
+        }
+        let at = (gtr - tr0) * ne;
+        for i in 0..4 {
+            let s = &tmp[i * n..(i + 1) * n];
+            let [o0, o1, o2, o3] = four(&mut v[4 * i * pl.sv..], pl.sv, at, ne);
+            for e in 0..ne {
+                o0[e] = s[2 * e] - s[2 * e + 2];
+                o1[e] = s[2 * e + 1] + s[2 * e + 2];
+                o2[e] = s[2 * e + 2] - s[2 * e + 1];
+                o3[e] = s[2 * e + 1] - s[2 * e + 3];
+            }
+        }
+    }
+}
+
+/// `M[ξ]` `[k, tn]` (element (tile, channel) at `channel·tn + tile`, `tn = rows·tw` tiles) =
+/// `V[ξ]` (tiles × `c`) · `U[ξ]` `[c, k]` on the micro-kernel, for each `ξ`.
+#[inline(never)]
+fn products(pl: &Plan, v: &[f32], u: &[f32], rows: usize, m: &mut [f32]) {
+    let (c, k, kp) = (pl.c, pl.k, kpad(pl.k));
+    let (tw, te) = (pl.tw, pl.te);
+    let tn = rows * tw;
+    let rt = kernel::tile_rows();
+    let slabs = kernel::wants_slabs();
+    let mut acc = [0.0f32; MR * 64];
+    for xi in 0..16 {
+        let vx = &v[xi * pl.sv..xi * pl.sv + rows * c * te];
+        let ux = &u[xi * c * kp..(xi + 1) * c * kp];
+        let mx = &mut m[xi * pl.sm..xi * pl.sm + k * tn];
+        let dst = Out {
+            c: P(mx.as_mut_ptr()),
+            rs: 1,
+            cs: tn,
+            accumulate: false,
+            bias: None,
+            relu: false,
+        };
+        // Rows of the kernel's tile starting at tile i0 (the last repeated past the end): tile
+        // t = (tr, tj) of the block has its channel p at V[ξ][tr][p][tj], + p·te.
+        let rows_at = |i0: usize| {
+            let mr = rt.min(tn - i0);
+            let mut rows = [vx.as_ptr(); MR];
+            for (r, row) in rows.iter_mut().enumerate() {
+                let t = i0 + r.min(mr - 1);
+                *row = vx[(t / tw) * c * te + t % tw..].as_ptr();
+            }
+            (rows, mr)
+        };
+        if slabs {
+            // One 16-column slab at a time over every tile, as `conv::direct` does.
+            for s in 0..kp / 16 {
+                let b = ux[s * c * 16..(s + 1) * c * 16].as_ptr();
+                for i0 in (0..tn).step_by(rt) {
+                    let (rows, mr) = rows_at(i0);
+                    // SAFETY: row r's element p is vx[tr·c·te + tj + p·te] with tr < rows,
+                    // tj < tw < te and p < c, inside `vx`; the slab holds c rows of 16; the tile written (tiles
+                    // i0..i0+mr of channels 16·s..) lies inside `mx`, which this thread alone
+                    // holds.
+                    unsafe {
+                        kernel::tile_slabs(1, c, &rows, Offs::Affine(te), b, &mut acc);
+                        kernel::store(&dst, &acc, i0, mr, 16 * s, (k - 16 * s).min(16), true, true);
+                    }
+                }
+            }
+        } else {
+            for j0 in (0..k).step_by(64) {
+                let nr = (k - j0).min(64);
+                let nv = nr.div_ceil(16);
+                let b = ux[j0..].as_ptr();
+                for i0 in (0..tn).step_by(rt) {
+                    let (rows, mr) = rows_at(i0);
+                    // SAFETY: rows as above; `U[ξ]` has c rows of kp ≥ j0 + 16·nv columns
+                    // (row c − 1's last read column is inside `ux`); the tile written lies
+                    // inside `mx`, which this thread alone holds.
+                    unsafe {
+                        kernel::tile(nv, c, &rows, Offs::Affine(te), b, kp, &mut acc);
+                        kernel::store(&dst, &acc, i0, mr, j0, nr, true, true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The outputs of the rows of tiles `tr0 ≤ tr < tr1` (of the task's images, one after the
+/// other) from `M`: `Aᵀ M A`, `+ bias`, ReLU if
+/// asked (`tmp` holds [`Plan::tmp_len`] values).
+///
+/// In one long loop over every channel's tiles (`M[ξ]` is `[k, tn]`, contiguous): `Aᵀ M`,
+/// then `(Aᵀ M) A`, two pixels per tile side by side; then per row of pixels `+ bias` and ReLU
+/// on the way to the output.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_block(
+    pl: &Plan,
+    m: &[f32],
+    tr0: usize,
+    tr1: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    o: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let (h, w, tw, sm) = (pl.h, pl.w, pl.tw, pl.sm);
+    let tn = (tr1 - tr0) * tw;
+    let ne = pl.k * tn;
+    let zs = &mut tmp[..4 * ne];
+    // zs[a·2ne + 2e + b] = ((Aᵀ M) A)[a][b] of tile e = (channel, tile), from the rows
+    // t_aj of Aᵀ M: t_0j = (m[j] + m[4+j]) + m[8+j], t_1j = (m[4+j] − m[8+j]) − m[12+j].
+    {
+        let mk = |xi: usize| &m[xi * sm..xi * sm + ne];
+        let (m0, m1, m2, m3) = (mk(0), mk(1), mk(2), mk(3));
+        let (m4, m5, m6, m7) = (mk(4), mk(5), mk(6), mk(7));
+        let (m8, m9, m10, m11) = (mk(8), mk(9), mk(10), mk(11));
+        let (m12, m13, m14, m15) = (mk(12), mk(13), mk(14), mk(15));
+        let (z0, z1) = zs.split_at_mut(2 * ne);
+        let z1 = &mut z1[..2 * ne];
+        for e in 0..ne {
+            let t00 = (m0[e] + m4[e]) + m8[e];
+            let t01 = (m1[e] + m5[e]) + m9[e];
+            let t02 = (m2[e] + m6[e]) + m10[e];
+            let t03 = (m3[e] + m7[e]) + m11[e];
+            let t10 = (m4[e] - m8[e]) - m12[e];
+            let t11 = (m5[e] - m9[e]) - m13[e];
+            let t12 = (m6[e] - m10[e]) - m14[e];
+            let t13 = (m7[e] - m11[e]) - m15[e];
+            z0[2 * e] = (t00 + t01) + t02;
+            z0[2 * e + 1] = (t01 - t02) - t03;
+            z1[2 * e] = (t10 + t11) + t12;
+            z1[2 * e + 1] = (t11 - t12) - t13;
+        }
+    }
+    for ch in 0..pl.k {
+        let b = bias.map_or(0.0, |b| b[ch]);
+        for gtr in tr0..tr1 {
+            // Row tr of tiles of image img of the group.
+            let (img, tr) = (gtr / pl.th, gtr % pl.th);
+            let plane = &mut o[((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w];
+            for a in 0..2 {
+                let i = 2 * tr + a;
+                if i >= h {
+                    break;
+                }
+                let at = 2 * a * ne + 2 * (ch * tn + (gtr - tr0) * tw);
+                let src = &zs[at..at + w];
+                let dst = &mut plane[i * w..(i + 1) * w];
+                lanes!(w, q, L, {
+                    let mut y: [f32; L] = part(src, q);
+                    for v in y.iter_mut() {
+                        let x = *v + b;
+                        *v = if x > 0.0 || !relu { x } else { 0.0 };
+                    }
+                    dst[q..q + L].copy_from_slice(&y);
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against float64 loops within a rounding-error bound, against the documented chain bit
+    //! for bit, and a timing table (ignored by default).
+    use super::super::conv::{self, Direct};
+    use super::super::kernel::{isa, Isa};
+    use super::{backward_input, forward};
+    use crate::rng::Rng;
+
+    fn geometry(n: usize, c: usize, h: usize, w: usize, k: usize) -> Direct {
+        Direct {
+            n,
+            c,
+            h,
+            w,
+            k,
+            kh: 3,
+            kw: 3,
+            pad: 1,
+            stride: 1,
+            oh: h,
+            ow: w,
+        }
+    }
+
+    /// A weight accessor: the 3×3 filter (row-major) for reduction index `p` and column `j`.
+    type Filter<'a> = &'a dyn Fn(usize, usize) -> [f32; 9];
+
+    /// The forward filters of `w` `[k, c, 3, 3]`: reduction over input channels.
+    fn fwd_filter(w: &[f32], c: usize) -> impl Fn(usize, usize) -> [f32; 9] + '_ {
+        move |p, j| std::array::from_fn(|q| w[(j * c + p) * 9 + q])
+    }
+
+    /// The gradient's filters: reduction over output channels, flipped.
+    fn bwd_filter(w: &[f32], c: usize) -> impl Fn(usize, usize) -> [f32; 9] + '_ {
+        move |p, j| std::array::from_fn(|q| w[(p * c + j) * 9 + 8 - q])
+    }
+
+    /// Pixel `(i, j)` of channel `ch` of image `img` of `x` `[·, chans, h, w]`, zero outside.
+    #[allow(clippy::too_many_arguments)]
+    fn pixel(
+        x: &[f32],
+        img: usize,
+        ch: usize,
+        chans: usize,
+        h: usize,
+        w: usize,
+        i: isize,
+        j: isize,
+    ) -> f32 {
+        if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
+            0.0
+        } else {
+            x[((img * chans + ch) * h + i as usize) * w + j as usize]
+        }
+    }
+
+    /// The 4×4 window of tile `(ti, tj)`.
+    #[allow(clippy::too_many_arguments)]
+    fn window(
+        x: &[f32],
+        img: usize,
+        ch: usize,
+        chans: usize,
+        h: usize,
+        w: usize,
+        ti: usize,
+        tj: usize,
+    ) -> [[f32; 4]; 4] {
+        std::array::from_fn(|a| {
+            std::array::from_fn(|b| {
+                pixel(
+                    x,
+                    img,
+                    ch,
+                    chans,
+                    h,
+                    w,
+                    (2 * ti + a) as isize - 1,
+                    (2 * tj + b) as isize - 1,
+                )
+            })
+        })
+    }
+
+    const BT: [[f32; 4]; 4] = [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ];
+    const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+
+    fn g_matrix(half: f32) -> [[f32; 3]; 4] {
+        [
+            [1.0, 0.0, 0.0],
+            [half, half, half],
+            [half, -half, half],
+            [0.0, 0.0, 1.0],
+        ]
+    }
+
+    /// `a · b` (`a` is `r × q`, `b` is `q × s`), each element summed over `q` in order in `f32`.
+    fn mm<const R: usize, const Q: usize, const S: usize>(
+        a: &[[f32; Q]; R],
+        b: &[[f32; S]; Q],
+    ) -> [[f32; S]; R] {
+        std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                let mut s = a[i][0] * b[0][j];
+                for q in 1..Q {
+                    s += a[i][q] * b[q][j];
+                }
+                s
+            })
+        })
+    }
+
+    fn tr<const R: usize, const S: usize>(a: &[[f32; S]; R]) -> [[f32; R]; S] {
+        std::array::from_fn(|i| std::array::from_fn(|j| a[j][i]))
+    }
+
+    /// The documented chain in scalar code, from the matrices: `V = Bᵀ d B`, `U = G g Gᵀ`
+    /// (with `G`'s ½ replaced by `half`), `M[ξ]` = one multiply-add per reduction index in
+    /// order from +0 (fused unless `fused` is false) then `+ 0.0`, `y = (Aᵀ M A) + bias`, ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn chain(
+        d: &Direct,
+        x: &[f32],
+        pc: usize,
+        cols: usize,
+        g: Filter<'_>,
+        bias: Option<&[f32]>,
+        relu: bool,
+        half: f32,
+        fused: bool,
+    ) -> Vec<f32> {
+        let (h, w) = (d.h, d.w);
+        let gm = g_matrix(half);
+        let u: Vec<[[f32; 4]; 4]> = (0..pc * cols)
+            .map(|q| {
+                let f = g(q / cols, q % cols);
+                let f: [[f32; 3]; 3] =
+                    std::array::from_fn(|a| std::array::from_fn(|b| f[3 * a + b]));
+                mm(&mm(&gm, &f), &tr(&gm))
+            })
+            .collect();
+        let mut y = vec![0.0f32; d.n * cols * h * w];
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        for img in 0..d.n {
+            for ti in 0..th {
+                for tj in 0..tw {
+                    let v: Vec<[[f32; 4]; 4]> = (0..pc)
+                        .map(|p| {
+                            let dd = window(x, img, p, pc, h, w, ti, tj);
+                            mm(&mm(&BT, &dd), &tr(&BT))
+                        })
+                        .collect();
+                    for j in 0..cols {
+                        let m: [[f32; 4]; 4] = std::array::from_fn(|a| {
+                            std::array::from_fn(|b| {
+                                let mut s = 0.0f32;
+                                for p in 0..pc {
+                                    let (vv, uu) = (v[p][a][b], u[p * cols + j][a][b]);
+                                    s = if fused {
+                                        vv.mul_add(uu, s)
+                                    } else {
+                                        s + vv * uu
+                                    };
+                                }
+                                s + 0.0
+                            })
+                        });
+                        let out = mm(&mm(&AT, &m), &tr(&AT));
+                        for a in 0..2 {
+                            for b in 0..2 {
+                                let (i, jj) = (2 * ti + a, 2 * tj + b);
+                                if i < h && jj < w {
+                                    let z = out[a][b] + bias.map_or(0.0, |bs| bs[j]);
+                                    y[((img * cols + j) * h + i) * w + jj] =
+                                        if relu && (z <= 0.0 || z.is_nan()) {
+                                            0.0
+                                        } else {
+                                            z
+                                        };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// For each output, the sum of the absolute values of every term of the Winograd
+    /// expansion: `S = Σ_ξ |Aᵀ|⊗|Aᵀ| [ξ] · Σ_p (|Bᵀ| |d_p| |B|)[ξ] · (|G| |g_p| |Gᵀ|)[ξ]`, in
+    /// float64.
+    fn abs_terms(d: &Direct, x: &[f32], pc: usize, cols: usize, g: Filter<'_>) -> Vec<f64> {
+        let (h, w) = (d.h, d.w);
+        let ab = |m: &[[f32; 4]; 4]| -> [[f64; 4]; 4] {
+            std::array::from_fn(|i| std::array::from_fn(|j| m[i][j].abs() as f64))
+        };
+        let mm4 = |a: &[[f64; 4]; 4], b: &[[f64; 4]; 4]| -> [[f64; 4]; 4] {
+            std::array::from_fn(|i| {
+                std::array::from_fn(|j| (0..4).map(|q| a[i][q] * b[q][j]).sum())
+            })
+        };
+        let bt = ab(&BT);
+        let b = std::array::from_fn(|i| std::array::from_fn(|j| bt[j][i]));
+        // |G| padded to 4×4 (a zero fourth column) and the filters padded to 4×4.
+        let gabs: [[f64; 4]; 4] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                if j < 3 {
+                    g_matrix(0.5)[i][j].abs() as f64
+                } else {
+                    0.0
+                }
+            })
+        });
+        let gt = std::array::from_fn(|i| std::array::from_fn(|j| gabs[j][i]));
+        let u: Vec<[[f64; 4]; 4]> = (0..pc * cols)
+            .map(|q| {
+                let f = g(q / cols, q % cols);
+                let f = std::array::from_fn(|a| {
+                    std::array::from_fn(|bb| {
+                        if a < 3 && bb < 3 {
+                            f[3 * a + bb].abs() as f64
+                        } else {
+                            0.0
+                        }
+                    })
+                });
+                mm4(&mm4(&gabs, &f), &gt)
+            })
+            .collect();
+        let mut s = vec![0.0f64; d.n * cols * h * w];
+        for img in 0..d.n {
+            for ti in 0..h.div_ceil(2) {
+                for tj in 0..w.div_ceil(2) {
+                    let v: Vec<[[f64; 4]; 4]> = (0..pc)
+                        .map(|p| mm4(&mm4(&bt, &ab(&window(x, img, p, pc, h, w, ti, tj))), &b))
+                        .collect();
+                    for j in 0..cols {
+                        let mut m = [[0.0f64; 4]; 4];
+                        for p in 0..pc {
+                            for a in 0..4 {
+                                for bb in 0..4 {
+                                    m[a][bb] += v[p][a][bb] * u[p * cols + j][a][bb];
+                                }
+                            }
+                        }
+                        for a in 0..2 {
+                            for bb in 0..2 {
+                                let (i, jj) = (2 * ti + a, 2 * tj + bb);
+                                if i < h && jj < w {
+                                    let mut t = 0.0;
+                                    for p in 0..4 {
+                                        for q in 0..4 {
+                                            t += (AT[a][p] * AT[bb][q]).abs() as f64 * m[p][q];
+                                        }
+                                    }
+                                    s[((img * cols + j) * h + i) * w + jj] = t;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// The bound on `|computed − exact|` for an output over `pc` reduction terms whose
+    /// expansion's absolute terms sum to `s` (plus `|bias|`).
+    ///
+    /// Every rounding is relative (`|δ| ≤ u = 2⁻²⁴`, no underflow with these values) and
+    /// products by ±1 and ½ are exact, so each term of the expansion picks up one factor
+    /// `(1 + δ)` per rounding on its path: 2 in `Bᵀ d B` (two levels of two-term sums), 4 in
+    /// `G g Gᵀ` (`(g₀ ± g₁) + g₂`, twice), `pc` in the multiply-add chain (`pc + 1` on the
+    /// portable kernel, which rounds the product), 4 in `Aᵀ M A`, 1 for the bias. With
+    /// `γₙ = n·u / (1 − n·u)` (Higham, Lemma 3.3) the error is at most `γ_{pc+12} · (S + |b|)`;
+    /// ReLU is 1-Lipschitz. The float64 reference adds at most `9·pc·2⁻⁵³·S`, covered by
+    /// counting one rounding more. Typical errors are far below (they grow like `√pc`, not
+    /// `pc`), but a transform off by a relative 2⁻¹⁰ (0.1%) already breaks it:
+    /// see [`a_broken_transform_fails_the_bound`].
+    fn bound(pc: usize, s: f64, b: f64) -> f64 {
+        let n = (pc + 13) as f64 * 2f64.powi(-24);
+        n / (1.0 - n) * (s + b.abs())
+    }
+
+    /// `got` against `want` within [`bound`]; the first element outside it, if any.
+    fn outside(
+        got: &[f32],
+        want: &[f64],
+        s: &[f64],
+        pc: usize,
+        bias: impl Fn(usize) -> f64,
+    ) -> Option<String> {
+        assert_eq!(got.len(), want.len());
+        (0..got.len()).find_map(|i| {
+            let (g, w) = (got[i] as f64, want[i]);
+            let tol = bound(pc, s[i], bias(i));
+            ((g - w).abs() > tol || g.is_nan())
+                .then(|| format!("element {i}: got {g}, want {w}, bound {tol:e}"))
+        })
+    }
+
+    /// Forward (`y`, before bias) and input gradient (`gx`) in float64, from the definitions:
+    /// `y[o][pix] = Σ x[c][win] w[o][c][·]`, `gx[x] += gy[y] · w` over the same pairs.
+    fn naive(d: &Direct, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (n, c, h, ww, k) = (d.n, d.c, d.h, d.w, d.k);
+        let mut y = vec![0.0f64; n * k * h * ww];
+        let mut gx = vec![0.0f64; n * c * h * ww];
+        for img in 0..n {
+            for o in 0..k {
+                for i in 0..h {
+                    for j in 0..ww {
+                        let yi = ((img * k + o) * h + i) * ww + j;
+                        for ch in 0..c {
+                            for a in 0..3 {
+                                for b in 0..3 {
+                                    let (ii, jj) = ((i + a) as isize - 1, (j + b) as isize - 1);
+                                    if ii < 0 || jj < 0 || ii >= h as isize || jj >= ww as isize {
+                                        continue;
+                                    }
+                                    let xi = ((img * c + ch) * h + ii as usize) * ww + jj as usize;
+                                    let wv = w[((o * c + ch) * 3 + a) * 3 + b] as f64;
+                                    y[yi] += x[xi] as f64 * wv;
+                                    gx[xi] += gy[yi] as f64 * wv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, gx)
+    }
+
+    struct Data {
+        x: Vec<f32>,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        gy: Vec<f32>,
+    }
+
+    fn data(d: &Direct, seed: u64) -> Data {
+        let mut r = Rng::new(seed);
+        let mut rnd = |len: usize| (0..len).map(|_| r.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
+        Data {
+            x: rnd(d.n * d.c * d.h * d.w),
+            w: rnd(d.k * d.c * 9),
+            bias: rnd(d.k),
+            gy: rnd(d.n * d.k * d.h * d.w),
+        }
+    }
+
+    /// Forward with bias and ReLU, and the input gradient, against float64 loops within the
+    /// rounding-error bound of [`bound`], on shapes with partial tiles (odd sizes, 1×1, 2×3),
+    /// channel counts off the vector width, several panels of output channels, and several
+    /// blocks of tiles.
+    #[test]
+    fn winograd_matches_float64_within_the_rounding_bound() {
+        let shapes = [
+            (2, 16, 8, 8, 16),
+            (3, 17, 7, 9, 20),
+            (1, 32, 32, 32, 32),
+            (2, 64, 16, 16, 64),
+            (1, 16, 1, 1, 16),
+            (1, 16, 2, 3, 33),
+            (2, 128, 8, 8, 128),
+            (1, 3, 5, 4, 70),
+            (10, 16, 6, 5, 20),
+        ];
+        for (seed, &(n, c, h, w, k)) in shapes.iter().enumerate() {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 100 + seed as u64);
+            let (y, gx) = naive(&d, &dt.x, &dt.w, &dt.gy);
+            let hw = h * w;
+            let want: Vec<f64> = y
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v + dt.bias[(i / hw) % k] as f64).max(0.0))
+                .collect();
+            let mut got = vec![f32::NAN; n * k * hw];
+            forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut got);
+            let s = abs_terms(&d, &dt.x, c, k, &fwd_filter(&dt.w, c));
+            if let Some(e) = outside(&got, &want, &s, c, |i| dt.bias[(i / hw) % k] as f64) {
+                panic!("forward {n}×{c}×{h}×{w} → {k}: {e}");
+            }
+            let mut got = vec![f32::NAN; n * c * hw];
+            backward_input(&d, &dt.gy, &dt.w, &mut got);
+            let s = abs_terms(&d, &dt.gy, k, c, &bwd_filter(&dt.w, c));
+            if let Some(e) = outside(&got, &gx, &s, k, |_| 0.0) {
+                panic!("backward_input {n}×{c}×{h}×{w} → {k}: {e}");
+            }
+        }
+    }
+
+    /// The bound is tight enough to catch a wrong transform: the chain computed with `G`'s ½
+    /// off by a relative 2⁻¹⁰ (0.1%) falls outside it on every shape.
+    #[test]
+    fn a_broken_transform_fails_the_bound() {
+        for (seed, &(n, c, h, w, k)) in [(2, 16, 8, 8, 16), (1, 17, 7, 9, 20), (1, 128, 4, 4, 32)]
+            .iter()
+            .enumerate()
+        {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 200 + seed as u64);
+            let (y, _) = naive(&d, &dt.x, &dt.w, &dt.gy);
+            let g = fwd_filter(&dt.w, c);
+            let s = abs_terms(&d, &dt.x, c, k, &g);
+            let good = chain(&d, &dt.x, c, k, &g, None, false, 0.5, true);
+            assert_eq!(
+                outside(&good, &y, &s, c, |_| 0.0),
+                None,
+                "the right transform passes"
+            );
+            let bad = chain(
+                &d,
+                &dt.x,
+                c,
+                k,
+                &g,
+                None,
+                false,
+                0.5 * (1.0 + 2f32.powi(-10)),
+                true,
+            );
+            assert!(
+                outside(&bad, &y, &s, c, |_| 0.0).is_some(),
+                "a transform off by 2⁻¹⁰ must fail ({n}×{c}×{h}×{w} → {k})"
+            );
+        }
+    }
+
+    /// Forward (with bias and ReLU) and input gradient are, bit for bit, the chain the module
+    /// documents, on the instruction set this process uses (run it under each
+    /// `SADDLE_CPU_ISA`: the AVX-512 and AVX2 kernels compute the same chain of fused
+    /// multiply-adds, so they agree bit for bit; the portable kernel rounds each product), in
+    /// a 1-thread and a 3-thread pool. Shapes leave partial tiles, partial vectors of
+    /// channels, partial slabs and panels, and several blocks of tiles.
+    #[test]
+    fn winograd_is_the_documented_chain_bit_for_bit() {
+        let fused = isa() != Isa::Portable;
+        let pool = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        };
+        for (seed, &(n, c, h, w, k)) in [
+            (2, 17, 7, 9, 20),
+            (1, 16, 2, 3, 33),
+            (3, 32, 8, 8, 70),
+            (1, 64, 16, 16, 64),
+            (10, 16, 6, 5, 20),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 300 + seed as u64);
+            let want_y = chain(
+                &d,
+                &dt.x,
+                c,
+                k,
+                &fwd_filter(&dt.w, c),
+                Some(&dt.bias),
+                true,
+                0.5,
+                fused,
+            );
+            let want_gx = chain(
+                &d,
+                &dt.gy,
+                k,
+                c,
+                &bwd_filter(&dt.w, c),
+                None,
+                false,
+                0.5,
+                fused,
+            );
+            for threads in [1, 3] {
+                let (y, gx) = pool(threads).install(|| {
+                    let mut y = vec![f32::NAN; n * k * h * w];
+                    forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut y);
+                    let mut gx = vec![f32::NAN; n * c * h * w];
+                    backward_input(&d, &dt.gy, &dt.w, &mut gx);
+                    (y, gx)
+                });
+                for (what, got, want) in
+                    [("forward", &y, &want_y), ("backward_input", &gx, &want_gx)]
+                {
+                    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits())
+                    {
+                        panic!("{what} {n}×{c}×{h}×{w} → {k} on {:?}, {threads} threads: element {i}: {} vs {}", isa(), got[i], want[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// CPU time of the calling thread, in seconds (as `benches/support/cpu_clock.rs`); NaN off
+    /// Linux.
+    #[cfg(target_os = "linux")]
+    fn thread_time() -> f64 {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+        }
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: CLOCK_THREAD_CPUTIME_ID (3) and a valid out-pointer.
+        unsafe { clock_gettime(3, &mut ts) };
+        ts.sec as f64 + ts.nsec as f64 * 1e-9
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn thread_time() -> f64 {
+        f64::NAN
+    }
+
+    /// Median CPU time of `reps` calls of `f` (after one untimed call), in milliseconds.
+    fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+        f();
+        let mut t: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t0 = thread_time();
+                f();
+                (thread_time() - t0) * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[reps / 2]
+    }
+
+    /// Direct against Winograd convolution (forward, and gradient with respect to the input)
+    /// on the 3×3 layers of a wide ResNet 16-2 at batch 128, CPU time of one thread, with the
+    /// packing or weight transform each call does. `cargo test --release -p saddle-tensor
+    /// winograd_speed -- --ignored --nocapture`, under each `SADDLE_CPU_ISA`; `WINOGRAD_SHAPES`
+    /// (`c,k,h,w;…`) and `WINOGRAD_BATCH` change the shapes, `WINOGRAD_SKIP_DIRECT` times only
+    /// the Winograd path.
+    #[test]
+    #[ignore]
+    fn winograd_speed() {
+        use crate::shape::ConvGeometry;
+        use crate::Conv2dParams;
+        let n: usize = std::env::var("WINOGRAD_BATCH")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(128);
+        let shapes: Vec<[usize; 4]> = match std::env::var("WINOGRAD_SHAPES") {
+            Ok(s) => s
+                .split(';')
+                .map(|t| {
+                    let v: Vec<usize> = t.split(',').map(|x| x.trim().parse().unwrap()).collect();
+                    [v[0], v[1], v[2], v[3]]
+                })
+                .collect(),
+            Err(_) => vec![
+                [16, 32, 32, 32],
+                [32, 32, 32, 32],
+                [64, 64, 16, 16],
+                [128, 128, 8, 8],
+            ],
+        };
+        let reps = 9;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        println!(
+            "{:?}, batch {n}, 1 thread, ms of CPU time per call (median of {reps})",
+            isa()
+        );
+        println!(
+            "{:>18} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6}",
+            "c,k,h,w", "fwd direct", "fwd wino", "ratio", "bwd direct", "bwd wino", "ratio"
+        );
+        for &[c, k, h, w] in &shapes {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 1);
+            let g = ConvGeometry::new(
+                "conv2d",
+                &[n, c, h, w],
+                &[k, c, 3, 3],
+                Conv2dParams::new(1, 1),
+            )
+            .unwrap();
+            let mut y = vec![0.0f32; n * k * h * w];
+            let mut gx = vec![0.0f32; n * c * h * w];
+            let row = pool.install(|| {
+                let skip = std::env::var_os("WINOGRAD_SKIP_DIRECT").is_some();
+                let fd = if skip {
+                    f64::NAN
+                } else {
+                    time(reps, || {
+                        let mut wt = super::Scratch::new(conv::packed_len(k, 9 * c));
+                        conv::pack_forward(k, 9 * c, &dt.w, &mut wt);
+                        conv::direct(&d, &dt.x, &wt, Some(&dt.bias), true, &mut y);
+                    })
+                };
+                let fw = time(reps, || {
+                    forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut y)
+                });
+                let bd = match conv::backward_input_geometry(&g).filter(|_| !skip) {
+                    Some(bdg) => time(reps, || {
+                        let mut wt = super::Scratch::new(conv::packed_len(c, 9 * k));
+                        conv::pack_backward_input(&g, &dt.w, &mut wt);
+                        conv::direct(&bdg, &dt.gy, &wt, None, false, &mut gx);
+                    }),
+                    None => f64::NAN,
+                };
+                let bw = time(reps, || backward_input(&d, &dt.gy, &dt.w, &mut gx));
+                (fd, fw, bd, bw)
+            });
+            let (fd, fw, bd, bw) = row;
+            println!(
+                "{:>18} {fd:>10.1} {fw:>10.1} {:>6.2} {bd:>10.1} {bw:>10.1} {:>6.2}",
+                format!("{c},{k},{h},{w}"),
+                fd / fw,
+                bd / bw
+            );
+        }
+    }
+}
