@@ -416,6 +416,7 @@ impl<T: ThreatModel> Apgd<T> {
                     .get(next_check)
                     .map_or(usize::MAX, |&c| c - checkpoints[next_check - 1]);
             }
+            b.step_end()?;
         }
         Ok(Found {
             found,

@@ -417,6 +417,7 @@ impl<T: ThreatModel> Pgd<T> {
             } else {
                 next
             };
+            b.step_end()?;
         }
         let logits = m.logits(&x)?;
         let loss = match self.loss {

@@ -109,6 +109,17 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The same elements under another shape with as many elements.
     fn reshape(&self, x: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
 
+    /// Marks the end of one iteration of an iterative algorithm (a PGD step, a training step).
+    /// A backend that batches device work may submit the work recorded since the previous
+    /// mark here, so that one iteration is one submission; results are unaffected, and nothing
+    /// waits for the device. The default does nothing (the CPU backend runs every op at once).
+    ///
+    /// # Errors
+    /// [`TensorError::Backend`] if the device reports an error while submitting.
+    fn step_end(&self) -> Result<()> {
+        Ok(())
+    }
+
     // ---- element-wise, with NumPy broadcasting -------------------------------------------
 
     /// `a + b`.

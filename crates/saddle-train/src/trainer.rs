@@ -393,6 +393,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     ) -> Result<StepMetrics> {
         self.optimizer
             .step(&self.backend, self.model.params_mut(), gs, at.lr)?;
+        self.backend.step_end()?;
         self.step += 1;
         let n = at.labels.len();
         Ok(StepMetrics {

@@ -2,10 +2,24 @@
 //! (device, queue, pipeline cache), buffers reused across calls, one staging buffer for
 //! read-back, `pollster` to block.
 //!
-//! **Batching.** Dispatches are recorded into one pending command encoder and submitted every
-//! [`FLUSH_EVERY`] dispatches or when the host needs data back (`to_vec`); nothing waits for
-//! the device in between, so a whole PGD attack runs without a round trip. At most
-//! [`MAX_IN_FLIGHT`] submissions are outstanding, which bounds how far the host runs ahead.
+//! **Batching.** Dispatches (and buffer clears and copies) are recorded into one pending command
+//! encoder, which is submitted at exactly three points: when the caller marks the end of an
+//! iteration ([`saddle_tensor::Backend::step_end`], called after every PGD step and every
+//! training step), when the host needs data back (`to_vec`, whose copy closes the submission),
+//! and, as a safety cap only, when [`MAX_RECORDED`] commands are pending. So one PGD step is one
+//! submission, never cut at an arbitrary op: a PGD-k attack makes k per restart plus a few that
+//! do not depend on k (its read-backs). Nothing waits for the device at a submission, so a whole
+//! PGD attack runs without a round trip. At most [`MAX_IN_FLIGHT`] submissions are outstanding
+//! (the host waits for the oldest beyond that), which bounds how far the host runs ahead. Each
+//! submission counts itself ([`TransferCounts::submissions`]).
+//!
+//! The cap exists for code that never calls `step_end` and never reads back (a loop of ops):
+//! without it the pending encoder would grow without bound, holding its commands and bind groups
+//! in host memory and every buffer freed meanwhile (parked, see below) on the device, and the
+//! device would sit idle until the end. It is far above one step of the models trained here (a
+//! CIFAR-10 wide ResNet step records a few hundred commands), so it never cuts a step of code
+//! that calls the hook. The price of a step per submission: buffers freed during a step are
+//! reused from the next step on, not within it, so a step's temporaries are all live at once.
 //!
 //! **Buffer reuse.** Buffers come from a pool bucketed by size class. A buffer freed while the
 //! pending encoder may still read it is parked until that encoder is submitted; only then can it
@@ -32,8 +46,9 @@ use saddle_tensor::{Result, TensorError};
 
 use crate::kernels::Kernel;
 
-/// Dispatches recorded before the pending encoder is submitted.
-pub(crate) const FLUSH_EVERY: usize = 48;
+/// Commands (dispatches, clears, copies) recorded before the pending encoder is submitted
+/// without waiting for `step_end` or a read-back: a safety cap, see the module docs.
+pub(crate) const MAX_RECORDED: usize = 4096;
 /// Submissions allowed in flight before the host waits for the oldest.
 pub(crate) const MAX_IN_FLIGHT: usize = 3;
 /// Idle bytes the pool keeps for reuse; beyond this, freed buffers are released.
@@ -57,6 +72,10 @@ pub struct TransferCounts {
     pub readbacks: u64,
     /// Their bytes (the status word included).
     pub readback_bytes: u64,
+    /// Command buffers submitted to the queue: one at each `step_end` and each read-back, and
+    /// one whenever a safety cap of 4096 pending commands is reached (not a transfer, but
+    /// counted with them).
+    pub submissions: u64,
 }
 
 impl TransferCounts {
@@ -70,6 +89,7 @@ impl TransferCounts {
             param_bytes: self.param_bytes.saturating_sub(earlier.param_bytes),
             readbacks: self.readbacks.saturating_sub(earlier.readbacks),
             readback_bytes: self.readback_bytes.saturating_sub(earlier.readback_bytes),
+            submissions: self.submissions.saturating_sub(earlier.submissions),
         }
     }
 }
@@ -82,6 +102,7 @@ struct Counters {
     param_bytes: AtomicU64,
     readbacks: AtomicU64,
     readback_bytes: AtomicU64,
+    submissions: AtomicU64,
 }
 
 impl Counters {
@@ -98,6 +119,7 @@ impl Counters {
             param_bytes: get(&self.param_bytes),
             readbacks: get(&self.readbacks),
             readback_bytes: get(&self.readback_bytes),
+            submissions: get(&self.submissions),
         }
     }
 }
@@ -227,7 +249,8 @@ impl std::fmt::Debug for PooledBuffer {
 
 struct Batch {
     encoder: Option<wgpu::CommandEncoder>,
-    dispatches: usize,
+    /// Commands recorded in `encoder`.
+    recorded: usize,
     in_flight: VecDeque<wgpu::SubmissionIndex>,
 }
 
@@ -337,7 +360,7 @@ impl Context {
             pool: Arc::new(Pool::default()),
             batch: Mutex::new(Batch {
                 encoder: None,
-                dispatches: 0,
+                recorded: 0,
                 in_flight: VecDeque::new(),
             }),
             staging: Mutex::new(None),
@@ -482,8 +505,8 @@ impl Context {
         Ok(pipeline)
     }
 
-    /// Runs `f` on the pending encoder (created if needed), then submits the batch when it is
-    /// full.
+    /// Runs `f` on the pending encoder (created if needed), then submits the batch when it
+    /// holds [`MAX_RECORDED`] commands (the safety cap; steps end at `step_end`).
     fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
         let mut batch = lock(&self.batch, "batch")?;
         if batch.encoder.is_none() {
@@ -495,8 +518,8 @@ impl Context {
             ));
         }
         f(batch.encoder.as_mut().expect("just created"));
-        batch.dispatches += 1;
-        if batch.dispatches >= FLUSH_EVERY {
+        batch.recorded += 1;
+        if batch.recorded >= MAX_RECORDED {
             self.submit(&mut batch)?;
         }
         Ok(())
@@ -506,8 +529,9 @@ impl Context {
         let Some(encoder) = batch.encoder.take() else {
             return Ok(());
         };
-        batch.dispatches = 0;
+        batch.recorded = 0;
         let index = self.queue.submit(Some(encoder.finish()));
+        Counters::add(&self.counters.submissions, 1);
         self.pool.set_recording(false);
         batch.in_flight.push_back(index);
         while batch.in_flight.len() > MAX_IN_FLIGHT {
@@ -522,7 +546,7 @@ impl Context {
         Ok(())
     }
 
-    /// Submits the pending encoder, if any.
+    /// Submits the pending encoder, if any (nothing when no command is pending); does not wait.
     pub(crate) fn flush(&self) -> Result<()> {
         let mut batch = lock(&self.batch, "batch")?;
         self.submit(&mut batch)

@@ -32,13 +32,16 @@
 //! ## Data stays on the device
 //!
 //! A [`WgpuTensor`] is a shape and a shared device buffer. Operations record compute dispatches
-//! into one pending command encoder, submitted every few dozen dispatches, and return at once;
-//! only [`Backend::to_vec`] waits for the device and copies to the host (through one staging
-//! buffer). A PGD attack or a training step therefore crosses to the host only for its inputs
+//! into one pending command encoder and return at once. The encoder is submitted when the
+//! caller marks the end of an iteration ([`Backend::step_end`]: after every PGD step and every
+//! training step, so one step is one submission), at a read-back, or after a safety cap of a few
+//! thousand commands (see `context.rs`); only [`Backend::to_vec`] waits for the device and
+//! copies to the host (through one staging buffer). A PGD attack or a training step therefore crosses to the host only for its inputs
 //! and the numbers it reports. Buffers are reused through a pool (see `context.rs` for why reuse
 //! is safe with a pending encoder); kernel parameters are cached on the device by value, so a
 //! loop that repeats the same ops writes no parameters after its first iteration.
-//! [`Wgpu::transfer_counts`] counts every transfer where it happens ([`TransferCounts`]).
+//! [`Wgpu::transfer_counts`] counts every transfer where it happens, and every submission
+//! ([`TransferCounts`]).
 //!
 //! ## Tiling of matmul and convolution
 //!
@@ -175,8 +178,9 @@ impl Wgpu {
     }
 
     /// The host ↔ device transfers of this device since it was opened (shared by its clones):
-    /// tensors uploaded, kernel-parameter blocks written, read-backs, and their bytes. Take one
-    /// count before and one after a piece of work and compare with [`TransferCounts::since`].
+    /// tensors uploaded, kernel-parameter blocks written, read-backs, and their bytes; and the
+    /// command buffers submitted ([`TransferCounts::submissions`]). Take one count before and
+    /// one after a piece of work and compare with [`TransferCounts::since`].
     pub fn transfer_counts(&self) -> TransferCounts {
         self.ctx.transfer_counts()
     }

@@ -581,6 +581,12 @@ impl Backend for Wgpu {
         })
     }
 
+    /// Submits the pending encoder: one iteration, one submission (see `context.rs`).
+    fn step_end(&self) -> Result<()> {
+        self.ctx.flush()?;
+        self.ctx.check("step_end")
+    }
+
     fn add(&self, a: &T, b: &T) -> Result<T> {
         self.binary("add", BinOp::Add, a, b)
     }
