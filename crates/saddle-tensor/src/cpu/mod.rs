@@ -16,6 +16,11 @@
 //! x86-64) and differ in the last bits.
 
 mod conv;
+/// The benches' CPU-time clocks, for the timing tests (thread CPU time holds on a shared
+/// machine).
+#[cfg(test)]
+#[path = "../../benches/support/cpu_clock.rs"]
+mod cpu_clock;
 mod kernel;
 pub mod pool;
 mod winograd;
@@ -297,6 +302,34 @@ fn per_row(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync + S
     } else {
         out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
     }
+}
+
+/// Two `[c]` tensors from `f(channel)`, a channel per task (on threads when `parallel`), so
+/// that each value is computed in one order whatever the number of threads.
+fn per_channel_pair(
+    c: usize,
+    parallel: bool,
+    f: impl Fn(usize) -> (f32, f32) + Sync + Send,
+) -> (CpuTensor, CpuTensor) {
+    let mut st = pool::Scratch::new(2 * c);
+    let go = |(ch, o): (usize, &mut [f32])| {
+        let (a, b) = f(ch);
+        o[0] = a;
+        o[1] = b;
+    };
+    if parallel {
+        st.par_chunks_mut(2).enumerate().for_each(go);
+    } else {
+        st.chunks_mut(2).enumerate().for_each(go);
+    }
+    let pick = |k: usize| {
+        CpuTensor::build(&[c], |m| {
+            m.iter_mut()
+                .enumerate()
+                .for_each(|(ch, v)| *v = st[2 * ch + k])
+        })
+    };
+    (pick(0), pick(1))
 }
 
 /// Σ `x` in `f64`, over 8 interleaved lanes (so that it vectorises) combined in a fixed order.
@@ -870,6 +903,8 @@ impl Backend for Cpu {
         Ok(CpuTensor::build(weight_shape, |gw| {
             if g.n * g.oh * g.ow == 0 {
                 gw.fill(0.0);
+            } else if winograd::applies_backward_weight(&d) {
+                winograd::backward_weight(&d, x.as_slice(), gy.as_slice(), gw)
             } else {
                 conv::backward_weight(&d, x.as_slice(), gy.as_slice(), gw)
             }
@@ -1167,29 +1202,11 @@ impl Backend for Cpu {
         let cnt = (n * s) as f64;
         let xs = x.as_slice();
         let plane = |i: usize, ch: usize| &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
-        // Per channel (one task each): the mean, then the biased variance about it, both
-        // accumulated in f64.
-        let mut st = pool::Scratch::new(2 * c);
-        let chan = |ch: usize, out: &mut [f32]| {
+        // Per channel: the mean, then the biased variance about it, both accumulated in f64.
+        let (mean, var) = per_channel_pair(c, xs.len() >= PAR_MIN, |ch| {
             let mu = (0..n).map(|i| sum_f64(plane(i, ch))).sum::<f64>() / cnt;
             let v = (0..n).map(|i| sq_dev_f64(plane(i, ch), mu)).sum::<f64>() / cnt;
-            out[0] = mu as f32;
-            out[1] = v as f32;
-        };
-        if xs.len() >= PAR_MIN {
-            st.par_chunks_mut(2)
-                .enumerate()
-                .for_each(|(ch, o)| chan(ch, o));
-        } else {
-            st.chunks_mut(2).enumerate().for_each(|(ch, o)| chan(ch, o));
-        }
-        let mean = CpuTensor::build(&[c], |m| {
-            m.iter_mut().enumerate().for_each(|(ch, v)| *v = st[2 * ch])
-        });
-        let var = CpuTensor::build(&[c], |m| {
-            m.iter_mut()
-                .enumerate()
-                .for_each(|(ch, v)| *v = st[2 * ch + 1])
+            (mu as f32, v as f32)
         });
         let y = self.bn_apply(x, gamma, beta, mean.as_slice(), var.as_slice(), eps, c, s);
         Ok((y, BatchNormStats { mean, var }))
@@ -1247,9 +1264,8 @@ impl Backend for Cpu {
             gamma.as_slice(),
         );
         let inv = |ch: usize| 1.0 / (var[ch] + eps).sqrt();
-        // Per channel (one task each): Σ gy (beta's gradient) and Σ gy·x̂ (gamma's), in f64.
-        let mut st = pool::Scratch::new(2 * c);
-        let chan = |ch: usize, out: &mut [f32]| {
+        // Per channel: Σ gy (beta's gradient) and Σ gy·x̂ (gamma's), in f64.
+        let (gb, gg) = per_channel_pair(c, xs.len() >= PAR_MIN, |ch| {
             let (mu, iv) = (mean[ch], inv(ch));
             let (mut sg, mut sgx) = (0.0f64, 0.0f64);
             for i in 0..n {
@@ -1258,23 +1274,7 @@ impl Backend for Cpu {
                 sg += a;
                 sgx += b;
             }
-            out[0] = sg as f32;
-            out[1] = sgx as f32;
-        };
-        if xs.len() >= PAR_MIN {
-            st.par_chunks_mut(2)
-                .enumerate()
-                .for_each(|(ch, o)| chan(ch, o));
-        } else {
-            st.chunks_mut(2).enumerate().for_each(|(ch, o)| chan(ch, o));
-        }
-        let gb = CpuTensor::build(&[c], |m| {
-            m.iter_mut().enumerate().for_each(|(ch, v)| *v = st[2 * ch])
-        });
-        let gg = CpuTensor::build(&[c], |m| {
-            m.iter_mut()
-                .enumerate()
-                .for_each(|(ch, v)| *v = st[2 * ch + 1])
+            (sg as f32, sgx as f32)
         });
         let (gbs, ggs) = (gb.as_slice(), gg.as_slice());
         let gx = CpuTensor::build(x.dims(), |out| {

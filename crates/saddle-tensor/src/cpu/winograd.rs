@@ -33,11 +33,20 @@
 //! portable kernel rounds each product first), then `+ 0.0`. Each output is
 //! `((Aᵀ M A) + bias)` then ReLU. No result depends on the thread count, and the AVX-512 and
 //! AVX2 kernels agree bit for bit (tested against that chain computed in scalar code).
+//!
+//! **Gradient with respect to the weights** ([`backward_weight`]): the adjoint of the forward
+//! map `g ↦ Aᵀ[(G g Gᵀ) ⊙ V]A`, summed over tiles: `gw = Gᵀ (Σ_t V_t ⊙ (A gy_t Aᵀ)) G`. Per
+//! `ξ` the sum over the tiles of the whole batch is a product (channels × tiles times tiles ×
+//! output channels) on [`kernel::gemm`], `V` from [`input_block`] read through a table of tile
+//! offsets, `A gy Aᵀ` from each image's `gy` transposed to `[pixel][channel]`. The batch's
+//! rows of tiles go in fixed blocks, consecutive blocks in at most 16 tasks; each task's
+//! partial sums are added in task order, so the bits depend on the shapes only (not on the
+//! thread count, and the same on AVX-512 and AVX2).
 
 use rayon::prelude::*;
 
 use super::conv::Direct;
-use super::kernel::{self, Isa, Offs, Out, MR, P};
+use super::kernel::{self, BSrc, Isa, Offs, Out, MR, P};
 use super::pool::Scratch;
 
 /// Fewest channels summed over (input channels forward, output channels for the input
@@ -666,13 +675,339 @@ fn output_block(
     }
 }
 
+/// Fewest input channels for which [`backward_weight`] is used (see [`applies_backward_weight`]):
+/// measured at batch 128, one thread, 32×32 images and 16 output channels, 3 input channels
+/// ran at 0.63× (AVX-512) / 0.74× (AVX2) the direct weight gradient's speed, 8 at 0.92×,
+/// 16 at 1.35× / 1.72×.
+pub const MIN_BW_C: usize = 16;
+/// Fewest output channels for which [`backward_weight`] is used (16 input channels, 8 output
+/// channels, 32×32: 1.30× / 1.28×; 8 and 8: 1.0×).
+pub const MIN_BW_K: usize = 8;
+/// Bytes of a block's `V` and `Gy` together for the weight gradient. Only one `ξ`'s planes
+/// are in use at a time; larger blocks mean fewer passes of the products' accumulation into
+/// the partial sums (768 KiB blocks of 128 tiles or more were ~10% slower on the wide ResNet
+/// 16-2 shapes, 4 MiB no faster).
+const BW_BLOCK_BYTES: usize = 2048 << 10;
+/// Fewest tiles in a block of the weight gradient (the products reduce over a block's tiles).
+const BW_MIN_TILES: usize = 512;
+/// Most tasks (partial sums) of the weight gradient.
+const BW_MAX_TASKS: usize = 16;
+
+/// Whether [`backward_weight`] is the faster way to compute the gradient with respect to the
+/// weights of the convolution `d` (forward geometry): 3×3, stride 1, padding 1, at least
+/// [`MIN_BW_C`] input and [`MIN_BW_K`] output channels.
+pub fn applies_backward_weight(d: &Direct) -> bool {
+    geometry_fits(d) && d.c >= MIN_BW_C && d.k >= MIN_BW_K
+}
+
+/// Sizes of the weight gradient's pass over the batch: its `n·th` rows of tiles (those of
+/// every image, one after the other) in blocks of `rows`, `bpt` consecutive blocks per task.
+/// All of it depends on the shapes only, never on the thread count.
+#[derive(Clone, Copy)]
+struct WPlan {
+    c: usize,
+    k: usize,
+    /// `k` rounded up to a whole vector.
+    kp: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+    /// Rows of tiles of the batch, and per block.
+    th_all: usize,
+    rows: usize,
+    /// Strides between the planes `Gy[ξ]` (`[rows·tw, kp]`).
+    sg: usize,
+    /// [`input_block`]'s plan for a block: `V[ξ]` `[rows, c, tw + 1]`, `sv` apart.
+    fp: Plan,
+    /// Blocks, blocks per task, tasks.
+    nb: usize,
+    bpt: usize,
+    tasks: usize,
+}
+
+impl WPlan {
+    fn new(d: &Direct) -> WPlan {
+        let (c, k, h, w) = (d.c, d.k, d.h, d.w);
+        let kp = kpad(k);
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let th_all = d.n * th;
+        let per_row = 16 * tw * (c + kp) * 4;
+        let min_rows = BW_MIN_TILES.div_ceil(tw);
+        let by_budget = (BW_BLOCK_BYTES / per_row).max(min_rows).max(1);
+        let nb = th_all.div_ceil(by_budget).max(1);
+        let rows = th_all.div_ceil(nb).max(1);
+        let nb = th_all.div_ceil(rows);
+        let bpt = nb.div_ceil(BW_MAX_TASKS);
+        let tasks = nb.div_ceil(bpt);
+        let plane = |len: usize| len.div_ceil(1024) * 1024 + 16;
+        let te = tw + 1;
+        WPlan {
+            c,
+            k,
+            kp,
+            h,
+            w,
+            th,
+            tw,
+            th_all,
+            rows,
+            sg: plane(rows * tw * kp),
+            fp: Plan {
+                c,
+                k,
+                h,
+                w,
+                th,
+                tw,
+                group: 1,
+                te,
+                rows,
+                ldt: rows * tw,
+                sv: plane(rows * c * te),
+                sm: 0,
+            },
+            nb,
+            bpt,
+            tasks,
+        }
+    }
+
+    /// Elements of [`input_block`]'s temporaries.
+    fn tmp_len(&self) -> usize {
+        4 * (2 * self.c * self.fp.te + 2)
+    }
+}
+
+/// `gw` `[k, c, 3, 3]` (overwritten) = the gradient with respect to the weights of
+/// [`forward`]'s convolution of `x` `[n, c, h, w]` (`gy` `[n, k, h, w]` the gradient of its
+/// output): `gw[o][ch][a][b] = Σ_{img, i, j} gy[img][o][i][j] · x[img][ch][i+a−1][j+b−1]`.
+///
+/// Forward, a tile's outputs are `Aᵀ [U ⊙ V] A` with `U = G g Gᵀ`, linear in `g`; the gradient
+/// is the adjoint, summed over tiles: `gw[o][ch] = Gᵀ (Σ_t V_t ⊙ (A gy_t Aᵀ)) G`, `V_t` the
+/// transformed window of channel `ch` of tile `t` and `gy_t` the 2×2 output gradient of channel
+/// `o` (zeros outside the image). Per `ξ` the sum is a product `Mw[ξ]` `[c, k]` = `V[ξ]`
+/// (channels × tiles) · `Gy[ξ]` (tiles × output channels), over every tile of the batch.
+///
+/// **Order of the sums** (fixed by the shapes alone: the same bits for any thread count, and on
+/// AVX-512 and AVX2 alike): the rows of tiles of the batch (image after image) go in blocks of
+/// [`WPlan`]`::rows`, consecutive blocks in tasks (run in parallel). A task's `Mw` is, block by
+/// block in order, the kernel's fused multiply-add chain over the block's tiles in chunks of
+/// [`kernel::KC`] from +0, each chunk `+ 0.0` then added to what is there; the tasks' `Mw`
+/// are added in task order, then `Gᵀ Mw G` (plain `f32`, in a fixed order).
+///
+/// **Scratch** (all from the pool): the tasks' partial sums (at most 16 × `16·c·kp`), and per
+/// running task one block's `V` and `Gy` (about [`BW_BLOCK_BYTES`]) and one image's transposed
+/// `gy` (`h·w·kp`): about 3 MB per thread at `c = k = 32`, 32×32, any batch.
+pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
+    assert!(
+        geometry_fits(d),
+        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+    );
+    let (n, c, k, h, w) = (d.n, d.c, d.k, d.h, d.w);
+    assert!(x.len() >= n * c * h * w && gy.len() >= n * k * h * w);
+    assert!(gw.len() >= k * c * 9);
+    let gw = &mut gw[..k * c * 9];
+    if n * h * w == 0 || c == 0 || k == 0 {
+        gw.fill(0.0);
+        return;
+    }
+    let pl = WPlan::new(d);
+    let msz = 16 * c * pl.kp;
+    let sv = pl.fp.sv;
+    let mut parts = Scratch::new(pl.tasks * msz);
+    // Offsets of a block's tiles in V[ξ]: tile t = (r, tj) at r·c·te + tj (channel ch + ch·te).
+    let mut offs_s = Scratch::new(pl.rows * pl.tw);
+    let offs = kernel::as_u32(&mut offs_s);
+    for (t, o) in offs.iter_mut().enumerate() {
+        *o = ((t / pl.tw) * c * pl.fp.te + t % pl.tw) as u32;
+    }
+    let offs = &*offs;
+    parts
+        .par_chunks_mut(msz)
+        .enumerate()
+        .for_each(|(task, part)| {
+            let mut buf = Scratch::new(w + 16 * sv + 16 * pl.sg + h * w * pl.kp + pl.tmp_len());
+            let (zero, rest) = buf.split_at_mut(w);
+            let (v, rest) = rest.split_at_mut(16 * sv);
+            let (g, rest) = rest.split_at_mut(16 * pl.sg);
+            let (gyt, tmp) = rest.split_at_mut(h * w * pl.kp);
+            zero.fill(0.0);
+            let mut cur = usize::MAX;
+            let simd = Simd::get();
+            let b0 = task * pl.bpt;
+            for b in b0..(b0 + pl.bpt).min(pl.nb) {
+                let tr0 = b * pl.rows;
+                let tr1 = (tr0 + pl.rows).min(pl.th_all);
+                simd.input_block(&pl.fp, x, zero, tr0, tr1, v, tmp);
+                simd.weight_grad_block(&pl, gy, tr0, tr1, g, gyt, &mut cur);
+                weight_products(&pl, v, g, offs, (tr1 - tr0) * pl.tw, b > b0, part);
+            }
+        });
+    // Σ over tasks in order (into the first), then Gᵀ M G per pair of channels.
+    let (first, rest) = parts.split_at_mut(msz);
+    for p in rest.chunks_exact(msz) {
+        for (a, &b) in first.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    let kp = pl.kp;
+    for ch in 0..c {
+        for o in 0..k {
+            let m: [f32; 16] = std::array::from_fn(|xi| first[xi * c * kp + ch * kp + o]);
+            let r = weight_grad_tile(&m);
+            gw[(o * c + ch) * 9..(o * c + ch + 1) * 9].copy_from_slice(&r);
+        }
+    }
+}
+
+/// `Gᵀ m G` of a row-major 4×4 tile, row-major 3×3.
+fn weight_grad_tile(m: &[f32; 16]) -> [f32; 9] {
+    // Gᵀ applied to a 4-vector: (m₀ + (m₁+m₂)·½, (m₁−m₂)·½, (m₁+m₂)·½ + m₃).
+    let gt = |m0: f32, m1: f32, m2: f32, m3: f32| {
+        let s = (m1 + m2) * 0.5;
+        [m0 + s, (m1 - m2) * 0.5, s + m3]
+    };
+    // t = Gᵀ m (3×4), column by column; then t G, row by row.
+    let mut t = [[0.0f32; 4]; 3];
+    for j in 0..4 {
+        let r = gt(m[j], m[4 + j], m[8 + j], m[12 + j]);
+        for a in 0..3 {
+            t[a][j] = r[a];
+        }
+    }
+    let mut g = [0.0f32; 9];
+    for a in 0..3 {
+        let r = gt(t[a][0], t[a][1], t[a][2], t[a][3]);
+        g[3 * a..3 * a + 3].copy_from_slice(&r);
+    }
+    g
+}
+
+dispatch!(weight_grad_block, weight_grad_block_avx512, weight_grad_block_avx2,
+    (pl: &WPlan, gy: &[f32], tr0: usize, tr1: usize, g: &mut [f32], gyt: &mut [f32],
+     cur: &mut usize));
+
+/// `Gy[ξ][t][o]` (`ξ·sg + t·kp + o`, zeros for `o ≥ k`) = `(A gy_t Aᵀ)[ξ]` of tile `t`'s 2×2
+/// output gradient of channel `o` (zeros outside the image), for the batch's rows of tiles
+/// `tr0 ≤ tr < tr1` (`gy` `[n, k, h, w]`). Each image's `gy` is first transposed to
+/// `gyt` `[h·w, kp]` (`cur` says which image `gyt` holds), channel after channel (reading
+/// `gy` in order); then the transform, sixteen channels at a time. With `A gy` = rows
+/// `(p, q)`: `(g₀₀, g₀₁)`, `(g₀₀ + g₁₀, g₀₁ + g₁₁)`, `(g₀₀ − g₁₀, g₀₁ − g₁₁)`, `(−g₁₀, −g₁₁)`,
+/// and each row times `Aᵀ`: `(p, p + q, p − q, −q)`.
+#[inline(always)]
+fn weight_grad_block(
+    pl: &WPlan,
+    gy: &[f32],
+    tr0: usize,
+    tr1: usize,
+    g: &mut [f32],
+    gyt: &mut [f32],
+    cur: &mut usize,
+) {
+    let (k, kp, h, w, tw) = (pl.k, pl.kp, pl.h, pl.w, pl.tw);
+    let hw = h * w;
+    for gtr in tr0..tr1 {
+        let (img, tr) = (gtr / pl.th, gtr % pl.th);
+        if *cur != img {
+            *cur = img;
+            for o in 0..k {
+                let plane = &gy[(img * k + o) * hw..(img * k + o + 1) * hw];
+                for (p, &v) in plane.iter().enumerate() {
+                    gyt[p * kp + o] = v;
+                }
+            }
+            if k < kp {
+                for p in 0..hw {
+                    gyt[p * kp + k..(p + 1) * kp].fill(0.0);
+                }
+            }
+        }
+        let gyt = &*gyt;
+        let lt = (gtr - tr0) * tw;
+        for tj in 0..tw {
+            let t = lt + tj;
+            for o0 in (0..kp).step_by(16) {
+                let ld = |a: usize, b: usize| -> [f32; 16] {
+                    let (i, col) = (2 * tr + a, 2 * tj + b);
+                    if i < h && col < w {
+                        part(gyt, (i * w + col) * kp + o0)
+                    } else {
+                        [0.0; 16]
+                    }
+                };
+                let (g00, g01, g10, g11) = (ld(0, 0), ld(0, 1), ld(1, 0), ld(1, 1));
+                let mut y = [[0.0f32; 16]; 16];
+                for l in 0..16 {
+                    let p = [g00[l], g00[l] + g10[l], g00[l] - g10[l], -g10[l]];
+                    let q = [g01[l], g01[l] + g11[l], g01[l] - g11[l], -g11[l]];
+                    for r in 0..4 {
+                        y[4 * r][l] = p[r];
+                        y[4 * r + 1][l] = p[r] + q[r];
+                        y[4 * r + 2][l] = p[r] - q[r];
+                        y[4 * r + 3][l] = -q[r];
+                    }
+                }
+                for (xi, yx) in y.iter().enumerate() {
+                    let at = xi * pl.sg + t * kp + o0;
+                    g[at..at + 16].copy_from_slice(yx);
+                }
+            }
+        }
+    }
+}
+
+/// `part[ξ]` `[c, kp]` (+)= `V[ξ]` (`c` × `tn` tiles, as [`input_block`] lays them out, read
+/// through the table `offs`) · `Gy[ξ]` (`tn` × `kp`) for each `ξ`, on [`kernel::gemm`] (one
+/// thread): overwritten unless `accumulate`.
+fn weight_products(
+    pl: &WPlan,
+    v: &[f32],
+    g: &[f32],
+    offs: &[u32],
+    tn: usize,
+    accumulate: bool,
+    part: &mut [f32],
+) {
+    let (c, kp, sv) = (pl.c, pl.kp, pl.fp.sv);
+    for xi in 0..16 {
+        let vx = &v[xi * sv..xi * sv + pl.rows * c * pl.fp.te];
+        let gx = &g[xi * pl.sg..xi * pl.sg + tn * kp];
+        let mx = &mut part[xi * c * kp..(xi + 1) * c * kp];
+        let out = Out {
+            c: P(mx.as_mut_ptr()),
+            rs: kp,
+            cs: 1,
+            accumulate,
+            bias: None,
+            relu: false,
+        };
+        // SAFETY: A's element (ch, t) is vx[ch·te + offs[t]] = V[ξ][t / tw][ch][t % tw], inside
+        // `vx` for t < tn ≤ rows·tw; B has tn rows of kp columns in `gx`; C is `mx`, c rows of
+        // kp, held by this task alone and apart from A and B.
+        unsafe {
+            kernel::gemm(
+                c,
+                kp,
+                tn,
+                vx.as_ptr(),
+                Offs::Affine(pl.fp.te),
+                Offs::Table(offs),
+                BSrc::Rows(P(gx.as_ptr() as *mut f32), kp),
+                out,
+                false,
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Against float64 loops within a rounding-error bound, against the documented chain bit
     //! for bit, and a timing table (ignored by default).
     use super::super::conv::{self, Direct};
     use super::super::kernel::{isa, Isa};
-    use super::{backward_input, forward};
+    use super::{backward_input, backward_weight, forward};
     use crate::rng::Rng;
 
     fn geometry(n: usize, c: usize, h: usize, w: usize, k: usize) -> Direct {
@@ -1172,28 +1507,316 @@ mod tests {
         }
     }
 
-    /// CPU time of the calling thread, in seconds (as `benches/support/cpu_clock.rs`); NaN off
-    /// Linux.
-    #[cfg(target_os = "linux")]
-    fn thread_time() -> f64 {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
+    /// The weight gradient `[k, c, 3, 3]` in float64, from the definition:
+    /// `gw[o][ch][a][b] = Σ gy[img][o][i][j] · x[img][ch][i+a−1][j+b−1]`.
+    fn naive_weight(d: &Direct, x: &[f32], gy: &[f32]) -> Vec<f64> {
+        let (n, c, h, w, k) = (d.n, d.c, d.h, d.w, d.k);
+        let mut gw = vec![0.0f64; k * c * 9];
+        for img in 0..n {
+            for o in 0..k {
+                for ch in 0..c {
+                    for a in 0..3 {
+                        for b in 0..3 {
+                            let mut s = 0.0f64;
+                            for i in 0..h {
+                                for j in 0..w {
+                                    let xv = pixel(
+                                        x,
+                                        img,
+                                        ch,
+                                        c,
+                                        h,
+                                        w,
+                                        (i + a) as isize - 1,
+                                        (j + b) as isize - 1,
+                                    );
+                                    s += gy[((img * k + o) * h + i) * w + j] as f64 * xv as f64;
+                                }
+                            }
+                            gw[(o * c + ch) * 9 + 3 * a + b] += s;
+                        }
+                    }
+                }
+            }
         }
-        extern "C" {
-            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-        }
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: CLOCK_THREAD_CPUTIME_ID (3) and a valid out-pointer.
-        unsafe { clock_gettime(3, &mut ts) };
-        ts.sec as f64 + ts.nsec as f64 * 1e-9
+        gw
     }
 
-    #[cfg(not(target_os = "linux"))]
-    fn thread_time() -> f64 {
-        f64::NAN
+    /// The 2×2 output gradient of tile `(ti, tj)`, zeros outside the image.
+    #[allow(clippy::too_many_arguments)]
+    fn gy_tile(
+        gy: &[f32],
+        img: usize,
+        o: usize,
+        k: usize,
+        h: usize,
+        w: usize,
+        ti: usize,
+        tj: usize,
+    ) -> [[f32; 2]; 2] {
+        std::array::from_fn(|a| {
+            std::array::from_fn(|b| {
+                pixel(
+                    gy,
+                    img,
+                    o,
+                    k,
+                    h,
+                    w,
+                    (2 * ti + a) as isize,
+                    (2 * tj + b) as isize,
+                )
+            })
+        })
     }
+
+    /// For each weight, the sum of the absolute values of every term of the Winograd
+    /// expansion of [`backward_weight`]: `S = Σ_t Σ_ξ (|Gᵀ| ⊗ |Gᵀ|)[ξ] · (|Bᵀ| |d_t| |B|)[ξ] ·
+    /// (|A| |gy_t| |Aᵀ|)[ξ]`, in float64.
+    fn abs_terms_weight(d: &Direct, x: &[f32], gy: &[f32]) -> Vec<f64> {
+        let (n, c, h, w, k) = (d.n, d.c, d.h, d.w, d.k);
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let f = |v: f32| v.abs() as f64;
+        let gm = g_matrix(0.5);
+        let mut m = vec![[[0.0f64; 4]; 4]; k * c];
+        for img in 0..n {
+            for ti in 0..th {
+                for tj in 0..tw {
+                    let vs: Vec<[[f64; 4]; 4]> = (0..c)
+                        .map(|ch| {
+                            let dd = window(x, img, ch, c, h, w, ti, tj);
+                            std::array::from_fn(|i| {
+                                std::array::from_fn(|j| {
+                                    let mut s = 0.0;
+                                    for p in 0..4 {
+                                        for q in 0..4 {
+                                            s += f(BT[i][p]) * f(dd[p][q]) * f(BT[j][q]);
+                                        }
+                                    }
+                                    s
+                                })
+                            })
+                        })
+                        .collect();
+                    for o in 0..k {
+                        let g = gy_tile(gy, img, o, k, h, w, ti, tj);
+                        let y: [[f64; 4]; 4] = std::array::from_fn(|i| {
+                            std::array::from_fn(|j| {
+                                let mut s = 0.0;
+                                for r in 0..2 {
+                                    for q in 0..2 {
+                                        s += f(AT[r][i]) * f(g[r][q]) * f(AT[q][j]);
+                                    }
+                                }
+                                s
+                            })
+                        });
+                        for ch in 0..c {
+                            let mm = &mut m[o * c + ch];
+                            for i in 0..4 {
+                                for j in 0..4 {
+                                    mm[i][j] += vs[ch][i][j] * y[i][j];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut s = vec![0.0f64; k * c * 9];
+        for (q, mm) in m.iter().enumerate() {
+            for a in 0..3 {
+                for b in 0..3 {
+                    let mut t = 0.0;
+                    for i in 0..4 {
+                        for j in 0..4 {
+                            t += f(gm[i][a]) * mm[i][j] * f(gm[j][b]);
+                        }
+                    }
+                    s[q * 9 + 3 * a + b] = t;
+                }
+            }
+        }
+        s
+    }
+
+    /// The bound on `|computed − exact|` for a weight over `tiles` tiles of the batch whose
+    /// expansion's absolute terms sum to `s`.
+    ///
+    /// As [`bound`]: each term picks up one factor `(1 + δ)` per rounding on its path: 2 in
+    /// `Bᵀ d B`, 2 in `A gy Aᵀ` (`g₀₀ ± g₁₀`, then `p ± q`; negation is exact), 4 in `Gᵀ M G`
+    /// (`(m₁ ± m₂)` then `+ m₀` or `+ m₃`, on each side; ×½ is exact), 1 for the product on the
+    /// portable kernel, and in the sum over tiles at most `tiles`: whatever the blocks, chunks
+    /// and tasks, the sum of `tiles` products (per `ξ`) is a tree of fused multiply-adds and
+    /// additions with `tiles` leaves (the first multiply-add of a chain rounds its product),
+    /// so no leaf is deeper than `tiles` (the `+ 0.0`s are exact). The float64 reference adds
+    /// at most `n·h·w·2⁻⁵³ · Σ|x·gy| ≤ 2⁻²⁴·S` (every pair's product is a sum of expansion
+    /// terms, so `Σ|x·gy| ≤ S`): one rounding more. So `γ_{tiles+10} · S`. Typical errors grow
+    /// like `√tiles` and are far below; a final transform off by a relative 2⁻¹⁰ breaks it:
+    /// see [`a_broken_weight_transform_fails_the_bound`].
+    fn bound_weight(tiles: usize, s: f64) -> f64 {
+        let n = (tiles + 10) as f64 * 2f64.powi(-24);
+        n / (1.0 - n) * s
+    }
+
+    fn outside_weight(got: &[f32], want: &[f64], s: &[f64], tiles: usize) -> Option<String> {
+        assert_eq!(got.len(), want.len());
+        (0..got.len()).find_map(|i| {
+            let (g, w) = (got[i] as f64, want[i]);
+            let tol = bound_weight(tiles, s[i]);
+            ((g - w).abs() > tol || g.is_nan())
+                .then(|| format!("element {i}: got {g}, want {w}, bound {tol:e}"))
+        })
+    }
+
+    fn tiles(d: &Direct) -> usize {
+        d.n * d.h.div_ceil(2) * d.w.div_ceil(2)
+    }
+
+    /// The weight gradient against float64 loops within [`bound_weight`], on the shapes of
+    /// [`winograd_matches_float64_within_the_rounding_bound`] (partial tiles, odd sizes, 1×1,
+    /// channel counts off the vector width, several images and blocks).
+    #[test]
+    fn winograd_weight_gradient_matches_float64_within_the_rounding_bound() {
+        let shapes = [
+            (2, 16, 8, 8, 16),
+            (3, 17, 7, 9, 20),
+            (1, 32, 32, 32, 32),
+            (2, 64, 16, 16, 64),
+            (1, 16, 1, 1, 16),
+            (1, 16, 2, 3, 33),
+            (2, 128, 8, 8, 128),
+            (1, 3, 5, 4, 70),
+            (10, 16, 6, 5, 20),
+            (6, 5, 32, 32, 3),
+        ];
+        for (seed, &(n, c, h, w, k)) in shapes.iter().enumerate() {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 400 + seed as u64);
+            let want = naive_weight(&d, &dt.x, &dt.gy);
+            let s = abs_terms_weight(&d, &dt.x, &dt.gy);
+            let mut got = vec![f32::NAN; k * c * 9];
+            backward_weight(&d, &dt.x, &dt.gy, &mut got);
+            if let Some(e) = outside_weight(&got, &want, &s, tiles(&d)) {
+                panic!("backward_weight {n}×{c}×{h}×{w} → {k}: {e}");
+            }
+        }
+    }
+
+    /// The documented sums in scalar code, without blocks (one chain of `f32` multiply-adds
+    /// over the tiles), with `Gᵀ`'s ½ replaced by `half`.
+    fn weight_chain(d: &Direct, x: &[f32], gy: &[f32], half: f32) -> Vec<f32> {
+        let (n, c, h, w, k) = (d.n, d.c, d.h, d.w, d.k);
+        let mut m = vec![[[0.0f32; 4]; 4]; k * c];
+        for img in 0..n {
+            for ti in 0..h.div_ceil(2) {
+                for tj in 0..w.div_ceil(2) {
+                    let vs: Vec<[[f32; 4]; 4]> = (0..c)
+                        .map(|ch| {
+                            let dd = window(x, img, ch, c, h, w, ti, tj);
+                            mm(&mm(&BT, &dd), &tr(&BT))
+                        })
+                        .collect();
+                    for o in 0..k {
+                        let g = gy_tile(gy, img, o, k, h, w, ti, tj);
+                        let y = mm(&mm(&tr(&AT), &g), &AT);
+                        for ch in 0..c {
+                            for i in 0..4 {
+                                for j in 0..4 {
+                                    let e = &mut m[o * c + ch][i][j];
+                                    *e = vs[ch][i][j].mul_add(y[i][j], *e);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let gm = g_matrix(half);
+        m.iter()
+            .flat_map(|mm4| {
+                let r = mm(&mm(&tr(&gm), mm4), &gm);
+                (0..9).map(move |q| r[q / 3][q % 3])
+            })
+            .collect()
+    }
+
+    /// The bound is tight enough to catch a wrong transform: the sums with `Gᵀ`'s ½ off by a
+    /// relative 2⁻¹⁰ fall outside it, the right ones inside.
+    #[test]
+    fn a_broken_weight_transform_fails_the_bound() {
+        for (seed, &(n, c, h, w, k)) in [(2, 16, 8, 8, 16), (1, 17, 7, 9, 20), (3, 32, 4, 4, 16)]
+            .iter()
+            .enumerate()
+        {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 500 + seed as u64);
+            let want = naive_weight(&d, &dt.x, &dt.gy);
+            let s = abs_terms_weight(&d, &dt.x, &dt.gy);
+            let good = weight_chain(&d, &dt.x, &dt.gy, 0.5);
+            assert_eq!(
+                outside_weight(&good, &want, &s, tiles(&d)),
+                None,
+                "the right transform passes"
+            );
+            let bad = weight_chain(&d, &dt.x, &dt.gy, 0.5 * (1.0 + 2f32.powi(-10)));
+            assert!(
+                outside_weight(&bad, &want, &s, tiles(&d)).is_some(),
+                "a transform off by 2⁻¹⁰ must fail ({n}×{c}×{h}×{w} → {k})"
+            );
+        }
+    }
+
+    /// The weight gradient's bits do not depend on the thread count (1- and 3-thread pools), on
+    /// shapes with one block, several tasks, several blocks per task (80 images of 32×32: 20
+    /// blocks of 1024 tiles, two chunks of `KC` each, in 10 tasks); and a checksum of
+    /// them to compare across `SADDLE_CPU_ISA=avx512` and `avx2` (printed with
+    /// `--nocapture`: the two must print the same).
+    #[test]
+    fn winograd_weight_gradient_is_independent_of_the_thread_count() {
+        let pool = |t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        };
+        let mut sum = 0u64;
+        for (seed, &(n, c, h, w, k)) in [
+            (2, 17, 7, 9, 20),
+            (10, 16, 6, 5, 20),
+            (8, 32, 32, 32, 32),
+            (80, 16, 32, 32, 16),
+            (1, 16, 2, 3, 33),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let d = geometry(n, c, h, w, k);
+            let dt = data(&d, 600 + seed as u64);
+            let run = |t| {
+                pool(t).install(|| {
+                    let mut gw = vec![f32::NAN; k * c * 9];
+                    backward_weight(&d, &dt.x, &dt.gy, &mut gw);
+                    gw
+                })
+            };
+            let (a, b) = (run(1), run(3));
+            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                panic!(
+                    "{n}×{c}×{h}×{w} → {k}: element {i}: {} (1 thread) vs {} (3)",
+                    a[i], b[i]
+                );
+            }
+            for v in a {
+                sum = sum
+                    .wrapping_mul(0x100000001b3)
+                    .wrapping_add(v.to_bits() as u64);
+            }
+        }
+        println!("weight gradient checksum on {:?}: {sum:016x}", isa());
+    }
+
+    use crate::cpu::cpu_clock::thread as thread_time;
 
     /// Median CPU time of `reps` calls of `f` (after one untimed call), in milliseconds.
     fn time(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -1209,12 +1832,12 @@ mod tests {
         t[reps / 2]
     }
 
-    /// Direct against Winograd convolution (forward, and gradient with respect to the input)
-    /// on the 3×3 layers of a wide ResNet 16-2 at batch 128, CPU time of one thread, with the
+    /// Direct against Winograd convolution (forward, gradient with respect to the input, and
+    /// with respect to the weights) on the 3×3 layers of a wide ResNet 16-2 at batch 128, CPU time of one thread, with the
     /// packing or weight transform each call does. `cargo test --release -p saddle-tensor
     /// winograd_speed -- --ignored --nocapture`, under each `SADDLE_CPU_ISA`; `WINOGRAD_SHAPES`
     /// (`c,k,h,w;…`) and `WINOGRAD_BATCH` change the shapes, `WINOGRAD_SKIP_DIRECT` times only
-    /// the Winograd path.
+    /// the Winograd path, `WINOGRAD_ONLY_WEIGHT` only the weight gradient.
     #[test]
     #[ignore]
     fn winograd_speed() {
@@ -1249,8 +1872,17 @@ mod tests {
             isa()
         );
         println!(
-            "{:>18} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6}",
-            "c,k,h,w", "fwd direct", "fwd wino", "ratio", "bwd direct", "bwd wino", "ratio"
+            "{:>18} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6}",
+            "c,k,h,w",
+            "fwd direct",
+            "fwd wino",
+            "ratio",
+            "bwd direct",
+            "bwd wino",
+            "ratio",
+            "wgt direct",
+            "wgt wino",
+            "ratio"
         );
         for &[c, k, h, w] in &shapes {
             let d = geometry(n, c, h, w, k);
@@ -1264,9 +1896,12 @@ mod tests {
             .unwrap();
             let mut y = vec![0.0f32; n * k * h * w];
             let mut gx = vec![0.0f32; n * c * h * w];
+            let mut gw = vec![0.0f32; k * c * 9];
             let row = pool.install(|| {
                 let skip = std::env::var_os("WINOGRAD_SKIP_DIRECT").is_some();
-                let fd = if skip {
+                let only_weight = std::env::var_os("WINOGRAD_ONLY_WEIGHT").is_some();
+                let skip_conv = skip || only_weight;
+                let fd = if skip_conv {
                     f64::NAN
                 } else {
                     time(reps, || {
@@ -1275,10 +1910,14 @@ mod tests {
                         conv::direct(&d, &dt.x, &wt, Some(&dt.bias), true, &mut y);
                     })
                 };
-                let fw = time(reps, || {
-                    forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut y)
-                });
-                let bd = match conv::backward_input_geometry(&g).filter(|_| !skip) {
+                let fw = if only_weight {
+                    f64::NAN
+                } else {
+                    time(reps, || {
+                        forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut y)
+                    })
+                };
+                let bd = match conv::backward_input_geometry(&g).filter(|_| !skip_conv) {
                     Some(bdg) => time(reps, || {
                         let mut wt = super::Scratch::new(conv::packed_len(c, 9 * k));
                         conv::pack_backward_input(&g, &dt.w, &mut wt);
@@ -1286,15 +1925,26 @@ mod tests {
                     }),
                     None => f64::NAN,
                 };
-                let bw = time(reps, || backward_input(&d, &dt.gy, &dt.w, &mut gx));
-                (fd, fw, bd, bw)
+                let bw = if only_weight {
+                    f64::NAN
+                } else {
+                    time(reps, || backward_input(&d, &dt.gy, &dt.w, &mut gx))
+                };
+                let wd = if skip {
+                    f64::NAN
+                } else {
+                    time(reps, || conv::backward_weight(&d, &dt.x, &dt.gy, &mut gw))
+                };
+                let ww = time(reps, || backward_weight(&d, &dt.x, &dt.gy, &mut gw));
+                (fd, fw, bd, bw, wd, ww)
             });
-            let (fd, fw, bd, bw) = row;
+            let (fd, fw, bd, bw, wd, ww) = row;
             println!(
-                "{:>18} {fd:>10.1} {fw:>10.1} {:>6.2} {bd:>10.1} {bw:>10.1} {:>6.2}",
+                "{:>18} {fd:>10.1} {fw:>10.1} {:>6.2} {bd:>10.1} {bw:>10.1} {:>6.2} {wd:>10.1} {ww:>10.1} {:>6.2}",
                 format!("{c},{k},{h},{w}"),
                 fd / fw,
-                bd / bw
+                bd / bw,
+                wd / ww
             );
         }
     }
