@@ -224,13 +224,7 @@ const PAR_MIN: usize = 1 << 16;
 
 /// Runs `f(chunk_index, chunk)` over fixed chunks of `out`, in parallel when it is large.
 fn chunked(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
-    } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i, c));
-    }
+    per_row(out, CHUNK, f)
 }
 
 /// If `small` broadcasts against `big` by repeating along leading axes only (its shape, leading
@@ -274,7 +268,7 @@ fn rows_broadcast(
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) {
     let per = CHUNK.div_ceil(inner).max(1);
-    let go = |(t, o): (usize, &mut [f32])| {
+    per_row(out, per * inner, |t, o| {
         let r0 = t * per;
         for (k, row) in o.chunks_mut(inner).enumerate() {
             let v = small[(r0 + k) % mid];
@@ -283,12 +277,7 @@ fn rows_broadcast(
                 *d = f(u, v);
             }
         }
-    };
-    if out.len() >= PAR_MIN {
-        out.par_chunks_mut(per * inner).enumerate().for_each(go);
-    } else {
-        out.chunks_mut(per * inner).enumerate().for_each(go);
-    }
+    })
 }
 
 /// Runs `f(row_index, row)` over the rows of `row` elements of `out`, in parallel when `out` is

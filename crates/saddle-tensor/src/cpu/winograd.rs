@@ -1831,7 +1831,9 @@ mod tests {
     /// (`c,k,h,w;…`) and `WINOGRAD_BATCH` change the shapes, `WINOGRAD_SKIP_DIRECT` times only
     /// the Winograd path, `WINOGRAD_ONLY_WEIGHT` only the weight gradient.
     #[test]
-    #[ignore]
+    #[ignore = "a timing report (CPU time, direct against Winograd), not a check: run by hand \
+                with --release -- --ignored --nocapture; correctness is the other tests' work, \
+                speed is cargo xtask bench's"]
     fn winograd_speed() {
         use crate::shape::ConvGeometry;
         use crate::Conv2dParams;
