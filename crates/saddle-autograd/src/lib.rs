@@ -27,7 +27,10 @@
 use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 
-use saddle_tensor::{Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike};
+use saddle_tensor::backend::activation_grad_from_output;
+use saddle_tensor::{
+    Activation, Backend, BatchNormStats, Conv2dParams, Result, TensorError, TensorLike,
+};
 
 /// A handle to a value recorded in a [`Graph`]. Cheap to copy; only meaningful for its graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -960,30 +963,115 @@ impl<B: Backend> Graph<B> {
             self.requires_grad(beta),
         );
         let (mean, var) = (mean.clone(), var.clone());
+        let want = [rx, rg, rb];
         Ok(self.record(y, &[x, gamma, beta], move |be, gy| {
-            let dims = vx.dims().to_vec();
-            let c = dims[1];
-            let mut bshape = vec![1usize; dims.len()];
-            bshape[1] = c;
-            let inv = be.reshape(
-                &be.div(&be.full(&[c], 1.0)?, &be.sqrt(&be.affine(&var, 1.0, eps)?)?)?,
-                &bshape,
-            )?;
-            let red: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
-            let mut out = Vec::new();
-            if rx {
-                let s = be.mul(&inv, &be.reshape(&vg, &bshape)?)?;
-                out.push((x, be.mul(gy, &s)?));
-            }
-            if rg {
-                let xhat = be.mul(&be.sub(&vx, &be.reshape(&mean, &bshape)?)?, &inv)?;
-                out.push((gamma, be.sum_axes(&be.mul(gy, &xhat)?, &red, false)?));
-            }
-            if rb {
-                out.push((beta, be.sum_axes(gy, &red, false)?));
-            }
-            let _ = &vb;
-            Ok(out)
+            bn_eval_grads(be, [x, gamma, beta], want, &vx, &vg, &mean, &var, eps, gy)
         }))
     }
+
+    /// `act(batch_norm_train(x))` in one backend op (the gradient read from the output); as
+    /// [`Graph::batch_norm_train`], followed by [`Graph::relu`] or [`Graph::leaky_relu`], with
+    /// the same values and gradients bit for bit, one pass and one stored tensor fewer.
+    pub fn batch_norm_act_train(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        act: Activation,
+    ) -> Result<(Var, BatchNormStats<Tensor<B>>)> {
+        let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
+        let (y, stats) = self.backend.batch_norm_act_train(&vx, &vg, &vb, eps, act)?;
+        let (rx, rg, rb) = (
+            self.requires_grad(x),
+            self.requires_grad(gamma),
+            self.requires_grad(beta),
+        );
+        let (st, vy) = (stats.clone(), y.clone());
+        let v = self.record(y, &[x, gamma, beta], move |be, gy| {
+            let g = be.batch_norm_act_train_backward(&vx, &vg, &st, &vy, gy, eps, act)?;
+            let mut out = Vec::new();
+            if rx {
+                out.push((x, g.x));
+            }
+            if rg {
+                out.push((gamma, g.gamma));
+            }
+            if rb {
+                out.push((beta, g.beta));
+            }
+            Ok(out)
+        });
+        Ok((v, stats))
+    }
+
+    /// `act(batch_norm_eval(x))` in one backend op; as [`Graph::batch_norm_eval`] followed by
+    /// the activation, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_act_eval(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: &Tensor<B>,
+        var: &Tensor<B>,
+        eps: f32,
+        act: Activation,
+    ) -> Result<Var> {
+        let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
+        let y = self
+            .backend
+            .batch_norm_act_eval(&vx, &vg, &vb, mean, var, eps, act)?;
+        let want = [
+            self.requires_grad(x),
+            self.requires_grad(gamma),
+            self.requires_grad(beta),
+        ];
+        let (mean, var, vy) = (mean.clone(), var.clone(), y.clone());
+        Ok(self.record(y, &[x, gamma, beta], move |be, gy| {
+            let gz = activation_grad_from_output(be, &vy, gy, act)?;
+            bn_eval_grads(be, [x, gamma, beta], want, &vx, &vg, &mean, &var, eps, &gz)
+        }))
+    }
+}
+
+/// Gradients of batch norm with fixed statistics (an affine map per channel,
+/// `y = x·s + (beta − mean·s)`, `s = gamma/sqrt(var + eps)`) for the inputs `vars` whose
+/// `want` is set, given the output gradient `gy`.
+#[allow(clippy::too_many_arguments)]
+fn bn_eval_grads<B: Backend>(
+    be: &B,
+    vars: [Var; 3],
+    want: [bool; 3],
+    vx: &Tensor<B>,
+    vg: &Tensor<B>,
+    mean: &Tensor<B>,
+    var: &Tensor<B>,
+    eps: f32,
+    gy: &Tensor<B>,
+) -> Result<Vec<(Var, Tensor<B>)>> {
+    let [x, gamma, beta] = vars;
+    let [rx, rg, rb] = want;
+    let dims = vx.dims().to_vec();
+    let c = dims[1];
+    let mut bshape = vec![1usize; dims.len()];
+    bshape[1] = c;
+    let inv = be.reshape(
+        &be.div(&be.full(&[c], 1.0)?, &be.sqrt(&be.affine(var, 1.0, eps)?)?)?,
+        &bshape,
+    )?;
+    let red: Vec<usize> = (0..dims.len()).filter(|&i| i != 1).collect();
+    let mut out = Vec::new();
+    if rx {
+        let s = be.mul(&inv, &be.reshape(vg, &bshape)?)?;
+        out.push((x, be.mul(gy, &s)?));
+    }
+    if rg {
+        let xhat = be.mul(&be.sub(vx, &be.reshape(mean, &bshape)?)?, &inv)?;
+        out.push((gamma, be.sum_axes(&be.mul(gy, &xhat)?, &red, false)?));
+    }
+    if rb {
+        out.push((beta, be.sum_axes(gy, &red, false)?));
+    }
+    Ok(out)
 }

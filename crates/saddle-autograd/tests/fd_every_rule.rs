@@ -51,7 +51,7 @@ use saddle_autograd::{Graph, Var};
 use saddle_tensor::cpu::Cpu;
 use saddle_tensor::reference::{self, RefTensor};
 use saddle_tensor::testing::SplitMix64;
-use saddle_tensor::{Backend, Conv2dParams, TensorLike};
+use saddle_tensor::{Activation, Backend, Conv2dParams, TensorLike};
 
 /// Finite-difference step (float64).
 const H: f64 = 1e-7;
@@ -124,6 +124,27 @@ trait Ops {
         mean: &Self::V,
         var: &Self::V,
         eps: f32,
+    ) -> Self::V;
+    /// Batch norm in training mode, then `act` (the fused op on the graph).
+    fn batch_norm_act_train(
+        &self,
+        x: &Self::V,
+        g: &Self::V,
+        b: &Self::V,
+        eps: f32,
+        act: Activation,
+    ) -> Self::V;
+    /// Batch norm with given statistics, then `act` (the fused op on the graph).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_eval(
+        &self,
+        x: &Self::V,
+        g: &Self::V,
+        b: &Self::V,
+        mean: &Self::V,
+        var: &Self::V,
+        eps: f32,
+        act: Activation,
     ) -> Self::V;
 }
 
@@ -272,6 +293,28 @@ impl Ops for GraphOps {
         ok(
             "batch_norm_eval",
             self.g.batch_norm_eval(*x, *g, *b, &m, &v, eps),
+        )
+    }
+    fn batch_norm_act_train(&self, x: &Var, g: &Var, b: &Var, eps: f32, act: Activation) -> Var {
+        self.note("batch_norm_act_train");
+        let y = self.g.batch_norm_act_train(*x, *g, *b, eps, act);
+        ok("batch_norm_act_train", y).0
+    }
+    fn batch_norm_act_eval(
+        &self,
+        x: &Var,
+        g: &Var,
+        b: &Var,
+        mean: &Var,
+        var: &Var,
+        eps: f32,
+        act: Activation,
+    ) -> Var {
+        self.note("batch_norm_act_eval");
+        let (m, v) = (self.t(mean), self.t(var));
+        ok(
+            "batch_norm_act_eval",
+            self.g.batch_norm_act_eval(*x, *g, *b, &m, &v, eps, act),
         )
     }
 }
@@ -464,6 +507,40 @@ impl Ops for RefOps {
         eps: f32,
     ) -> RefTensor {
         r(reference::batch_norm_eval(x, g, b, mean, var, eps.into()))
+    }
+    fn batch_norm_act_train(
+        &self,
+        x: &RefTensor,
+        g: &RefTensor,
+        b: &RefTensor,
+        eps: f32,
+        act: Activation,
+    ) -> RefTensor {
+        let z = self.batch_norm_train(x, g, b, eps);
+        self.activation(&z, act)
+    }
+    fn batch_norm_act_eval(
+        &self,
+        x: &RefTensor,
+        g: &RefTensor,
+        b: &RefTensor,
+        mean: &RefTensor,
+        var: &RefTensor,
+        eps: f32,
+        act: Activation,
+    ) -> RefTensor {
+        let z = self.batch_norm_eval(x, g, b, mean, var, eps);
+        self.activation(&z, act)
+    }
+}
+
+impl RefOps {
+    /// The reference activation (recording its kinks).
+    fn activation(&self, z: &RefTensor, act: Activation) -> RefTensor {
+        match act {
+            Activation::Relu => self.relu(z),
+            Activation::LeakyRelu(s) => self.leaky_relu(z, s),
+        }
     }
 }
 
@@ -1025,6 +1102,47 @@ fn batch_norm_eval_running_stats() -> Case {
     )
 }
 
+fn batch_norm_act_train_relu() -> Case {
+    case!(
+        [
+            leaf(&[3, 2, 3, 4], u(-1.0, 1.0)),
+            leaf(&[2], u(0.5, 1.5)),
+            leaf(&[2], u(-0.5, 0.5))
+        ],
+        |o, v| o.batch_norm_act_train(&v[0], &v[1], &v[2], 1e-5, Activation::Relu)
+    )
+}
+
+fn batch_norm_act_train_leaky() -> Case {
+    case!(
+        [
+            leaf(&[6, 3], u(-1.0, 1.0)),
+            leaf(&[3], u(0.5, 1.5)),
+            leaf(&[3], u(-0.5, 0.5))
+        ],
+        |o, v| o.batch_norm_act_train(&v[0], &v[1], &v[2], 1e-3, Activation::LeakyRelu(0.1))
+    )
+}
+
+fn batch_norm_act_eval_relu_and_leaky() -> Case {
+    case!(
+        [
+            leaf(&[2, 3, 2, 3], u(-1.0, 1.0)),
+            leaf(&[3], u(0.5, 1.5)),
+            leaf(&[3], u(-0.5, 0.5)),
+            constant(&[3], u(-0.3, 0.3)),
+            constant(&[3], u(0.2, 2.0))
+        ],
+        |o, v| {
+            let a =
+                o.batch_norm_act_eval(&v[0], &v[1], &v[2], &v[3], &v[4], 1e-5, Activation::Relu);
+            let leaky = Activation::LeakyRelu(0.1);
+            let b = o.batch_norm_act_eval(&v[0], &v[1], &v[2], &v[3], &v[4], 1e-5, leaky);
+            o.mul(&a, &b)
+        }
+    )
+}
+
 fn small_cnn_end_to_end() -> Case {
     // The MNIST network in miniature: conv-ReLU-pool, flatten, linear, batch norm over the
     // batch of 4, ReLU, linear with bias, cross-entropy, mean.
@@ -1105,6 +1223,9 @@ cases!(
     batch_norm_train_4d,
     batch_norm_train_2d,
     batch_norm_eval_running_stats,
+    batch_norm_act_train_relu,
+    batch_norm_act_train_leaky,
+    batch_norm_act_eval_relu_and_leaky,
     small_cnn_end_to_end,
     backward_with_seed,
 );

@@ -28,7 +28,7 @@
 
 use saddle_autograd::{Graph, Var};
 use saddle_tensor::rng::{Normal, Rng, Uniform};
-use saddle_tensor::{ArrayExt, Backend, Conv2dParams, TensorLike};
+use saddle_tensor::{Activation, ArrayExt, Backend, Conv2dParams, TensorLike};
 
 use crate::error::{ModelError, Result};
 use crate::params::{ParamSet, Role};
@@ -337,11 +337,39 @@ impl BatchNorm2d {
     /// In training mode, a batch with one value per channel (the unbiased variance is then
     /// undefined; PyTorch refuses it too).
     pub fn forward<B: Backend>(&self, cx: &mut Ctx<'_, B>, x: Var) -> Result<Var> {
+        self.forward_with(cx, x, None)
+    }
+
+    /// [`BatchNorm2d::forward`] followed by `act`, in one backend op: the same values and
+    /// gradients bit for bit as the two in sequence, one pass over the output fewer.
+    ///
+    /// # Errors
+    /// As [`BatchNorm2d::forward`]; a negative leaky slope.
+    pub fn forward_act<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        x: Var,
+        act: Activation,
+    ) -> Result<Var> {
+        self.forward_with(cx, x, Some(act))
+    }
+
+    fn forward_with<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        x: Var,
+        act: Option<Activation>,
+    ) -> Result<Var> {
         let gamma = cx.param(self.weight);
         let beta = cx.param(self.bias);
         if !cx.training() {
             let (m, v) = (cx.tensor(self.running_mean), cx.tensor(self.running_var));
-            return Ok(cx.g.batch_norm_eval(x, gamma, beta, m, v, self.eps)?);
+            return Ok(match act {
+                None => cx.g.batch_norm_eval(x, gamma, beta, m, v, self.eps)?,
+                Some(a) => {
+                    cx.g.batch_norm_act_eval(x, gamma, beta, m, v, self.eps, a)?
+                }
+            });
         }
         let dims = cx.g.dims(x);
         let count: usize = dims
@@ -355,7 +383,10 @@ impl BatchNorm2d {
                 "batch norm in training mode needs more than one value per channel, got input {dims:?}"
             )));
         }
-        let (y, stats) = cx.g.batch_norm_train(x, gamma, beta, self.eps)?;
+        let (y, stats) = match act {
+            None => cx.g.batch_norm_train(x, gamma, beta, self.eps)?,
+            Some(a) => cx.g.batch_norm_act_train(x, gamma, beta, self.eps, a)?,
+        };
         let be = cx.backend().clone();
         let m = self.momentum;
         let unbias = count as f32 / (count - 1) as f32;

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use saddle_autograd::{Graph, Var};
-use saddle_tensor::{rng::Rng, Backend, Conv2dParams};
+use saddle_tensor::{rng::Rng, Activation, Backend, Conv2dParams};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{
@@ -274,12 +274,13 @@ impl<B: Backend> WideResNet<B> {
         self.standardize = on && self.spec.madry;
     }
 
-    fn act(&self, g: &Graph<B>, x: Var) -> Result<Var> {
-        Ok(if self.spec.madry {
-            g.leaky_relu(x, 0.1)?
+    /// The activation after each batch norm: leaky ReLU of slope 0.1 (MadryLab's) or ReLU.
+    fn act(&self) -> Activation {
+        if self.spec.madry {
+            Activation::LeakyRelu(0.1)
         } else {
-            g.relu(x)?
-        })
+            Activation::Relu
+        }
     }
 }
 
@@ -309,14 +310,14 @@ impl<B: Backend> Classifier<B> for WideResNet<B> {
         for u in &self.units {
             let short;
             if u.activate_first {
-                h = self.act(g, u.bn1.forward(&mut cx, h)?)?;
+                h = u.bn1.forward_act(&mut cx, h, self.act())?;
                 short = h;
             } else {
                 short = h;
-                h = self.act(g, u.bn1.forward(&mut cx, h)?)?;
+                h = u.bn1.forward_act(&mut cx, h, self.act())?;
             }
             h = u.conv1.forward(&mut cx, h)?;
-            h = self.act(g, u.bn2.forward(&mut cx, h)?)?;
+            h = u.bn2.forward_act(&mut cx, h, self.act())?;
             h = u.conv2.forward(&mut cx, h)?;
             let s = match &u.shortcut {
                 Shortcut::Identity => short,
@@ -325,7 +326,7 @@ impl<B: Backend> Classifier<B> for WideResNet<B> {
             };
             h = g.add(h, s)?;
         }
-        h = self.act(g, self.bn.forward(&mut cx, h)?)?;
+        h = self.bn.forward_act(&mut cx, h, self.act())?;
         let h = global_avg_pool(g, h)?;
         let logits = self.fc.forward(&mut cx, h)?;
         Ok(cx.finish(logits))

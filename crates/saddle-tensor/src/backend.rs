@@ -36,6 +36,78 @@ pub struct BatchNormGrads<T> {
     pub beta: T,
 }
 
+/// The activation a fused batch norm applies to its output ([`Backend::batch_norm_act_train`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)`, as [`Backend::relu`].
+    Relu,
+    /// `x` where `x > 0`, else `slope · x`, as [`Backend::leaky_relu`]; `slope` ≥ 0, so that the
+    /// output is positive exactly where the input is and the gradient can be taken from the
+    /// output.
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    /// The activation of one value (the same arithmetic as the backends' element-wise ops).
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Relu => {
+                if v > 0.0 {
+                    v
+                } else {
+                    0.0
+                }
+            }
+            Activation::LeakyRelu(s) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    s * v
+                }
+            }
+        }
+    }
+
+    /// The gradient with respect to the input given the activation's output `y` and the
+    /// gradient `g` of the output: `g` where `y > 0`, else 0 (ReLU) or `slope · g`.
+    #[inline(always)]
+    pub fn grad_from_output(self, y: f32, g: f32) -> f32 {
+        match self {
+            Activation::Relu => {
+                if y > 0.0 {
+                    g
+                } else {
+                    0.0
+                }
+            }
+            Activation::LeakyRelu(s) => {
+                if y > 0.0 {
+                    g
+                } else {
+                    s * g
+                }
+            }
+        }
+    }
+
+    /// An error unless a leaky ReLU's slope is finite and not negative.
+    pub fn check(self, op: &'static str) -> Result<()> {
+        match self {
+            Activation::LeakyRelu(s) if !(s >= 0.0 && s.is_finite()) => {
+                Err(TensorError::InvalidArgument {
+                    op,
+                    detail: format!(
+                        "a fused leaky ReLU needs a finite slope >= 0 (its gradient is read from \
+                         the output), got {s}"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Hyper-parameters of one Adam update (Kingma & Ba 2015), as in PyTorch and TensorFlow.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamParams {
@@ -505,6 +577,57 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     // ---- fused steps (defaults are composites) -------------------------------------------
 
+    /// `act(batch_norm_train(x))`: batch norm with batch statistics, then the activation, in
+    /// one pass over the output (the statistics are those of `batch_norm_train`).
+    fn batch_norm_act_train(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+        act: Activation,
+    ) -> Result<(Self::Tensor, BatchNormStats<Self::Tensor>)> {
+        act.check("batch_norm_act_train")?;
+        let (y, stats) = self.batch_norm_train(x, gamma, beta, eps)?;
+        Ok((activate(self, &y, act)?, stats))
+    }
+
+    /// `act(batch_norm_eval(x))` in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_eval(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        mean: &Self::Tensor,
+        var: &Self::Tensor,
+        eps: f32,
+        act: Activation,
+    ) -> Result<Self::Tensor> {
+        act.check("batch_norm_act_eval")?;
+        let y = self.batch_norm_eval(x, gamma, beta, mean, var, eps)?;
+        activate(self, &y, act)
+    }
+
+    /// Gradients of [`Backend::batch_norm_act_train`] given its output `y`, its statistics
+    /// and the gradient `gy` of `y`: the activation's gradient (read from `y`) then
+    /// [`Backend::batch_norm_train_backward`]'s.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_act_train_backward(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &BatchNormStats<Self::Tensor>,
+        y: &Self::Tensor,
+        gy: &Self::Tensor,
+        eps: f32,
+        act: Activation,
+    ) -> Result<BatchNormGrads<Self::Tensor>> {
+        act.check("batch_norm_act_train_backward")?;
+        let gz = activation_grad_from_output(self, y, gy, act)?;
+        self.batch_norm_train_backward(x, gamma, stats, &gz, eps)
+    }
+
     /// One L∞ PGD step: `clip_[0,1]( clip_[x0−ε, x0+ε]( x + α·sign(g) ) )`.
     fn pgd_step_linf(
         &self,
@@ -920,4 +1043,27 @@ pub fn dlr_row(z: &[f64], y: usize, target: Option<usize>) -> (f64, Vec<f64>) {
         g[c] -= w * u / (denom * denom);
     }
     (-u / denom, g)
+}
+
+/// `act(x)` through the backend's element-wise activations.
+pub fn activate<B: Backend>(be: &B, x: &B::Tensor, act: Activation) -> Result<B::Tensor> {
+    match act {
+        Activation::Relu => be.relu(x),
+        Activation::LeakyRelu(s) => be.leaky_relu(x, s),
+    }
+}
+
+/// The gradient with respect to an activation's input from its output `y` and the gradient `gy`
+/// of the output (as [`Activation::grad_from_output`]): the backends' ReLU and leaky-ReLU
+/// gradients applied to `y`, which is positive exactly where the input is.
+pub fn activation_grad_from_output<B: Backend>(
+    be: &B,
+    y: &B::Tensor,
+    gy: &B::Tensor,
+    act: Activation,
+) -> Result<B::Tensor> {
+    match act {
+        Activation::Relu => be.relu_backward(y, gy),
+        Activation::LeakyRelu(s) => be.leaky_relu_backward(y, gy, s),
+    }
 }

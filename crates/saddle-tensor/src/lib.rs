@@ -37,6 +37,8 @@ pub mod shape;
 pub mod testing;
 
 pub use array::ArrayExt;
-pub use backend::{AdamParams, Backend, BatchNormGrads, BatchNormStats, SgdParams, TensorLike};
+pub use backend::{
+    Activation, AdamParams, Backend, BatchNormGrads, BatchNormStats, SgdParams, TensorLike,
+};
 pub use error::{Result, TensorError};
 pub use shape::Conv2dParams;

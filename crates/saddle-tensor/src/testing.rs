@@ -43,7 +43,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::backend::{AdamParams, Backend, BatchNormStats, SgdParams, TensorLike};
+use crate::backend::{
+    activate, activation_grad_from_output, Activation, AdamParams, Backend, BatchNormStats,
+    SgdParams, TensorLike,
+};
 use crate::error::TensorError;
 use crate::reference::{self, RefTensor};
 use crate::shape::Conv2dParams;
@@ -512,6 +515,7 @@ pub fn checks<B: Backend>() -> Vec<(&'static str, CheckFn<B>)> {
             "batch_norm_train_backward",
             check_batch_norm_train_backward::<B>,
         ),
+        ("batch_norm_act", check_batch_norm_act::<B>),
         ("pgd_step_linf", check_pgd_step_linf::<B>),
         ("project_linf", check_project_linf::<B>),
         ("pgd_step_l2", check_pgd_step_l2::<B>),
@@ -2971,6 +2975,110 @@ pub fn check_batch_norm_eval<B: Backend>(b: &B, tol: Tol) -> CheckResult {
     })
 }
 
+/// The fused `batch_norm_act_train`, `batch_norm_act_eval` and `batch_norm_act_train_backward`
+/// give bit for bit what the backend's own unfused ops give in sequence (batch norm, then
+/// `relu`/`leaky_relu`; for the gradient, `relu_backward`/`leaky_relu_backward` at the batch
+/// norm's output, then `batch_norm_train_backward`), for ReLU and leaky ReLU on every batch-norm
+/// case; the unfused ops are checked against the reference by the checks above, so this pins
+/// the fused ones to them exactly (a fused path is the same arithmetic per element, in the same
+/// order). A negative or NaN leaky slope is refused (the gradient is read from the output).
+pub fn check_batch_norm_act<B: Backend>(b: &B, _tol: Tol) -> CheckResult {
+    let name = b.name();
+    let mut rng = SplitMix64::new(0xBA);
+    let acts = [Activation::Relu, Activation::LeakyRelu(0.1)];
+    for (shape, lo, hi, eps) in BN_CASES {
+        for act in acts {
+            let ctx = format!("[{name}] batch_norm_act ({act:?}, x {shape:?}, eps {eps})");
+            let c = shape[1];
+            let x = Host::random(&mut rng, shape, lo, hi).up(b, &ctx)?;
+            let (gamma, beta) = bn_affine(&mut rng, c);
+            let (g, bt) = (gamma.up(b, &ctx)?, beta.up(b, &ctx)?);
+            let gy = Host::random(&mut rng, shape, -1.0, 1.0).up(b, &ctx)?;
+            let host = |t: &B::Tensor, what: &str| b.to_vec(t).backend(&ctx, what);
+
+            // Training mode: output and statistics.
+            let (z, st) = b
+                .batch_norm_train(&x, &g, &bt, eps)
+                .backend(&ctx, "train")?;
+            let want = activate(b, &z, act).backend(&ctx, "activation")?;
+            let (y, fst) = b
+                .batch_norm_act_train(&x, &g, &bt, eps, act)
+                .backend(&ctx, "batch_norm_act_train")?;
+            expect_bits(
+                b,
+                &format!("{ctx} train output"),
+                &y,
+                shape,
+                &host(&want, "y")?,
+            )?;
+            expect_bits(
+                b,
+                &format!("{ctx} mean"),
+                &fst.mean,
+                &[c],
+                &host(&st.mean, "m")?,
+            )?;
+            expect_bits(
+                b,
+                &format!("{ctx} var"),
+                &fst.var,
+                &[c],
+                &host(&st.var, "v")?,
+            )?;
+
+            // Its gradients: the activation's (at the batch norm's output z), then the norm's.
+            let gz = activation_grad_from_output(b, &z, &gy, act).backend(&ctx, "act grad")?;
+            let want = b
+                .batch_norm_train_backward(&x, &g, &st, &gz, eps)
+                .backend(&ctx, "batch_norm_train_backward")?;
+            let got = b
+                .batch_norm_act_train_backward(&x, &g, &fst, &y, &gy, eps, act)
+                .backend(&ctx, "batch_norm_act_train_backward")?;
+            expect_bits(
+                b,
+                &format!("{ctx} dx"),
+                &got.x,
+                shape,
+                &host(&want.x, "dx")?,
+            )?;
+            let dg = host(&want.gamma, "dgamma")?;
+            expect_bits(b, &format!("{ctx} dgamma"), &got.gamma, &[c], &dg)?;
+            let db = host(&want.beta, "dbeta")?;
+            expect_bits(b, &format!("{ctx} dbeta"), &got.beta, &[c], &db)?;
+
+            // Evaluation mode, with the batch's statistics as running ones.
+            let z = b
+                .batch_norm_eval(&x, &g, &bt, &st.mean, &st.var, eps)
+                .backend(&ctx, "eval")?;
+            let want = activate(b, &z, act).backend(&ctx, "activation")?;
+            let y = b
+                .batch_norm_act_eval(&x, &g, &bt, &st.mean, &st.var, eps, act)
+                .backend(&ctx, "batch_norm_act_eval")?;
+            expect_bits(
+                b,
+                &format!("{ctx} eval output"),
+                &y,
+                shape,
+                &host(&want, "y")?,
+            )?;
+        }
+    }
+    let ctx = format!("[{name}] batch_norm_act");
+    let x = Host::random(&mut rng, &[4, 3, 2, 2], -1.0, 1.0).up(b, &ctx)?;
+    let g = Host::random(&mut rng, &[3], 0.5, 1.5).up(b, &ctx)?;
+    for slope in [-0.1, f32::NAN] {
+        let act = Activation::LeakyRelu(slope);
+        let what = format!("a leaky slope of {slope}");
+        expect_err(&ctx, "batch_norm_act_train", true, &what, || {
+            b.batch_norm_act_train(&x, &g, &g, 1e-5, act)
+        })?;
+        expect_err(&ctx, "batch_norm_act_eval", true, &what, || {
+            b.batch_norm_act_eval(&x, &g, &g, &g, &g, 1e-5, act)
+        })?;
+    }
+    Ok(())
+}
+
 /// `batch_norm_train_backward` (gradients in `x`, `gamma`, `beta`, given the statistics the
 /// backend's own forward returned) against finite differences of
 /// [`reference::batch_norm_train`]. With `x̂ = (x − mean)/σ`, `σ = sqrt(var + eps)`:
@@ -3565,6 +3673,7 @@ macro_rules! op_suite {
             batch_norm_train => check_batch_norm_train,
             batch_norm_eval => check_batch_norm_eval,
             batch_norm_train_backward => check_batch_norm_train_backward,
+            batch_norm_act => check_batch_norm_act,
             pgd_step_linf => check_pgd_step_linf,
             project_linf => check_project_linf,
             pgd_step_l2 => check_pgd_step_l2,

@@ -742,7 +742,7 @@ pub unsafe fn store(
 
 /// Hints the cache to load the `w` floats at `p` (no effect off x86-64).
 #[inline(always)]
-fn prefetch_row(p: *const f32, w: usize) {
+pub(super) fn prefetch_row(p: *const f32, w: usize) {
     #[cfg(target_arch = "x86_64")]
     for l in (0..w).step_by(16) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};

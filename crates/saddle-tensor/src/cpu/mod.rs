@@ -34,8 +34,8 @@ use ndarray::{ArrayViewD, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_dlr, check_restart_merge, dlr_rows, restart_merge_row, Backend, BatchNormGrads,
-    BatchNormStats, TensorLike,
+    check_dlr, check_restart_merge, dlr_rows, restart_merge_row, Activation, Backend,
+    BatchNormGrads, BatchNormStats, TensorLike,
 };
 use crate::error::{Result, TensorError};
 use crate::shape::{
@@ -268,33 +268,75 @@ fn rows_broadcast(
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) {
     let per = CHUNK.div_ceil(inner).max(1);
-    per_row(out, per * inner, |t, o| {
-        let r0 = t * per;
-        for (k, row) in o.chunks_mut(inner).enumerate() {
-            let v = small[(r0 + k) % mid];
-            let src = &big[(r0 + k) * inner..];
-            for (d, &u) in row.iter_mut().zip(src) {
-                *d = f(u, v);
+    per_row(
+        out,
+        per * inner,
+        #[inline(always)]
+        |t, o| {
+            let r0 = t * per;
+            for (k, row) in o.chunks_mut(inner).enumerate() {
+                let v = small[(r0 + k) % mid];
+                let src = &big[(r0 + k) * inner..];
+                for (d, &u) in row.iter_mut().zip(src) {
+                    *d = f(u, v);
+                }
             }
-        }
-    })
+        },
+    )
+}
+
+/// Runs `f` compiled for the instruction set the kernels use: `f` is inlined into a function
+/// built with AVX-512 (or AVX2) enabled, so that the compiler vectorises its loops with those
+/// registers rather than the build target's (SSE2 on x86-64). The same operations in the same
+/// order, so the same bits: Rust neither fuses nor reorders floating-point arithmetic, only the
+/// instructions chosen differ (tested: `vectorised_builds_agree`).
+#[inline(always)]
+fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match kernel::isa() {
+        // SAFETY: `isa()` is AVX-512 only where this CPU runs AVX-512F.
+        Isa::Avx512 => return unsafe { with_avx512(f) },
+        // SAFETY: `isa()` is AVX2 only where this CPU runs AVX2.
+        Isa::Avx2 => return unsafe { with_avx2(f) },
+        Isa::Portable => {}
+    }
+    f()
+}
+
+/// `f()`, built with AVX-512F enabled (see [`vectorised`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `f()`, built with AVX2 enabled (see [`vectorised`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// Runs `f(row_index, row)` over the rows of `row` elements of `out`, in parallel when `out` is
-/// large. Each row is written by one task, so results do not depend on the number of threads.
+/// large, each row's work [`vectorised`]. Each row is written by one task, so results do not
+/// depend on the number of threads.
 fn per_row(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     let row = row.max(1);
+    let go = |(i, r): (usize, &mut [f32])| {
+        vectorised(
+            #[inline(always)]
+            || f(i, r),
+        )
+    };
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(row)
-            .enumerate()
-            .for_each(|(i, r)| f(i, r));
+        out.par_chunks_mut(row).enumerate().for_each(go);
     } else {
-        out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
+        out.chunks_mut(row).enumerate().for_each(go);
     }
 }
 
-/// Two `[c]` tensors from `f(channel)`, a channel per task (on threads when `parallel`), so
-/// that each value is computed in one order whatever the number of threads.
+/// Two `[c]` tensors from `f(channel)` ([`vectorised`]), a channel per task (on threads when
+/// `parallel`), so that each value is computed in one order whatever the number of threads.
 fn per_channel_pair(
     c: usize,
     parallel: bool,
@@ -302,7 +344,10 @@ fn per_channel_pair(
 ) -> (CpuTensor, CpuTensor) {
     let mut st = pool::Scratch::new(2 * c);
     let go = |(ch, o): (usize, &mut [f32])| {
-        let (a, b) = f(ch);
+        let (a, b) = vectorised(
+            #[inline(always)]
+            || f(ch),
+        );
         o[0] = a;
         o[1] = b;
     };
@@ -321,7 +366,16 @@ fn per_channel_pair(
     (pick(0), pick(1))
 }
 
+/// Asks the cache for `x`, the next image's plane of a channel that a per-channel loop reads
+/// next: each plane starts a new page, where the hardware prefetcher stops (measured: the
+/// batch-norm sums stalled on their first lines).
+#[inline(always)]
+fn prefetch_plane(x: &[f32]) {
+    kernel::prefetch_row(x.as_ptr(), x.len());
+}
+
 /// Σ `x` in `f64`, over 8 interleaved lanes (so that it vectorises) combined in a fixed order.
+#[inline(always)]
 fn sum_f64(x: &[f32]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let mut it = x.chunks_exact(8);
@@ -338,6 +392,7 @@ fn sum_f64(x: &[f32]) -> f64 {
 }
 
 /// Σ `(x − mu)²` in `f64`, lanes as [`sum_f64`].
+#[inline(always)]
 fn sq_dev_f64(x: &[f32], mu: f64) -> f64 {
     let mut lanes = [0.0f64; 8];
     let mut it = x.chunks_exact(8);
@@ -355,21 +410,40 @@ fn sq_dev_f64(x: &[f32], mu: f64) -> f64 {
     s
 }
 
-/// Σ `gy` and Σ `gy · ((x − mu) · inv)` (the normalised input rounded to `f32` first) in `f64`,
-/// lanes as [`sum_f64`].
-fn bn_grad_sums(x: &[f32], gy: &[f32], mu: f32, inv: f32) -> (f64, f64) {
+/// Σ `g` and Σ `g · ((x − mu) · inv)` (the normalised input rounded to `f32` first) in `f64`,
+/// lanes as [`sum_f64`], where `g = gz(y, gy)`: the gradient of the batch norm's output, from
+/// the gradient `gy` of a fused activation's output `y` (or `gy` itself, `y` then unused).
+#[inline(always)]
+fn bn_grad_sums(
+    x: &[f32],
+    gy: &[f32],
+    y: &[f32],
+    mu: f32,
+    inv: f32,
+    gz: impl Fn(f32, f32) -> f32,
+) -> (f64, f64) {
     let (mut a, mut b) = ([0.0f64; 8], [0.0f64; 8]);
-    let (mut xi, mut gi) = (x.chunks_exact(8), gy.chunks_exact(8));
-    for (xc, gc) in (&mut xi).zip(&mut gi) {
+    let (mut xi, mut gi, mut yi) = (x.chunks_exact(8), gy.chunks_exact(8), y.chunks_exact(8));
+    for ((xc, gc), yc) in (&mut xi).zip(&mut gi).zip(&mut yi) {
+        // The normalised inputs first, 8 f32 lanes, then the f64 sums (so both vectorise).
+        let mut xh = [0.0f32; 8];
         for l in 0..8 {
-            let g = gc[l] as f64;
+            xh[l] = (xc[l] - mu) * inv;
+        }
+        for l in 0..8 {
+            let g = gz(yc[l], gc[l]) as f64;
             a[l] += g;
-            b[l] += g * ((xc[l] - mu) * inv) as f64;
+            b[l] += g * xh[l] as f64;
         }
     }
     let (mut sa, mut sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
-    for (&xv, &gv) in xi.remainder().iter().zip(gi.remainder()) {
-        let g = gv as f64;
+    let rest = xi
+        .remainder()
+        .iter()
+        .zip(gi.remainder())
+        .zip(yi.remainder());
+    for ((&xv, &gv), &yv) in rest {
+        let g = gz(yv, gv) as f64;
         sa += g;
         sb += g * ((xv - mu) * inv) as f64;
     }
@@ -388,34 +462,46 @@ impl Cpu {
         if ad == bd {
             let (x, y) = (a.as_slice(), b.as_slice());
             return Ok(CpuTensor::build(ad, |o| {
-                chunked(o, |i, c| {
-                    let (xs, ys) = (&x[i * CHUNK..], &y[i * CHUNK..]);
-                    for ((d, &u), &v) in c.iter_mut().zip(xs).zip(ys) {
-                        *d = f(u, v);
-                    }
-                })
+                chunked(
+                    o,
+                    #[inline(always)]
+                    |i, c| {
+                        let (xs, ys) = (&x[i * CHUNK..], &y[i * CHUNK..]);
+                        for ((d, &u), &v) in c.iter_mut().zip(xs).zip(ys) {
+                            *d = f(u, v);
+                        }
+                    },
+                )
             }));
         }
         if let Some(per) = suffix_period(ad, bd).filter(|&p| p > 0) {
             let (x, y) = (a.as_slice(), b.as_slice());
             return Ok(CpuTensor::build(ad, |o| {
-                chunked(o, |i, c| {
-                    let start = i * CHUNK;
-                    for (t, (d, &u)) in c.iter_mut().zip(&x[start..]).enumerate() {
-                        *d = f(u, y[(start + t) % per]);
-                    }
-                })
+                chunked(
+                    o,
+                    #[inline(always)]
+                    |i, c| {
+                        let start = i * CHUNK;
+                        for (t, (d, &u)) in c.iter_mut().zip(&x[start..]).enumerate() {
+                            *d = f(u, y[(start + t) % per]);
+                        }
+                    },
+                )
             }));
         }
         if let Some(per) = suffix_period(bd, ad).filter(|&p| p > 0) {
             let (x, y) = (a.as_slice(), b.as_slice());
             return Ok(CpuTensor::build(bd, |o| {
-                chunked(o, |i, c| {
-                    let start = i * CHUNK;
-                    for (t, (d, &v)) in c.iter_mut().zip(&y[start..]).enumerate() {
-                        *d = f(x[(start + t) % per], v);
-                    }
-                })
+                chunked(
+                    o,
+                    #[inline(always)]
+                    |i, c| {
+                        let start = i * CHUNK;
+                        for (t, (d, &v)) in c.iter_mut().zip(&y[start..]).enumerate() {
+                            *d = f(x[(start + t) % per], v);
+                        }
+                    },
+                )
             }));
         }
         if let Some((mid, inner)) = block_period(ad, bd).filter(|&(m, i)| m > 0 && i > 0) {
@@ -448,11 +534,15 @@ impl Cpu {
     fn unary(&self, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync + Send) -> CpuTensor {
         let xs = x.as_slice();
         CpuTensor::build(x.dims(), |o| {
-            chunked(o, |i, c| {
-                for (d, &v) in c.iter_mut().zip(&xs[i * CHUNK..]) {
-                    *d = f(v);
-                }
-            })
+            chunked(
+                o,
+                #[inline(always)]
+                |i, c| {
+                    for (d, &v) in c.iter_mut().zip(&xs[i * CHUNK..]) {
+                        *d = f(v);
+                    }
+                },
+            )
         })
     }
 
@@ -466,11 +556,15 @@ impl Cpu {
         same_shape(op, x.dims(), gy.dims())?;
         let (a, b) = (x.as_slice(), gy.as_slice());
         Ok(CpuTensor::build(x.dims(), |o| {
-            chunked(o, |i, c| {
-                for ((d, &u), &v) in c.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
-                    *d = f(u, v);
-                }
-            })
+            chunked(
+                o,
+                #[inline(always)]
+                |i, c| {
+                    for ((d, &u), &v) in c.iter_mut().zip(&a[i * CHUNK..]).zip(&b[i * CHUNK..]) {
+                        *d = f(u, v);
+                    }
+                },
+            )
         }))
     }
 
@@ -512,11 +606,16 @@ impl Cpu {
             let c = d[keep];
             let inner: usize = d[keep + 1..].iter().product();
             let chan = |ch: usize| {
-                let mut acc = 0.0f64;
-                for i in 0..outer {
-                    acc += lane_sum(&xs[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
-                }
-                acc as f32
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut acc = 0.0f64;
+                        for i in 0..outer {
+                            acc += lane_sum(&xs[(i * c + ch) * inner..(i * c + ch + 1) * inner]);
+                        }
+                        acc as f32
+                    },
+                )
             };
             return Some(CpuTensor::build(out_shape, |o| {
                 if xs.len() >= PAR_MIN {
@@ -542,10 +641,15 @@ impl Cpu {
             return Some(CpuTensor::build(out_shape, |o| {
                 let per = CHUNK.div_ceil(inner).max(1);
                 let go = |(t, dst): (usize, &mut [f32])| {
-                    for (k, v) in dst.iter_mut().enumerate() {
-                        let r = t * per + k;
-                        *v = lane_sum(&xs[r * inner..(r + 1) * inner]) as f32;
-                    }
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            for (k, v) in dst.iter_mut().enumerate() {
+                                let r = t * per + k;
+                                *v = lane_sum(&xs[r * inner..(r + 1) * inner]) as f32;
+                            }
+                        },
+                    )
                 };
                 if xs.len() >= PAR_MIN && rows > 1 {
                     o.par_chunks_mut(per).enumerate().for_each(go);
@@ -559,8 +663,8 @@ impl Cpu {
 }
 
 impl Cpu {
-    /// `y = (x − mean) · inv · gamma + beta` per channel, `inv = 1/√(var + eps)`, an image per
-    /// task.
+    /// `y = act((x − mean) · inv · gamma + beta)` per channel, `inv = 1/√(var + eps)`, an image
+    /// per task (no activation when `act` is `None`).
     #[allow(clippy::too_many_arguments)]
     fn bn_apply(
         &self,
@@ -572,20 +676,245 @@ impl Cpu {
         eps: f32,
         c: usize,
         s: usize,
+        act: Option<Activation>,
     ) -> CpuTensor {
-        let (xs, gm, bt) = (x.as_slice(), gamma.as_slice(), beta.as_slice());
-        CpuTensor::build(x.dims(), |out| {
-            per_row(out, c * s, |i, img| {
+        let p = BnPlanes {
+            x: x.as_slice(),
+            gamma: gamma.as_slice(),
+            beta: beta.as_slice(),
+            mean,
+            var,
+            eps,
+            c,
+            s,
+        };
+        // One loop per activation, each vectorised on its own (the variant is fixed in each).
+        let d = x.dims();
+        match act {
+            None => CpuTensor::build(d, |o| p.apply(o, |v| v)),
+            Some(Activation::Relu) => {
+                CpuTensor::build(d, |o| p.apply(o, |v| Activation::Relu.apply(v)))
+            }
+            Some(Activation::LeakyRelu(sl)) => {
+                CpuTensor::build(d, |o| p.apply(o, |v| Activation::LeakyRelu(sl).apply(v)))
+            }
+        }
+    }
+}
+
+/// A batch norm's input and parameters, `[n, c, s]` planes.
+struct BnPlanes<'a> {
+    x: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    mean: &'a [f32],
+    var: &'a [f32],
+    eps: f32,
+    c: usize,
+    s: usize,
+}
+
+impl BnPlanes<'_> {
+    /// `out = fa((x − mean) · inv · gamma + beta)`, an image per task.
+    fn apply(&self, out: &mut [f32], fa: impl Fn(f32) -> f32 + Sync + Send) {
+        let (c, s) = (self.c, self.s);
+        per_row(
+            out,
+            c * s,
+            #[inline(always)]
+            |i, img| {
                 for ch in 0..c {
-                    let inv = 1.0 / (var[ch] + eps).sqrt();
-                    let (g, b, mu) = (gm[ch], bt[ch], mean[ch]);
-                    let src = &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
+                    let inv = 1.0 / (self.var[ch] + self.eps).sqrt();
+                    let (g, b, mu) = (self.gamma[ch], self.beta[ch], self.mean[ch]);
+                    let src = &self.x[(i * c + ch) * s..(i * c + ch + 1) * s];
                     for (d, &v) in img[ch * s..(ch + 1) * s].iter_mut().zip(src) {
-                        *d = (v - mu) * inv * g + b;
+                        *d = fa((v - mu) * inv * g + b);
                     }
                 }
-            })
+            },
+        )
+    }
+}
+
+impl Cpu {
+    /// [`Backend::batch_norm_train`], then `act` if given, in the same pass as the output.
+    fn bn_train(
+        &self,
+        op: &'static str,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        eps: f32,
+        act: Option<Activation>,
+    ) -> Result<(CpuTensor, BatchNormStats<CpuTensor>)> {
+        let (n, c, s) = bn_layout(op, x.dims(), gamma.dims(), beta.dims())?;
+        let cnt = (n * s) as f64;
+        let xs = x.as_slice();
+        let plane = |i: usize, ch: usize| &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
+        // Per channel: the mean, then the biased variance about it, both accumulated in f64.
+        let (mean, var) = per_channel_pair(
+            c,
+            xs.len() >= PAR_MIN,
+            #[inline(always)]
+            |ch| {
+                // Plain loops (an iterator's `sum` is a call the vectorised build may not inline).
+                let mut mu = 0.0f64;
+                for i in 0..n {
+                    if i + 1 < n {
+                        prefetch_plane(plane(i + 1, ch));
+                    }
+                    mu += sum_f64(plane(i, ch));
+                }
+                mu /= cnt;
+                let mut v = 0.0f64;
+                for i in 0..n {
+                    v += sq_dev_f64(plane(i, ch), mu);
+                }
+                (mu as f32, (v / cnt) as f32)
+            },
+        );
+        let (m, v) = (mean.as_slice(), var.as_slice());
+        let y = self.bn_apply(x, gamma, beta, m, v, eps, c, s, act);
+        Ok((y, BatchNormStats { mean, var }))
+    }
+
+    /// [`Backend::batch_norm_eval`], then `act` if given, in the same pass.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_eval(
+        &self,
+        op: &'static str,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        mean: &CpuTensor,
+        var: &CpuTensor,
+        eps: f32,
+        act: Option<Activation>,
+    ) -> Result<CpuTensor> {
+        let (_, c, s) = bn_layout(op, x.dims(), gamma.dims(), beta.dims())?;
+        if mean.dims() != [c] || var.dims() != [c] {
+            return Err(TensorError::shape(
+                op,
+                format!(
+                    "mean {:?} and var {:?} must be [{c}]",
+                    mean.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        let (m, v) = (mean.as_slice(), var.as_slice());
+        Ok(self.bn_apply(x, gamma, beta, m, v, eps, c, s, act))
+    }
+
+    /// [`Backend::batch_norm_train_backward`]; with `fused = Some((y, act))`, `gy` is the
+    /// gradient of the activation's output `y` and the batch norm's output gradient
+    /// (`act.grad_from_output(y, gy)`) is formed on the fly, never stored.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_train_backward(
+        &self,
+        op: &'static str,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        stats: &BatchNormStats<CpuTensor>,
+        fused: Option<(&CpuTensor, Activation)>,
+        gy: &CpuTensor,
+        eps: f32,
+    ) -> Result<BatchNormGrads<CpuTensor>> {
+        let (_, c, _) = bn_layout(op, x.dims(), gamma.dims(), gamma.dims())?;
+        same_shape(op, gy.dims(), x.dims())?;
+        if stats.mean.dims() != [c] || stats.var.dims() != [c] {
+            return Err(TensorError::shape(op, "statistics must be [c]"));
+        }
+        Ok(match fused {
+            None => self.bn_backward_with(x, gamma, stats, gy, gy, eps, |_, g| g),
+            Some((y, Activation::Relu)) => {
+                self.bn_backward_with(x, gamma, stats, y, gy, eps, |y, g| {
+                    Activation::Relu.grad_from_output(y, g)
+                })
+            }
+            Some((y, Activation::LeakyRelu(sl))) => {
+                self.bn_backward_with(x, gamma, stats, y, gy, eps, move |y, g| {
+                    Activation::LeakyRelu(sl).grad_from_output(y, g)
+                })
+            }
         })
+    }
+
+    /// The batch-norm gradients with the output gradient `gz(y, gy)` (shapes checked).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward_with(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        stats: &BatchNormStats<CpuTensor>,
+        y: &CpuTensor,
+        gy: &CpuTensor,
+        eps: f32,
+        gz: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
+    ) -> BatchNormGrads<CpuTensor> {
+        let d = x.dims();
+        let (n, c) = (d[0], d[1]);
+        let s: usize = d[2..].iter().product();
+        let cnt = (n * s) as f32;
+        let (xs, gs, ys) = (x.as_slice(), gy.as_slice(), y.as_slice());
+        let (mean, var, gm) = (
+            stats.mean.as_slice(),
+            stats.var.as_slice(),
+            gamma.as_slice(),
+        );
+        let inv = |ch: usize| 1.0 / (var[ch] + eps).sqrt();
+        // Per channel: Σ g (beta's gradient) and Σ g·x̂ (gamma's), in f64.
+        let (gb, gg) = per_channel_pair(
+            c,
+            xs.len() >= PAR_MIN,
+            #[inline(always)]
+            |ch| {
+                let (mu, iv) = (mean[ch], inv(ch));
+                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                for i in 0..n {
+                    let o = (i * c + ch) * s;
+                    if i + 1 < n {
+                        let next = o + c * s..o + c * s + s;
+                        prefetch_plane(&xs[next.clone()]);
+                        prefetch_plane(&gs[next.clone()]);
+                        if !std::ptr::eq(ys, gs) {
+                            prefetch_plane(&ys[next]);
+                        }
+                    }
+                    let r = o..o + s;
+                    let (a, b) = bn_grad_sums(&xs[r.clone()], &gs[r.clone()], &ys[r], mu, iv, gz);
+                    sg += a;
+                    sgx += b;
+                }
+                (sg as f32, sgx as f32)
+            },
+        );
+        let (gbs, ggs) = (gb.as_slice(), gg.as_slice());
+        let gx = CpuTensor::build(x.dims(), |out| {
+            per_row(
+                out,
+                c * s,
+                #[inline(always)]
+                |i, img| {
+                    for ch in 0..c {
+                        let (mu, iv) = (mean[ch], inv(ch));
+                        let k = gm[ch] * iv / cnt;
+                        let o = (i * c + ch) * s;
+                        let (xr, gr, yr) = (&xs[o..o + s], &gs[o..o + s], &ys[o..o + s]);
+                        let dst = img[ch * s..(ch + 1) * s].iter_mut();
+                        for (((d, &xv), &gv), &yv) in dst.zip(xr).zip(gr).zip(yr) {
+                            let xhat = (xv - mu) * iv;
+                            *d = k * (cnt * gz(yv, gv) - gbs[ch] - xhat * ggs[ch]);
+                        }
+                    }
+                },
+            )
+        });
+        BatchNormGrads {
+            x: gx,
+            gamma: gg,
+            beta: gb,
+        }
     }
 }
 
@@ -1187,18 +1516,7 @@ impl Backend for Cpu {
         beta: &CpuTensor,
         eps: f32,
     ) -> Result<(CpuTensor, BatchNormStats<CpuTensor>)> {
-        let (n, c, s) = bn_layout("batch_norm_train", x.dims(), gamma.dims(), beta.dims())?;
-        let cnt = (n * s) as f64;
-        let xs = x.as_slice();
-        let plane = |i: usize, ch: usize| &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
-        // Per channel: the mean, then the biased variance about it, both accumulated in f64.
-        let (mean, var) = per_channel_pair(c, xs.len() >= PAR_MIN, |ch| {
-            let mu = (0..n).map(|i| sum_f64(plane(i, ch))).sum::<f64>() / cnt;
-            let v = (0..n).map(|i| sq_dev_f64(plane(i, ch), mu)).sum::<f64>() / cnt;
-            (mu as f32, v as f32)
-        });
-        let y = self.bn_apply(x, gamma, beta, mean.as_slice(), var.as_slice(), eps, c, s);
-        Ok((y, BatchNormStats { mean, var }))
+        self.bn_train("batch_norm_train", x, gamma, beta, eps, None)
     }
 
     fn batch_norm_eval(
@@ -1210,18 +1528,7 @@ impl Backend for Cpu {
         var: &CpuTensor,
         eps: f32,
     ) -> Result<CpuTensor> {
-        let (_, c, s) = bn_layout("batch_norm_eval", x.dims(), gamma.dims(), beta.dims())?;
-        if mean.dims() != [c] || var.dims() != [c] {
-            return Err(TensorError::shape(
-                "batch_norm_eval",
-                format!(
-                    "mean {:?} and var {:?} must be [{c}]",
-                    mean.dims(),
-                    var.dims()
-                ),
-            ));
-        }
-        Ok(self.bn_apply(x, gamma, beta, mean.as_slice(), var.as_slice(), eps, c, s))
+        self.bn_eval("batch_norm_eval", x, gamma, beta, mean, var, eps, None)
     }
 
     fn batch_norm_train_backward(
@@ -1232,59 +1539,58 @@ impl Backend for Cpu {
         gy: &CpuTensor,
         eps: f32,
     ) -> Result<BatchNormGrads<CpuTensor>> {
-        let (n, c, s) = bn_layout(
-            "batch_norm_train_backward",
-            x.dims(),
-            gamma.dims(),
-            gamma.dims(),
-        )?;
-        same_shape("batch_norm_train_backward", gy.dims(), x.dims())?;
-        if stats.mean.dims() != [c] || stats.var.dims() != [c] {
-            return Err(TensorError::shape(
-                "batch_norm_train_backward",
-                "statistics must be [c]",
-            ));
-        }
-        let cnt = (n * s) as f32;
-        let (xs, gs) = (x.as_slice(), gy.as_slice());
-        let (mean, var, gm) = (
-            stats.mean.as_slice(),
-            stats.var.as_slice(),
-            gamma.as_slice(),
-        );
-        let inv = |ch: usize| 1.0 / (var[ch] + eps).sqrt();
-        // Per channel: Σ gy (beta's gradient) and Σ gy·x̂ (gamma's), in f64.
-        let (gb, gg) = per_channel_pair(c, xs.len() >= PAR_MIN, |ch| {
-            let (mu, iv) = (mean[ch], inv(ch));
-            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-            for i in 0..n {
-                let o = (i * c + ch) * s;
-                let (a, b) = bn_grad_sums(&xs[o..o + s], &gs[o..o + s], mu, iv);
-                sg += a;
-                sgx += b;
-            }
-            (sg as f32, sgx as f32)
-        });
-        let (gbs, ggs) = (gb.as_slice(), gg.as_slice());
-        let gx = CpuTensor::build(x.dims(), |out| {
-            per_row(out, c * s, |i, img| {
-                for ch in 0..c {
-                    let (mu, iv) = (mean[ch], inv(ch));
-                    let k = gm[ch] * iv / cnt;
-                    let o = (i * c + ch) * s;
-                    let (xr, gr) = (&xs[o..o + s], &gs[o..o + s]);
-                    for ((d, &xv), &gv) in img[ch * s..(ch + 1) * s].iter_mut().zip(xr).zip(gr) {
-                        let xhat = (xv - mu) * iv;
-                        *d = k * (cnt * gv - gbs[ch] - xhat * ggs[ch]);
-                    }
-                }
-            })
-        });
-        Ok(BatchNormGrads {
-            x: gx,
-            gamma: gg,
-            beta: gb,
-        })
+        self.bn_train_backward("batch_norm_train_backward", x, gamma, stats, None, gy, eps)
+    }
+
+    fn batch_norm_act_train(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        eps: f32,
+        act: Activation,
+    ) -> Result<(CpuTensor, BatchNormStats<CpuTensor>)> {
+        act.check("batch_norm_act_train")?;
+        self.bn_train("batch_norm_act_train", x, gamma, beta, eps, Some(act))
+    }
+
+    fn batch_norm_act_eval(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        mean: &CpuTensor,
+        var: &CpuTensor,
+        eps: f32,
+        act: Activation,
+    ) -> Result<CpuTensor> {
+        act.check("batch_norm_act_eval")?;
+        self.bn_eval(
+            "batch_norm_act_eval",
+            x,
+            gamma,
+            beta,
+            mean,
+            var,
+            eps,
+            Some(act),
+        )
+    }
+
+    fn batch_norm_act_train_backward(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        stats: &BatchNormStats<CpuTensor>,
+        y: &CpuTensor,
+        gy: &CpuTensor,
+        eps: f32,
+        act: Activation,
+    ) -> Result<BatchNormGrads<CpuTensor>> {
+        let op = "batch_norm_act_train_backward";
+        act.check(op)?;
+        same_shape(op, y.dims(), x.dims())?;
+        self.bn_train_backward(op, x, gamma, stats, Some((y, act)), gy, eps)
     }
 
     fn pgd_step_linf(
@@ -1299,21 +1605,25 @@ impl Backend for Cpu {
         same_shape("pgd_step_linf", x.dims(), g.dims())?;
         let (xs, x0s, gs) = (x.as_slice(), x0.as_slice(), g.as_slice());
         Ok(CpuTensor::build(x.dims(), |o| {
-            chunked(o, |i, c| {
-                let r = i * CHUNK..i * CHUNK + c.len();
-                let (xs, x0s, gs) = (&xs[r.clone()], &x0s[r.clone()], &gs[r]);
-                for (t, d) in c.iter_mut().enumerate() {
-                    let (xv, x0v, gv) = (xs[t], x0s[t], gs[t]);
-                    let s = if gv > 0.0 {
-                        alpha
-                    } else if gv < 0.0 {
-                        -alpha
-                    } else {
-                        0.0
-                    };
-                    *d = (xv + s).max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0);
-                }
-            })
+            chunked(
+                o,
+                #[inline(always)]
+                |i, c| {
+                    let r = i * CHUNK..i * CHUNK + c.len();
+                    let (xs, x0s, gs) = (&xs[r.clone()], &x0s[r.clone()], &gs[r]);
+                    for (t, d) in c.iter_mut().enumerate() {
+                        let (xv, x0v, gv) = (xs[t], x0s[t], gs[t]);
+                        let s = if gv > 0.0 {
+                            alpha
+                        } else if gv < 0.0 {
+                            -alpha
+                        } else {
+                            0.0
+                        };
+                        *d = (xv + s).max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0);
+                    }
+                },
+            )
         }))
     }
 
@@ -1321,12 +1631,16 @@ impl Backend for Cpu {
         same_shape("project_linf", x.dims(), x0.dims())?;
         let (xs, x0s) = (x.as_slice(), x0.as_slice());
         Ok(CpuTensor::build(x.dims(), |o| {
-            chunked(o, |i, c| {
-                let r = i * CHUNK..i * CHUNK + c.len();
-                for ((d, &xv), &x0v) in c.iter_mut().zip(&xs[r.clone()]).zip(&x0s[r]) {
-                    *d = xv.max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0);
-                }
-            })
+            chunked(
+                o,
+                #[inline(always)]
+                |i, c| {
+                    let r = i * CHUNK..i * CHUNK + c.len();
+                    for ((d, &xv), &x0v) in c.iter_mut().zip(&xs[r.clone()]).zip(&x0s[r]) {
+                        *d = xv.max(x0v - eps).min(x0v + eps).clamp(0.0, 1.0);
+                    }
+                },
+            )
         }))
     }
 
@@ -1777,6 +2091,7 @@ unsafe fn pool2_avx2_step<const MASKED: bool>(
 
 /// Sum of `x` in 16 interleaved `f32` lanes (so the compiler vectorises it), combined in `f64`
 /// in a fixed order.
+#[inline(always)]
 fn lane_sum(x: &[f32]) -> f64 {
     let mut lanes = [0.0f32; 16];
     let mut it = x.chunks_exact(16);
@@ -1814,4 +2129,75 @@ fn max_other(z: &[f32], y: usize) -> (usize, f32) {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod vectorised_tests {
+    use super::*;
+
+    /// The batch-norm sums and an element-wise row (the work [`vectorised`] recompiles) on
+    /// data with a wide dynamic range and lengths that leave remainders, as bit patterns
+    /// (always inlined, so that each build below compiles it with its own instructions).
+    #[inline(always)]
+    fn sums_and_row() -> Vec<u64> {
+        let x: Vec<f32> = (0..1037)
+            .map(|i| ((i * 7919 % 1000) as f32 - 431.5) * 1.37e-3 * (1.0 + (i % 13) as f32))
+            .collect();
+        let gy: Vec<f32> = (0..1037)
+            .map(|i| ((i * 104_729 % 977) as f32 - 500.0) * 3.1e-4)
+            .collect();
+        let (mu, inv) = (0.0123f32, 7.77f32);
+        let (a, b) = bn_grad_sums(&x, &gy, &gy, mu, inv, |_, g| g);
+        let leaky = |y, g| Activation::LeakyRelu(0.1).grad_from_output(y, g);
+        let (fa, fb) = bn_grad_sums(&x, &gy, &x, mu, inv, leaky);
+        let mut bits = vec![
+            sum_f64(&x).to_bits(),
+            sq_dev_f64(&x, 0.0123).to_bits(),
+            a.to_bits(),
+            b.to_bits(),
+            fa.to_bits(),
+            fb.to_bits(),
+            lane_sum(&x).to_bits(),
+        ];
+        let row: Vec<f32> = x
+            .iter()
+            .zip(&gy)
+            .map(|(&v, &g)| (v - mu) * inv * 1.3 + g / 0.7 - (v * g).max(0.0))
+            .collect();
+        bits.extend(row.iter().map(|v| v.to_bits() as u64));
+        bits
+    }
+
+    /// Whatever build runs them, the sums and the element-wise row give the same bits. A
+    /// reassociated sum (say, the lanes combined in another order) changes the last bits of
+    /// these values and fails this test.
+    #[test]
+    fn vectorised_builds_agree() {
+        let plain = sums_and_row();
+        assert_eq!(
+            vectorised(sums_and_row),
+            plain,
+            "build for {:?}",
+            kernel::isa()
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut ran = 0;
+            if Isa::Avx512.supported() {
+                // SAFETY: this CPU runs AVX-512F (checked just above).
+                assert_eq!(unsafe { with_avx512(sums_and_row) }, plain, "AVX-512 build");
+                ran += 1;
+            }
+            if Isa::Avx2.supported() {
+                // SAFETY: this CPU runs AVX2 (checked just above).
+                assert_eq!(unsafe { with_avx2(sums_and_row) }, plain, "AVX2 build");
+                ran += 1;
+            }
+            // The CI machines have both; on an x86-64 CPU with neither this test compares only
+            // the plain build with itself, and says so.
+            if ran == 0 {
+                eprintln!("vectorised_builds_agree: this CPU has neither AVX2 nor AVX-512");
+            }
+        }
+    }
 }
