@@ -793,6 +793,46 @@ impl<B: Backend> Graph<B> {
         }))
     }
 
+    /// `conv2d(x, w, bias) + residual` as one node (the backend may make the sum in the
+    /// convolution's output pass): the same values and gradients as [`Graph::conv2d`] then
+    /// [`Graph::add`], the residual's gradient being the output's.
+    pub fn conv2d_add(
+        &self,
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+        p: Conv2dParams,
+        residual: Var,
+    ) -> Result<Var> {
+        let (vx, vw, vr) = (self.value(x), self.value(w), self.value(residual));
+        let vb = bias.map(|b| self.value(b));
+        let y = self.backend.conv2d_add(&vx, &vw, vb.as_ref(), p, &vr)?;
+        let (rx, rw, rr) = (
+            self.requires_grad(x),
+            self.requires_grad(w),
+            self.requires_grad(residual),
+        );
+        let rb = bias.map(|b| self.requires_grad(b)).unwrap_or(false);
+        let mut parents = vec![x, w, residual];
+        parents.extend(bias);
+        Ok(self.record(y, &parents, move |be, gy| {
+            let mut out = Vec::new();
+            if rx {
+                out.push((x, be.conv2d_backward_input(gy, &vw, vx.dims(), p)?));
+            }
+            if rw {
+                out.push((w, be.conv2d_backward_weight(&vx, gy, vw.dims(), p)?));
+            }
+            if let (Some(b), true) = (bias, rb) {
+                out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
+            }
+            if rr {
+                out.push((residual, gy.clone()));
+            }
+            Ok(out)
+        }))
+    }
+
     /// `relu(conv2d(x, w, bias))` as one node (the backend fuses the ReLU into the convolution's
     /// output). The ReLU's gradient needs only the output: `z > 0` exactly where `relu(z) > 0`.
     pub fn conv2d_relu(&self, x: Var, w: Var, bias: Option<Var>, p: Conv2dParams) -> Result<Var> {

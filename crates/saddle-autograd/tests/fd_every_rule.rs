@@ -92,6 +92,17 @@ trait Ops {
         s: usize,
         p: usize,
     ) -> Self::V;
+    /// `conv2d(x, w, bias) + r` (one node on the graph).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_add(
+        &self,
+        x: &Self::V,
+        w: &Self::V,
+        bias: Option<&Self::V>,
+        s: usize,
+        p: usize,
+        r: &Self::V,
+    ) -> Self::V;
     fn conv2d_relu(
         &self,
         x: &Self::V,
@@ -244,6 +255,14 @@ impl Ops for GraphOps {
         self.note("conv2d");
         let cp = Conv2dParams::new(s, p);
         ok("conv2d", self.g.conv2d(*x, *w, bias.copied(), cp))
+    }
+    fn conv2d_add(&self, x: &Var, w: &Var, bias: Option<&Var>, s: usize, p: usize, r: &Var) -> Var {
+        self.note("conv2d_add");
+        let cp = Conv2dParams::new(s, p);
+        ok(
+            "conv2d_add",
+            self.g.conv2d_add(*x, *w, bias.copied(), cp, *r),
+        )
     }
     fn conv2d_relu(&self, x: &Var, w: &Var, bias: Option<&Var>, s: usize, p: usize) -> Var {
         self.note("conv2d_relu");
@@ -445,6 +464,18 @@ impl Ops for RefOps {
         p: usize,
     ) -> RefTensor {
         r(reference::conv2d(x, w, bias, s, p))
+    }
+    fn conv2d_add(
+        &self,
+        x: &RefTensor,
+        w: &RefTensor,
+        bias: Option<&RefTensor>,
+        s: usize,
+        p: usize,
+        res: &RefTensor,
+    ) -> RefTensor {
+        let y = self.conv2d(x, w, bias, s, p);
+        self.add(&y, res)
     }
     fn conv2d_relu(
         &self,
@@ -1000,6 +1031,19 @@ fn conv2d_mnist_kernel_no_bias() -> Case {
     )
 }
 
+fn conv2d_add_residual() -> Case {
+    // A residual block's sum: 3×3, stride 1, padding 1, with bias, the residual a leaf too.
+    case!(
+        [
+            leaf(&[2, 3, 5, 4], u(-1.0, 1.0)),
+            leaf(&[4, 3, 3, 3], u(-1.0, 1.0)),
+            leaf(&[4], u(-1.0, 1.0)),
+            leaf(&[2, 4, 5, 4], u(-1.0, 1.0))
+        ],
+        |o, v| o.conv2d_add(&v[0], &v[1], Some(&v[2]), 1, 1, &v[3])
+    )
+}
+
 fn conv2d_relu_fused() -> Case {
     case!(
         [
@@ -1213,6 +1257,7 @@ cases!(
     linear_with_and_without_bias,
     conv2d_bias_stride_padding,
     conv2d_mnist_kernel_no_bias,
+    conv2d_add_residual,
     conv2d_relu_fused,
     conv2d_relu_max_pool2d_fused,
     conv2d_relu_max_pool2d_no_bias_window3,

@@ -222,6 +222,22 @@ impl Conv2d {
         Ok(cx.g.conv2d(x, w, b, self.conv)?)
     }
 
+    /// `conv(x) + residual(cx)` as one node (a residual connection: the backend may make the
+    /// sum in the convolution's output pass), with the values and gradients of the two in
+    /// sequence. The layer's parameters are taken before `residual` runs, so the forward pass
+    /// lists its parameter leaves in the same order as `forward` then the residual would.
+    pub fn forward_add<B: Backend>(
+        &self,
+        cx: &mut Ctx<'_, B>,
+        x: Var,
+        residual: impl FnOnce(&mut Ctx<'_, B>) -> Result<Var>,
+    ) -> Result<Var> {
+        let w = cx.param(self.weight);
+        let b = self.bias.map(|i| cx.param(i));
+        let r = residual(cx)?;
+        Ok(cx.g.conv2d_add(x, w, b, self.conv, r)?)
+    }
+
     /// `max_pool(relu(conv(x)))` as one fused node (the MNIST network's stages).
     pub fn forward_relu_max_pool<B: Backend>(
         &self,

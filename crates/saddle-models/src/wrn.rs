@@ -318,13 +318,14 @@ impl<B: Backend> Classifier<B> for WideResNet<B> {
             }
             h = u.conv1.forward(&mut cx, h)?;
             h = u.bn2.forward_act(&mut cx, h, self.act())?;
-            h = u.conv2.forward(&mut cx, h)?;
-            let s = match &u.shortcut {
-                Shortcut::Identity => short,
-                Shortcut::Conv(c) => c.forward(&mut cx, short)?,
-                Shortcut::PoolPad(p) => p.forward(g, short)?,
-            };
-            h = g.add(h, s)?;
+            // conv2(h) + shortcut, the sum in the convolution's output pass.
+            h = u.conv2.forward_add(&mut cx, h, |cx| {
+                Ok(match &u.shortcut {
+                    Shortcut::Identity => short,
+                    Shortcut::Conv(c) => c.forward(cx, short)?,
+                    Shortcut::PoolPad(p) => p.forward(g, short)?,
+                })
+            })?;
         }
         h = self.bn.forward_act(&mut cx, h, self.act())?;
         let h = global_avg_pool(g, h)?;

@@ -323,6 +323,22 @@ pub trait Backend: Clone + std::fmt::Debug + Send + Sync + 'static {
         self.relu(&y)
     }
 
+    /// `conv2d(x, w, bias) + residual` (`residual` shaped like the convolution's output): a
+    /// residual connection's sum made in the convolution's output pass by a backend that fuses
+    /// it, with the bits of the two ops in sequence; the default composes them.
+    fn conv2d_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        p: Conv2dParams,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let y = self.conv2d(x, w, bias, p)?;
+        check_residual(y.dims(), residual.dims())?;
+        self.add(&y, residual)
+    }
+
     /// Gradient of `max_pool2d(relu(z))` with respect to `z`, given `y = relu(z)`: each
     /// window's gradient goes to its first maximum of `y` if that maximum is positive (ReLU's
     /// gradient is 0 where `z ≤ 0`, that is where `y = 0`).
@@ -1066,4 +1082,15 @@ pub fn activation_grad_from_output<B: Backend>(
         Activation::Relu => be.relu_backward(y, gy),
         Activation::LeakyRelu(s) => be.leaky_relu_backward(y, gy, s),
     }
+}
+
+/// An error unless the residual of [`Backend::conv2d_add`] has the convolution's output shape.
+pub fn check_residual(out: &[usize], residual: &[usize]) -> Result<()> {
+    if out == residual {
+        return Ok(());
+    }
+    Err(TensorError::shape(
+        "conv2d_add",
+        format!("residual {residual:?} must have the convolution's output shape {out:?}"),
+    ))
 }

@@ -516,6 +516,7 @@ pub fn checks<B: Backend>() -> Vec<(&'static str, CheckFn<B>)> {
             check_batch_norm_train_backward::<B>,
         ),
         ("batch_norm_act", check_batch_norm_act::<B>),
+        ("conv2d_add", check_conv2d_add::<B>),
         ("pgd_step_linf", check_pgd_step_linf::<B>),
         ("project_linf", check_project_linf::<B>),
         ("pgd_step_l2", check_pgd_step_l2::<B>),
@@ -2975,6 +2976,46 @@ pub fn check_batch_norm_eval<B: Backend>(b: &B, tol: Tol) -> CheckResult {
     })
 }
 
+/// `conv2d_add` gives bit for bit the backend's own `conv2d` then `add` (whose values the
+/// checks above hold against the reference), with and without bias, on shapes a backend may fuse
+/// (3×3, stride 1, padding 1, 32 input channels, odd sizes) and shapes it may not (stride 2,
+/// 5×5); a residual of another shape is refused.
+pub fn check_conv2d_add<B: Backend>(b: &B, _tol: Tol) -> CheckResult {
+    let name = b.name();
+    let op = "conv2d_add";
+    let mut rng = SplitMix64::new(0xAD);
+    let cases: [(&[usize], &[usize], usize, usize); 4] = [
+        (&[2, 32, 7, 6], &[16, 32, 3, 3], 1, 1),
+        (&[3, 40, 4, 4], &[24, 40, 3, 3], 1, 1),
+        (&[2, 8, 9, 9], &[16, 8, 3, 3], 2, 1),
+        (&[2, 3, 8, 8], &[4, 3, 5, 5], 1, 2),
+    ];
+    for (xs, ws, stride, pad) in cases {
+        for with_bias in [false, true] {
+            let ctx = format!("[{name}] {op} (x {xs:?}, w {ws:?}, bias {with_bias})");
+            let x = Host::random(&mut rng, xs, -1.0, 1.0).up(b, &ctx)?;
+            let w = Host::random(&mut rng, ws, -0.5, 0.5).up(b, &ctx)?;
+            let bias = Host::random(&mut rng, &[ws[0]], -0.5, 0.5).up(b, &ctx)?;
+            let bias = with_bias.then_some(&bias);
+            let p = p(stride, pad);
+            let y = b.conv2d(&x, &w, bias, p).backend(&ctx, "conv2d")?;
+            let shape = y.dims().to_vec();
+            let r = Host::random(&mut rng, &shape, -1.0, 1.0).up(b, &ctx)?;
+            let want = b.add(&y, &r).backend(&ctx, "add")?;
+            let got = b.conv2d_add(&x, &w, bias, p, &r).backend(&ctx, op)?;
+            let want = b.to_vec(&want).backend(&ctx, "to_vec")?;
+            expect_bits(b, &ctx, &got, &shape, &want)?;
+            let mut wrong = shape.clone();
+            wrong[1] += 1;
+            let r2 = Host::random(&mut rng, &wrong, -1.0, 1.0).up(b, &ctx)?;
+            expect_err(&ctx, op, true, "a residual of another shape", || {
+                b.conv2d_add(&x, &w, bias, p, &r2)
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The fused `batch_norm_act_train`, `batch_norm_act_eval` and `batch_norm_act_train_backward`
 /// give bit for bit what the backend's own unfused ops give in sequence (batch norm, then
 /// `relu`/`leaky_relu`; for the gradient, `relu_backward`/`leaky_relu_backward` at the batch
@@ -3674,6 +3715,7 @@ macro_rules! op_suite {
             batch_norm_eval => check_batch_norm_eval,
             batch_norm_train_backward => check_batch_norm_train_backward,
             batch_norm_act => check_batch_norm_act,
+            conv2d_add => check_conv2d_add,
             pgd_step_linf => check_pgd_step_linf,
             project_linf => check_project_linf,
             pgd_step_l2 => check_pgd_step_l2,

@@ -34,8 +34,8 @@ use ndarray::{ArrayViewD, IxDyn, Zip};
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_dlr, check_restart_merge, dlr_rows, restart_merge_row, Activation, Backend,
-    BatchNormGrads, BatchNormStats, TensorLike,
+    check_dlr, check_residual, check_restart_merge, dlr_rows, restart_merge_row, Activation,
+    Backend, BatchNormGrads, BatchNormStats, TensorLike,
 };
 use crate::error::{Result, TensorError};
 use crate::shape::{
@@ -1146,6 +1146,37 @@ impl Backend for Cpu {
         p: Conv2dParams,
     ) -> Result<CpuTensor> {
         self.conv2d_fused(x, w, bias, p, true)
+    }
+
+    fn conv2d_add(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        bias: Option<&CpuTensor>,
+        p: Conv2dParams,
+        residual: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new("conv2d_add", x.dims(), w.dims(), p)?;
+        let os = g.out_shape();
+        check_residual(&os, residual.dims())?;
+        let d = conv::forward_geometry(&g);
+        let bias_ok = bias.is_none_or(|b| b.dims() == [g.k]);
+        // The sum in the Winograd path's output pass; elsewhere (and for every error) the two
+        // ops in sequence.
+        if bias_ok && g.c > 0 && checked_numel("conv2d_add", &os)? > 0 && winograd::applies(&d) {
+            return Ok(CpuTensor::build(&os, |o| {
+                winograd::forward_add(
+                    &d,
+                    x.as_slice(),
+                    w.as_slice(),
+                    bias.map(|b| b.as_slice()),
+                    residual.as_slice(),
+                    o,
+                )
+            }));
+        }
+        let y = self.conv2d(x, w, bias, p)?;
+        self.add(&y, residual)
     }
 
     fn conv2d_backward_input(

@@ -113,7 +113,41 @@ pub fn forward(
     let mut u = Scratch::new(16 * d.c * kpad(d.k));
     // Reduction index p = input channel, column j = output channel: g = w[j][p].
     transform_weights(d.c, d.k, |p, j| window(&w[(j * d.c + p) * 9..]), &mut u);
-    run(d.n, d.c, d.k, d.h, d.w, x, &u, bias, relu, out);
+    run(d.n, d.c, d.k, d.h, d.w, x, &u, bias, relu, None, out);
+}
+
+/// `out` = [`forward`]'s convolution (`+ bias`, no ReLU) `+ residual` (`[n, k, h, w]`, added
+/// last, element by element, as a separate addition would: the same bits, one pass fewer).
+pub fn forward_add(
+    d: &Direct,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        geometry_fits(d),
+        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+    );
+    assert!(x.len() >= d.n * d.c * d.h * d.w && w.len() >= d.k * d.c * 9);
+    assert!(out.len() >= d.n * d.k * d.h * d.w && residual.len() >= d.n * d.k * d.h * d.w);
+    assert!(bias.is_none_or(|b| b.len() >= d.k));
+    let mut u = Scratch::new(16 * d.c * kpad(d.k));
+    transform_weights(d.c, d.k, |p, j| window(&w[(j * d.c + p) * 9..]), &mut u);
+    run(
+        d.n,
+        d.c,
+        d.k,
+        d.h,
+        d.w,
+        x,
+        &u,
+        bias,
+        false,
+        Some(residual),
+        out,
+    );
 }
 
 /// `gx` `[n, c, h, w]` = the gradient with respect to the input of [`forward`]'s convolution
@@ -139,7 +173,7 @@ pub fn backward_input(d: &Direct, gy: &[f32], w: &[f32], gx: &mut [f32]) {
         },
         &mut u,
     );
-    run(d.n, d.k, d.c, d.h, d.w, gy, &u, None, false, gx);
+    run(d.n, d.k, d.c, d.h, d.w, gy, &u, None, false, None, gx);
 }
 
 /// The nine weights of one filter, row-major.
@@ -286,6 +320,7 @@ fn run(
     u: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
+    residual: Option<&[f32]>,
     out: &mut [f32],
 ) {
     assert!(c > 0, "Winograd convolution over no channels");
@@ -306,6 +341,7 @@ fn run(
             let images = o.len() / out_sz;
             let first = gi * pl.group;
             let xg = &x[first * in_sz..(first + images) * in_sz];
+            let rg = residual.map(|r| &r[first * out_sz..(first + images) * out_sz]);
             let simd = Simd::get();
             // Rows of tiles of the group's images, one after the other.
             let th_all = images * pl.th;
@@ -313,7 +349,7 @@ fn run(
                 let tr1 = (tr0 + pl.rows).min(th_all);
                 simd.input_block(&pl, xg, zero, tr0, tr1, v, tmp);
                 products(&pl, v, u, tr1 - tr0, m);
-                simd.output_block(&pl, m, tr0, tr1, bias, relu, o, tmp);
+                simd.output_block(&pl, m, tr0, tr1, bias, relu, rg, o, tmp);
             }
         });
 }
@@ -382,7 +418,7 @@ dispatch!(input_block, input_block_avx512, input_block_avx2,
     (pl: &Plan, x: &[f32], zero: &[f32], tr0: usize, tr1: usize, v: &mut [f32], tmp: &mut [f32]));
 dispatch!(output_block, output_block_avx512, output_block_avx2,
     (pl: &Plan, m: &[f32], tr0: usize, tr1: usize, bias: Option<&[f32]>, relu: bool,
-     o: &mut [f32], tmp: &mut [f32]));
+     res: Option<&[f32]>, o: &mut [f32], tmp: &mut [f32]));
 
 /// Runs `$body` over `0..$n` in steps of `$l` = 16, 8, 4 and 1 lanes (`$i` the start of each
 /// step): fixed-size steps the compiler turns into vector code however short the run.
@@ -632,6 +668,7 @@ fn output_block(
     tr1: usize,
     bias: Option<&[f32]>,
     relu: bool,
+    res: Option<&[f32]>,
     o: &mut [f32],
     tmp: &mut [f32],
 ) {
@@ -669,7 +706,9 @@ fn output_block(
         for gtr in tr0..tr1 {
             // Row tr of tiles of image img of the group.
             let (img, tr) = (gtr / pl.th, gtr % pl.th);
-            let plane = &mut o[((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w];
+            let pr = ((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w;
+            let rp = res.map(|r| &r[pr.clone()]);
+            let plane = &mut o[pr];
             for a in 0..2 {
                 let i = 2 * tr + a;
                 if i >= h {
@@ -678,6 +717,19 @@ fn output_block(
                 let at = 2 * a * ne + 2 * (ch * tn + (gtr - tr0) * tw);
                 let src = &zs[at..at + w];
                 let dst = &mut plane[i * w..(i + 1) * w];
+                if let Some(rp) = rp {
+                    // `+ bias`, then the residual (never with ReLU: see `forward_add`).
+                    let rr = &rp[i * w..(i + 1) * w];
+                    lanes!(w, q, L, {
+                        let mut y: [f32; L] = part(src, q);
+                        let r: [f32; L] = part(rr, q);
+                        for (v, r) in y.iter_mut().zip(r) {
+                            *v = (*v + b) + r;
+                        }
+                        dst[q..q + L].copy_from_slice(&y);
+                    });
+                    continue;
+                }
                 lanes!(w, q, L, {
                     let mut y: [f32; L] = part(src, q);
                     for v in y.iter_mut() {
