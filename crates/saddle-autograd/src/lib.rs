@@ -780,15 +780,15 @@ impl<B: Backend> Graph<B> {
         parents.extend(bias);
         Ok(self.record(y, &parents, move |be, gy| {
             let mut out = Vec::new();
-            if rx {
-                out.push((x, be.conv2d_backward_input(gy, &vw, vx.dims(), p)?));
-            }
-            if rw {
-                out.push((w, be.conv2d_backward_weight(&vx, gy, vw.dims(), p)?));
-            }
-            if let (Some(b), true) = (bias, rb) {
-                out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
-            }
+            conv_grads(
+                be,
+                gy,
+                (x, &vx, rx),
+                (w, &vw, rw),
+                bias.filter(|_| rb),
+                p,
+                &mut out,
+            )?;
             Ok(out)
         }))
     }
@@ -817,15 +817,15 @@ impl<B: Backend> Graph<B> {
         parents.extend(bias);
         Ok(self.record(y, &parents, move |be, gy| {
             let mut out = Vec::new();
-            if rx {
-                out.push((x, be.conv2d_backward_input(gy, &vw, vx.dims(), p)?));
-            }
-            if rw {
-                out.push((w, be.conv2d_backward_weight(&vx, gy, vw.dims(), p)?));
-            }
-            if let (Some(b), true) = (bias, rb) {
-                out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
-            }
+            conv_grads(
+                be,
+                gy,
+                (x, &vx, rx),
+                (w, &vw, rw),
+                bias.filter(|_| rb),
+                p,
+                &mut out,
+            )?;
             if rr {
                 out.push((residual, gy.clone()));
             }
@@ -1073,6 +1073,29 @@ impl<B: Backend> Graph<B> {
             bn_eval_grads(be, [x, gamma, beta], want, &vx, &vg, &mean, &var, eps, &gz)
         }))
     }
+}
+
+/// A convolution's gradients from its output gradient `gy`: the input's and the weight's
+/// (each `(var, value, wanted)`), the bias's if `bias` is given (wanted).
+fn conv_grads<B: Backend>(
+    be: &B,
+    gy: &Tensor<B>,
+    (x, vx, rx): (Var, &Tensor<B>, bool),
+    (w, vw, rw): (Var, &Tensor<B>, bool),
+    bias: Option<Var>,
+    p: Conv2dParams,
+    out: &mut Vec<(Var, Tensor<B>)>,
+) -> Result<()> {
+    if rx {
+        out.push((x, be.conv2d_backward_input(gy, vw, vx.dims(), p)?));
+    }
+    if rw {
+        out.push((w, be.conv2d_backward_weight(vx, gy, vw.dims(), p)?));
+    }
+    if let Some(b) = bias {
+        out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
+    }
+    Ok(())
 }
 
 /// Gradients of batch norm with fixed statistics (an affine map per channel,

@@ -48,47 +48,28 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// `v` where `positive`, else 0 (ReLU) or `slope · v`: the activation of `v` with
+    /// `positive = v > 0`, its gradient `g` with `positive = y > 0` (`y` the output).
+    #[inline(always)]
+    fn pass_or_scale(self, positive: bool, v: f32) -> f32 {
+        match self {
+            _ if positive => v,
+            Activation::Relu => 0.0,
+            Activation::LeakyRelu(s) => s * v,
+        }
+    }
+
     /// The activation of one value (the same arithmetic as the backends' element-wise ops).
     #[inline(always)]
     pub fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Relu => {
-                if v > 0.0 {
-                    v
-                } else {
-                    0.0
-                }
-            }
-            Activation::LeakyRelu(s) => {
-                if v > 0.0 {
-                    v
-                } else {
-                    s * v
-                }
-            }
-        }
+        self.pass_or_scale(v > 0.0, v)
     }
 
     /// The gradient with respect to the input given the activation's output `y` and the
     /// gradient `g` of the output: `g` where `y > 0`, else 0 (ReLU) or `slope · g`.
     #[inline(always)]
     pub fn grad_from_output(self, y: f32, g: f32) -> f32 {
-        match self {
-            Activation::Relu => {
-                if y > 0.0 {
-                    g
-                } else {
-                    0.0
-                }
-            }
-            Activation::LeakyRelu(s) => {
-                if y > 0.0 {
-                    g
-                } else {
-                    s * g
-                }
-            }
-        }
+        self.pass_or_scale(y > 0.0, g)
     }
 
     /// An error unless a leaky ReLU's slope is finite and not negative.

@@ -127,6 +127,8 @@ fn trades_batch<B: Backend, M: Classifier<B>>(
             .take(xv)
             .ok_or_else(|| TrainError::Attack("TRADES: no gradient reached the input".into()))?;
         xa = be.pgd_step_linf(&xa, x, &gx, cfg.a, eps)?;
+        // One step's work is one submission on a device backend, as in the PGD loop.
+        be.step_end()?;
     }
     Ok(xa)
 }
