@@ -771,26 +771,7 @@ impl<B: Backend> Graph<B> {
 
     /// 2-D convolution of `x` `[n, c, h, w]` with `w` `[k, c, kh, kw]` plus `bias` `[k]`.
     pub fn conv2d(&self, x: Var, w: Var, bias: Option<Var>, p: Conv2dParams) -> Result<Var> {
-        let (vx, vw) = (self.value(x), self.value(w));
-        let vb = bias.map(|b| self.value(b));
-        let y = self.backend.conv2d(&vx, &vw, vb.as_ref(), p)?;
-        let (rx, rw) = (self.requires_grad(x), self.requires_grad(w));
-        let rb = bias.map(|b| self.requires_grad(b)).unwrap_or(false);
-        let mut parents = vec![x, w];
-        parents.extend(bias);
-        Ok(self.record(y, &parents, move |be, gy| {
-            let mut out = Vec::new();
-            conv_grads(
-                be,
-                gy,
-                (x, &vx, rx),
-                (w, &vw, rw),
-                bias.filter(|_| rb),
-                p,
-                &mut out,
-            )?;
-            Ok(out)
-        }))
+        self.conv_node(x, w, bias, p, None)
     }
 
     /// `conv2d(x, w, bias) + residual` as one node (the backend may make the sum in the
@@ -804,30 +785,45 @@ impl<B: Backend> Graph<B> {
         p: Conv2dParams,
         residual: Var,
     ) -> Result<Var> {
-        let (vx, vw, vr) = (self.value(x), self.value(w), self.value(residual));
+        self.conv_node(x, w, bias, p, Some(residual))
+    }
+
+    /// A convolution node, plus `residual` if given.
+    fn conv_node(
+        &self,
+        x: Var,
+        w: Var,
+        bias: Option<Var>,
+        p: Conv2dParams,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let (vx, vw) = (self.value(x), self.value(w));
         let vb = bias.map(|b| self.value(b));
-        let y = self.backend.conv2d_add(&vx, &vw, vb.as_ref(), p, &vr)?;
-        let (rx, rw, rr) = (
-            self.requires_grad(x),
-            self.requires_grad(w),
-            self.requires_grad(residual),
-        );
-        let rb = bias.map(|b| self.requires_grad(b)).unwrap_or(false);
-        let mut parents = vec![x, w, residual];
+        let y = match residual {
+            None => self.backend.conv2d(&vx, &vw, vb.as_ref(), p)?,
+            Some(r) => self
+                .backend
+                .conv2d_add(&vx, &vw, vb.as_ref(), p, &self.value(r))?,
+        };
+        let (rx, rw) = (self.requires_grad(x), self.requires_grad(w));
+        let rb = bias.filter(|&b| self.requires_grad(b));
+        let rr = residual.filter(|&r| self.requires_grad(r));
+        let mut parents = vec![x, w];
+        parents.extend(residual);
         parents.extend(bias);
         Ok(self.record(y, &parents, move |be, gy| {
             let mut out = Vec::new();
-            conv_grads(
-                be,
-                gy,
-                (x, &vx, rx),
-                (w, &vw, rw),
-                bias.filter(|_| rb),
-                p,
-                &mut out,
-            )?;
-            if rr {
-                out.push((residual, gy.clone()));
+            if rx {
+                out.push((x, be.conv2d_backward_input(gy, &vw, vx.dims(), p)?));
+            }
+            if rw {
+                out.push((w, be.conv2d_backward_weight(&vx, gy, vw.dims(), p)?));
+            }
+            if let Some(b) = rb {
+                out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
+            }
+            if let Some(r) = rr {
+                out.push((r, gy.clone()));
             }
             Ok(out)
         }))
@@ -957,16 +953,35 @@ impl<B: Backend> Graph<B> {
         beta: Var,
         eps: f32,
     ) -> Result<(Var, BatchNormStats<Tensor<B>>)> {
+        self.batch_norm_node(x, gamma, beta, eps, None)
+    }
+
+    /// Batch norm in training mode, then `act` if given, as one node.
+    fn batch_norm_node(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        act: Option<Activation>,
+    ) -> Result<(Var, BatchNormStats<Tensor<B>>)> {
         let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
-        let (y, stats) = self.backend.batch_norm_train(&vx, &vg, &vb, eps)?;
+        let (y, stats) = match act {
+            None => self.backend.batch_norm_train(&vx, &vg, &vb, eps)?,
+            Some(a) => self.backend.batch_norm_act_train(&vx, &vg, &vb, eps, a)?,
+        };
         let (rx, rg, rb) = (
             self.requires_grad(x),
             self.requires_grad(gamma),
             self.requires_grad(beta),
         );
-        let st = stats.clone();
+        // The activation's gradient is read from the output: kept only when there is one.
+        let (st, vy) = (stats.clone(), act.map(|a| (a, y.clone())));
         let v = self.record(y, &[x, gamma, beta], move |be, gy| {
-            let g = be.batch_norm_train_backward(&vx, &vg, &st, gy, eps)?;
+            let g = match &vy {
+                None => be.batch_norm_train_backward(&vx, &vg, &st, gy, eps)?,
+                Some((a, y)) => be.batch_norm_act_train_backward(&vx, &vg, &st, y, gy, eps, *a)?,
+            };
             let mut out = Vec::new();
             if rx {
                 out.push((x, g.x));
@@ -1020,29 +1035,7 @@ impl<B: Backend> Graph<B> {
         eps: f32,
         act: Activation,
     ) -> Result<(Var, BatchNormStats<Tensor<B>>)> {
-        let (vx, vg, vb) = (self.value(x), self.value(gamma), self.value(beta));
-        let (y, stats) = self.backend.batch_norm_act_train(&vx, &vg, &vb, eps, act)?;
-        let (rx, rg, rb) = (
-            self.requires_grad(x),
-            self.requires_grad(gamma),
-            self.requires_grad(beta),
-        );
-        let (st, vy) = (stats.clone(), y.clone());
-        let v = self.record(y, &[x, gamma, beta], move |be, gy| {
-            let g = be.batch_norm_act_train_backward(&vx, &vg, &st, &vy, gy, eps, act)?;
-            let mut out = Vec::new();
-            if rx {
-                out.push((x, g.x));
-            }
-            if rg {
-                out.push((gamma, g.gamma));
-            }
-            if rb {
-                out.push((beta, g.beta));
-            }
-            Ok(out)
-        });
-        Ok((v, stats))
+        self.batch_norm_node(x, gamma, beta, eps, Some(act))
     }
 
     /// `act(batch_norm_eval(x))` in one backend op; as [`Graph::batch_norm_eval`] followed by
@@ -1073,29 +1066,6 @@ impl<B: Backend> Graph<B> {
             bn_eval_grads(be, [x, gamma, beta], want, &vx, &vg, &mean, &var, eps, &gz)
         }))
     }
-}
-
-/// A convolution's gradients from its output gradient `gy`: the input's and the weight's
-/// (each `(var, value, wanted)`), the bias's if `bias` is given (wanted).
-fn conv_grads<B: Backend>(
-    be: &B,
-    gy: &Tensor<B>,
-    (x, vx, rx): (Var, &Tensor<B>, bool),
-    (w, vw, rw): (Var, &Tensor<B>, bool),
-    bias: Option<Var>,
-    p: Conv2dParams,
-    out: &mut Vec<(Var, Tensor<B>)>,
-) -> Result<()> {
-    if rx {
-        out.push((x, be.conv2d_backward_input(gy, vw, vx.dims(), p)?));
-    }
-    if rw {
-        out.push((w, be.conv2d_backward_weight(vx, gy, vw.dims(), p)?));
-    }
-    if let Some(b) = bias {
-        out.push((b, be.sum_axes(gy, &[0, 2, 3], false)?));
-    }
-    Ok(())
 }
 
 /// Gradients of batch norm with fixed statistics (an affine map per channel,
