@@ -37,6 +37,11 @@ pub struct Args {
     /// Reuse a trained model in the output folder instead of training again.
     #[arg(long)]
     pub skip_training: bool,
+    /// Continue an interrupted training run from the checkpoint in the output folder
+    /// (`saddle train --resume`: bit for bit the run that was not interrupted) instead of
+    /// starting over; the report's training time is then that of all its parts.
+    #[arg(long, conflicts_with = "skip_training")]
+    pub resume: bool,
     /// Reuse an evaluation JSON already in the output folder when it is of the same model file
     /// (not modified since), data set, attacks, ε and number of images; evaluate otherwise.
     #[arg(long)]
@@ -337,6 +342,13 @@ pub fn run(args: Args) -> Result<()> {
     let rel_out = Path::new("results").join(output_folder(exp, &preset));
     let out = root.join(&rel_out);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    if args.resume && !out.join("checkpoint.safetensors").is_file() {
+        bail!(
+            "--resume: no checkpoint in {} to continue from; drop --resume to train from \
+             the start",
+            out.display()
+        );
+    }
     let t0 = Instant::now();
 
     crate::download::run(crate::download::Args {
@@ -354,12 +366,22 @@ pub fn run(args: Args) -> Result<()> {
     let t_train = Instant::now();
     let trained = !(args.skip_training && root.join(&model).exists());
     if trained {
-        println!("== training with preset {preset} into {}", out.display());
+        let resume = args.resume.then_some("--resume");
+        println!(
+            "== training with preset {preset} into {}{}",
+            out.display(),
+            if args.resume {
+                " (resuming from its checkpoint)"
+            } else {
+                ""
+            }
+        );
         run_checked(
             Command::new(&saddle)
                 .current_dir(&root)
                 .args(["train", "--preset", &preset, "--out"])
                 .arg(&rel_out)
+                .args(resume)
                 .args(&threads),
             "saddle train",
         )?;
@@ -426,6 +448,7 @@ pub fn run(args: Args) -> Result<()> {
         config: &config,
         metrics: &metrics,
         train_secs: trained.then_some(train_secs),
+        resumed: args.resume,
         total_secs: t0.elapsed().as_secs_f64(),
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -542,6 +565,7 @@ fn reusable_eval(
 }
 
 /// What the report says about the run besides the evaluations.
+#[derive(Clone)]
 struct RunInfo<'a> {
     preset: &'a str,
     /// The effective training config (`config.toml`), or empty.
@@ -550,6 +574,8 @@ struct RunInfo<'a> {
     metrics: &'a str,
     /// Wall time of the training done by this invocation (`None`: the model was reused).
     train_secs: Option<f64>,
+    /// The training was resumed from a checkpoint: `train_secs` is the last part's.
+    resumed: bool,
     total_secs: f64,
     cores: usize,
     /// The CPU and the instruction set of the CPU kernels, e.g. `AMD EPYC; kernels: avx512`.
@@ -820,6 +846,11 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
                 m["step"].as_u64().unwrap_or(0),
                 logged / 60.0,
                 match t {
+                    Some(t) if run.resumed => format!(
+                        "resumed from a checkpoint: the last part took {:.1} min wall time \
+                         including start-up; the time before is the log's",
+                        t / 60.0
+                    ),
                     Some(t) => format!("{:.1} min wall time including start-up", t / 60.0),
                     None => "model reused from an earlier run".into(),
                 },
@@ -904,6 +935,7 @@ mod tests {
             metrics: "{\"step\":7800,\"elapsed_sec\":3300.0,\"examples_per_sec\":230.0,\
                       \"loss\":0.3,\"nat_accuracy\":0.99,\"adv_accuracy\":0.9}\n",
             train_secs: Some(3310.0),
+            resumed: false,
             total_secs: 6000.0,
             cores: 2,
             machine: "test CPU; CPU kernels: avx2".into(),
@@ -969,6 +1001,7 @@ mod tests {
             config: "",
             metrics: "",
             train_secs: None,
+            resumed: false,
             total_secs: 60.0,
             cores: 2,
             machine: "test CPU; CPU kernels: avx2".into(),
@@ -1017,6 +1050,7 @@ mod tests {
             config: "",
             metrics: &metrics,
             train_secs: Some(700.0),
+            resumed: false,
             total_secs: 800.0,
             cores: 2,
             machine: "test CPU".into(),
@@ -1063,6 +1097,7 @@ mod tests {
             metrics: "{\"step\":200,\"elapsed_sec\":300.0,\"examples_per_sec\":42.0,\
                       \"loss\":2.1,\"nat_accuracy\":0.3,\"adv_accuracy\":0.2}\n",
             train_secs: Some(320.0),
+            resumed: false,
             total_secs: 600.0,
             cores: 2,
             machine: "test CPU; CPU kernels: avx2".into(),
@@ -1095,6 +1130,23 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("200 steps in 5.0 min of training"), "{r}");
+        assert!(r.contains("5.3 min wall time including start-up"), "{r}");
+        let resumed = report(
+            &CIFAR10,
+            &RunInfo {
+                resumed: true,
+                ..run.clone()
+            },
+            &evals,
+        )
+        .unwrap();
+        assert!(
+            resumed.contains(
+                "200 steps in 5.0 min of training (resumed from a checkpoint: \
+                              the last part took 5.3 min"
+            ),
+            "{resumed}"
+        );
         assert!(r.contains("42 examples/s"), "{r}");
         assert!(
             r.contains("```toml\ndataset = \"cifar10\"\narch = \"wrn-10-1\"\n```"),

@@ -73,32 +73,48 @@ pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<usize> {
     Ok(removed)
 }
 
+/// What [`trim_log`] kept and dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Trimmed {
+    /// Lines dropped.
+    pub dropped: usize,
+    /// The largest `"elapsed_sec"` of the lines kept (0 if none): the training time the log
+    /// records up to the step kept.
+    pub elapsed_sec: f64,
+}
+
 /// Keeps the lines of the JSON-lines log `path` whose `"step"` is at most `step`, dropping the
-/// rest and an incomplete last line; returns how many lines it dropped. For a resumed run: the
-/// killed run may have logged steps after its last checkpoint (which the resumed run logs
-/// again) and may have been killed in the middle of a line. A missing file is no error.
-pub fn trim_log(path: &Path, step: u64) -> Result<usize> {
+/// rest and an incomplete last line. For a resumed run: the killed run may have logged steps
+/// after its last checkpoint (which the resumed run logs again) and may have been killed in the
+/// middle of a line. A missing file is no error.
+pub fn trim_log(path: &Path, step: u64) -> Result<Trimmed> {
     let text = match std::fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Trimmed::default()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut kept = String::with_capacity(text.len());
-    let mut dropped = 0;
+    let mut t = Trimmed::default();
     for line in text.split_inclusive('\n') {
-        let keep = line.ends_with('\n')
-            && serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step);
+        let v = line
+            .ends_with('\n')
+            .then(|| serde_json::from_str::<serde_json::Value>(line).ok())
+            .flatten();
+        let keep = v
+            .as_ref()
+            .and_then(|v| v["step"].as_u64())
+            .is_some_and(|s| s <= step);
         if keep {
             kept.push_str(line);
+            if let Some(e) = v.and_then(|v| v["elapsed_sec"].as_f64()) {
+                t.elapsed_sec = t.elapsed_sec.max(e);
+            }
         } else {
-            dropped += 1;
+            t.dropped += 1;
         }
     }
-    if dropped > 0 {
+    if t.dropped > 0 {
         write_atomic(path, kept.as_bytes())?;
     }
-    Ok(dropped)
+    Ok(t)
 }

@@ -246,6 +246,17 @@ fn training_killed_with_sigkill_and_resumed_ends_bit_identical() {
             .collect()
     };
     assert_eq!(steps(&run), steps(&base));
+    // Its `elapsed_sec` counts the training time of all parts: it never goes back at a resume.
+    let times: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["elapsed_sec"].as_f64())
+        .map(|t| t.expect("every line has elapsed_sec"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "elapsed_sec goes back: {times:?}"
+    );
     // The same weights are the same file, byte for byte (safetensors metadata sorted).
     assert_eq!(
         std::fs::read(base.join("model.safetensors")).unwrap(),

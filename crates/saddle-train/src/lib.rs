@@ -51,4 +51,4 @@ pub use config::{Augmentation, BnMode, LossFunc, RobustCheck, TrainConfig, Train
 pub use error::{Result, TrainError};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;
-pub use trainer::{accuracy, CheckMetrics, Event, StepMetrics, Stopped, Trainer};
+pub use trainer::{accuracy, CheckMetrics, Event, StepMetrics, StopReason, Stopped, Trainer};

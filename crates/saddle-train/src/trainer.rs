@@ -58,8 +58,9 @@ pub struct CheckMetrics {
     pub best_step: u64,
     /// The best check's PGD accuracy.
     pub best_pgd_accuracy: f32,
-    /// This check fell more than `max_drop` below the best: training stops here, and the
-    /// model handed out at the end is the best check's.
+    /// This check fell more than `max_drop` below the best, or its PGD accuracy is below
+    /// `min_ratio` of its natural accuracy: training stops here, and the model handed out at
+    /// the end is the best check's.
     pub collapsed: bool,
 }
 
@@ -73,6 +74,17 @@ struct BestCheck {
     model: Vec<u8>,
 }
 
+/// Which rule of the robustness check stopped a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The check's PGD accuracy fell more than `max_drop` below the best check's.
+    #[default]
+    Drop,
+    /// The check's PGD accuracy was below `min_ratio` times its natural accuracy.
+    Ratio,
+}
+
 /// Why and where a run stopped early.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stopped {
@@ -84,6 +96,39 @@ pub struct Stopped {
     pub best_step: u64,
     /// The best check's PGD accuracy.
     pub best_pgd_accuracy: f32,
+    /// The rule that stopped it (checkpoints written before there were two: `Drop`).
+    #[serde(default)]
+    pub reason: StopReason,
+    /// The check's natural accuracy (0 in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub natural_accuracy: f32,
+}
+
+impl Stopped {
+    /// What happened, in a sentence: the step, the rule and the numbers, and which weights
+    /// were kept.
+    pub fn describe(&self) -> String {
+        let what = match self.reason {
+            StopReason::Drop => format!(
+                "its robustness check fell to {:.1}% under PGD, more than the allowed drop below \
+                 the best check",
+                100.0 * self.pgd_accuracy
+            ),
+            StopReason::Ratio => format!(
+                "its robustness check measured {:.1}% under PGD against {:.1}% natural, below \
+                 the allowed fraction (robust_check.min_ratio)",
+                100.0 * self.pgd_accuracy,
+                100.0 * self.natural_accuracy
+            ),
+        };
+        format!(
+            "stopped at step {}: {what}; the weights kept are the best check's ({:.1}% under PGD \
+             at step {})",
+            self.step,
+            100.0 * self.best_pgd_accuracy,
+            self.best_step
+        )
+    }
 }
 
 /// The robustness-check state a checkpoint carries (metadata `saddle.robust_check`).
@@ -249,7 +294,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// Runs the robustness check now on `data`'s first `examples` images: the model in
     /// evaluation mode, clean accuracy and accuracy under PGD-`k` (step `2.5ε/k`, a random
     /// start from the same seed at every check); updates the best check and, on a fall of more
-    /// than `max_drop`, marks the run stopped.
+    /// than `max_drop` (or PGD accuracy below `min_ratio` of natural), marks the run stopped.
     ///
     /// # Errors
     /// No check configured, data of another image shape, or a failing attack.
@@ -296,13 +341,25 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             });
         }
         let best = self.best.as_ref().expect("set above");
-        let collapsed = best.pgd - pgd > rc.max_drop;
-        if collapsed {
+        // The ratio rule: one-step training's catastrophic overfitting can set in before the
+        // first check, leaving no better check for the drop rule to fall from.
+        let learnt = natural >= 2.0 / classes as f32;
+        let reason = if best.pgd - pgd > rc.max_drop {
+            Some(StopReason::Drop)
+        } else if self.config.training.one_step() && learnt && pgd < rc.min_ratio * natural {
+            Some(StopReason::Ratio)
+        } else {
+            None
+        };
+        let collapsed = reason.is_some();
+        if let Some(reason) = reason {
             self.stopped = Some(Stopped {
                 step: self.step,
                 pgd_accuracy: pgd,
                 best_step: best.step,
                 best_pgd_accuracy: best.pgd,
+                reason,
+                natural_accuracy: natural,
             });
         }
         Ok(CheckMetrics {
@@ -703,12 +760,8 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         let every_ckpt = self.config.num_checkpoint_steps;
         if let Some(s) = &self.stopped {
             return Err(TrainError::Config(format!(
-                "this run stopped at step {} when its robustness check fell to {:.1}% under PGD \
-                 (best: {:.1}% at step {}, the weights kept); it does not go on: start a new run",
-                s.step,
-                100.0 * s.pgd_accuracy,
-                100.0 * s.best_pgd_accuracy,
-                s.best_step
+                "this run {}; it does not go on: start a new run",
+                s.describe()
             )));
         }
         let check_set = match (&self.config.robust_check, self.check_set.take()) {

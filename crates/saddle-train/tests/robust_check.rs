@@ -6,7 +6,8 @@ use saddle_data::Dataset;
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::{cpu::Cpu, Backend};
 use saddle_train::{
-    CheckMetrics, Event, RobustCheck, Schedule, TrainConfig, TrainError, Trainer, TrainingMode,
+    CheckMetrics, Event, RobustCheck, Schedule, StopReason, TrainConfig, TrainError, Trainer,
+    TrainingMode,
 };
 
 mod common;
@@ -31,6 +32,7 @@ fn config(steps: u64, check: bool) -> TrainConfig {
             examples: 100,
             k: 5,
             max_drop: 0.2,
+            min_ratio: 0.25,
         }),
         ..TrainConfig::default()
     }
@@ -225,6 +227,22 @@ fn bad_check_settings_are_named() {
             0.3,
             "robust_check.max_drop",
         ),
+        (
+            RobustCheck {
+                min_ratio: f32::NAN,
+                ..RobustCheck::default()
+            },
+            0.3,
+            "robust_check.min_ratio",
+        ),
+        (
+            RobustCheck {
+                min_ratio: 1.0,
+                ..RobustCheck::default()
+            },
+            0.3,
+            "robust_check.min_ratio",
+        ),
         (RobustCheck::default(), 0.0, "epsilon > 0"),
     ] {
         let cfg = TrainConfig {
@@ -247,4 +265,82 @@ fn bad_check_settings_are_named() {
             ..RobustCheck::default()
         })
     );
+}
+
+/// The ratio rule: a check of one-step training whose PGD accuracy is below `min_ratio` of its
+/// natural accuracy (natural at least twice chance) stops the run, though no check fell from a
+/// better one. Catastrophic overfitting cannot be made to happen on demand in a test, so the
+/// rule is made to fire by its threshold: at 0.99 every check of a model that is not perfectly
+/// robust is "collapsed" once it has learnt; the same run with the rule off, or with multi-step
+/// training, goes to the end.
+#[test]
+fn a_one_step_run_whose_robustness_trails_its_accuracy_stops() {
+    let data = synthetic(400, 3);
+    let with = |training, min_ratio| TrainConfig {
+        training,
+        k: if training == TrainingMode::Pgd { 3 } else { 1 },
+        a: if training == TrainingMode::Pgd {
+            0.04
+        } else {
+            0.125
+        },
+        robust_check: Some(RobustCheck {
+            min_ratio,
+            ..config(40, true).robust_check.unwrap()
+        }),
+        ..config(40, true)
+    };
+    let off = run_from(fresh(with(TrainingMode::FastFgsm, 0.0)), &data);
+    assert_eq!(off.trainer.step(), 40);
+    assert!(off.checks.iter().all(|c| !c.collapsed), "{:?}", off.checks);
+    // Where the rule at 0.99 must fire: the first check that has learnt (natural ≥ 20%) and is
+    // not perfectly robust.
+    let first = off
+        .checks
+        .iter()
+        .find(|c| c.natural_accuracy >= 0.2 && c.pgd_accuracy < 0.99 * c.natural_accuracy)
+        .expect("a check that has learnt and is attackable")
+        .clone();
+
+    let on = run_from(fresh(with(TrainingMode::FastFgsm, 0.99)), &data);
+    assert_eq!(on.trainer.step(), first.step, "{:?}", on.checks);
+    let last = on.checks.last().unwrap();
+    assert!(last.collapsed, "{last:?}");
+    // Up to the stop, the runs are the same (the rule only reads the checks).
+    assert_eq!(
+        (last.natural_accuracy, last.pgd_accuracy),
+        (first.natural_accuracy, first.pgd_accuracy)
+    );
+    let st = on.trainer.stopped().unwrap().clone();
+    assert_eq!(st.reason, StopReason::Ratio);
+    assert_eq!(
+        (st.step, st.natural_accuracy, st.pgd_accuracy),
+        (first.step, first.natural_accuracy, first.pgd_accuracy)
+    );
+    assert!(st.describe().contains("min_ratio"), "{}", st.describe());
+    // The model handed out is the best check's; the checkpoint keeps the reason.
+    let (_, best_model) = on.trainer.best_check().unwrap();
+    assert_eq!(on.model.as_deref(), Some(best_model));
+    let mut again = fresh(with(TrainingMode::FastFgsm, 0.99));
+    again.restore(&on.checkpoints.last().unwrap().1).unwrap();
+    assert_eq!(again.stopped(), Some(&st));
+
+    // Multi-step training is not held to the ratio.
+    let pgd = run_from(fresh(with(TrainingMode::Pgd, 0.99)), &data);
+    assert_eq!(pgd.trainer.step(), 40);
+    assert!(pgd
+        .checks
+        .iter()
+        .any(|c| c.natural_accuracy >= 0.2 && c.pgd_accuracy < 0.99 * c.natural_accuracy));
+    assert!(pgd.checks.iter().all(|c| !c.collapsed), "{:?}", pgd.checks);
+}
+
+/// A checkpoint written before the ratio rule existed (its `stopped` record without `reason`
+/// and `natural_accuracy`) reads as a stop by the drop rule.
+#[test]
+fn an_older_stop_record_reads_as_a_drop() {
+    let old = r#"{"step":30,"pgd_accuracy":0.1,"best_step":20,"best_pgd_accuracy":0.4}"#;
+    let st: saddle_train::Stopped = serde_json::from_str(old).unwrap();
+    assert_eq!(st.reason, StopReason::Drop);
+    assert!(st.describe().contains("fell to 10.0%"), "{}", st.describe());
 }

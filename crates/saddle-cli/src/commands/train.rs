@@ -221,11 +221,19 @@ fn train_on<B: saddle_tensor::Backend>(
                 .expect("a check set comes with a check");
             eprintln!(
                 "robustness check every {} steps: PGD-{} at ε = {} on {what}; a fall of more than \
-                 {:.0} points below the best check stops training",
+                 {:.0} points below the best check stops training{}",
                 rc.every,
                 rc.k,
                 cfg.epsilon,
-                100.0 * rc.max_drop
+                100.0 * rc.max_drop,
+                if rc.min_ratio > 0.0 && cfg.training.one_step() {
+                    format!(
+                        ", as does PGD accuracy below {} of natural accuracy",
+                        rc.min_ratio
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         trainer.set_check_set(set);
@@ -247,6 +255,8 @@ fn train_on<B: saddle_tensor::Backend>(
     if stale > 0 {
         eprintln!("removed {stale} temporary file(s) left by an interrupted run");
     }
+    // Training time before this part (a resumed run's log goes on counting from it).
+    let mut before = 0.0;
     if a.resume {
         let bytes = std::fs::read(&ckpt_path)
             .with_context(|| format!("--resume: cannot read {}", ckpt_path.display()));
@@ -267,8 +277,10 @@ fn train_on<B: saddle_tensor::Backend>(
             trainer.step(),
             cfg.max_num_training_steps
         );
-        // The log continues from the checkpoint: lines the killed run wrote after it go.
-        fsutil::trim_log(&a.out.join("metrics.jsonl"), trainer.step())?;
+        // The log continues from the checkpoint: lines the killed run wrote after it go, and
+        // `elapsed_sec` goes on from the time the log recorded there (the time spent after the
+        // checkpoint by the killed run is not the model's: those steps are done again).
+        before = fsutil::trim_log(&a.out.join("metrics.jsonl"), trainer.step())?.elapsed_sec;
     } else {
         let _ = std::fs::remove_file(a.out.join("metrics.jsonl"));
     }
@@ -310,7 +322,7 @@ fn train_on<B: saddle_tensor::Backend>(
                         "step": m.step, "loss": m.loss, "adv_accuracy": m.adv_accuracy,
                         "nat_accuracy": m.nat_accuracy, "lr": m.lr, "epsilon": m.epsilon,
                         "examples_per_sec": m.examples_per_sec,
-                        "elapsed_sec": t0.elapsed().as_secs_f64(),
+                        "elapsed_sec": before + t0.elapsed().as_secs_f64(),
                     });
                     fsutil::append_line(&metrics_path, &line.to_string())
                         .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
@@ -324,7 +336,7 @@ fn train_on<B: saddle_tensor::Backend>(
                     "check_best_step": c.best_step,
                     "check_best_pgd_accuracy": c.best_pgd_accuracy,
                     "check_collapsed": c.collapsed,
-                    "elapsed_sec": t0.elapsed().as_secs_f64(),
+                    "elapsed_sec": before + t0.elapsed().as_secs_f64(),
                 });
                 fsutil::append_line(&metrics_path, &line.to_string())
                     .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
@@ -367,23 +379,24 @@ fn train_on<B: saddle_tensor::Backend>(
     }
     if let Some(st) = trainer.stopped() {
         eprintln!(
-            "stopped at step {} of {}: the robustness check fell to {:.1}% under PGD, more than \
-             the allowed drop below the best check ({:.1}% at step {}); {} holds the weights of \
-             step {} (a known failure of one-step training: try N-FGSM, a smaller step `a`, or \
-             another seed)",
-            st.step,
-            total,
-            100.0 * st.pgd_accuracy,
-            100.0 * st.best_pgd_accuracy,
-            st.best_step,
+            "{}; {} holds those weights, of the {total} steps planned (a known failure of \
+             one-step training: try N-FGSM, a smaller step `a`, or another seed)",
+            st.describe(),
             model_path.display(),
-            st.best_step
         );
     }
     eprintln!(
-        "trained {} steps in {:.1} s; model: {} ({} parameters)",
+        "trained {} steps in {:.1} s{}; model: {} ({} parameters)",
         trainer.step(),
-        t0.elapsed().as_secs_f64(),
+        before + t0.elapsed().as_secs_f64(),
+        if a.resume {
+            format!(
+                " ({:.1} s of them in this part)",
+                t0.elapsed().as_secs_f64()
+            )
+        } else {
+            String::new()
+        },
         model_path.display(),
         trainer.model().params().numel()
     );
