@@ -760,6 +760,10 @@ const BW_BLOCK_BYTES: usize = 2048 << 10;
 const BW_MIN_TILES: usize = 512;
 /// Most tasks (partial sums) of the weight gradient.
 const BW_MAX_TASKS: usize = 16;
+/// Most bytes of the weight gradient's partial sums together (`16·c·kp` floats per task): at
+/// 640 channels in and out a task's sums are 26 MB; 16 tasks (a batch of 512 at 8×8 has the
+/// blocks for them) would hold 420 MB, four 105 MB.
+const BW_PARTS_BYTES: usize = 128 << 20;
 
 /// Whether [`backward_weight`] is the faster way to compute the gradient with respect to the
 /// weights of the convolution `d` (forward geometry): 3×3, stride 1, padding 1, at least
@@ -806,7 +810,8 @@ impl WPlan {
         let nb = th_all.div_ceil(by_budget).max(1);
         let rows = th_all.div_ceil(nb).max(1);
         let nb = th_all.div_ceil(rows);
-        let bpt = nb.div_ceil(BW_MAX_TASKS);
+        let max_tasks = (BW_PARTS_BYTES / (16 * c * kp * 4)).clamp(1, BW_MAX_TASKS);
+        let bpt = nb.div_ceil(max_tasks);
         let tasks = nb.div_ceil(bpt);
         let plane = |len: usize| len.div_ceil(1024) * 1024 + 16;
         let te = tw + 1;
@@ -1075,7 +1080,7 @@ mod tests {
     //! for bit, and a timing table (ignored by default).
     use super::super::conv::{self, Direct};
     use super::super::kernel::{isa, Isa};
-    use super::{backward_input, backward_weight, forward};
+    use super::{backward_input, backward_weight, forward, WPlan, BW_MAX_TASKS, BW_PARTS_BYTES};
     use crate::rng::Rng;
 
     fn geometry(n: usize, c: usize, h: usize, w: usize, k: usize) -> Direct {
@@ -1832,7 +1837,26 @@ mod tests {
     /// blocks of 1024 tiles, two chunks of `KC` each, in 10 tasks); and a checksum of
     /// them to compare across `SADDLE_CPU_ISA=avx512` and `avx2` (printed with
     /// `--nocapture`: the two must print the same).
+    /// The weight gradient's partial sums stay within [`BW_PARTS_BYTES`] on the paper
+    /// network's widest layers at a large batch (640 channels at 8×8, batch 512: 16 tasks would
+    /// hold 420 MB), and smaller layers keep their tasks (their parallelism and their bits).
     #[test]
+    fn weight_gradient_partial_sums_are_bounded() {
+        let parts = |n, c, k, h| {
+            let pl = WPlan::new(&geometry(n, c, h, h, k));
+            // The tasks without the bound: the blocks in at most BW_MAX_TASKS runs.
+            let free = pl.nb.div_ceil(pl.nb.div_ceil(BW_MAX_TASKS));
+            (pl.tasks, free, pl.tasks * 16 * c * pl.kp * 4)
+        };
+        let (tasks, free, bytes) = parts(512, 640, 640, 8);
+        assert!(bytes <= BW_PARTS_BYTES, "{tasks} tasks, {bytes} bytes");
+        assert!((2..free).contains(&tasks), "{tasks} of {free}");
+        for (c, k, h) in [(160, 160, 32), (16, 32, 32), (64, 64, 8)] {
+            let (tasks, free, bytes) = parts(128, c, k, h);
+            assert_eq!(tasks, free, "{c}→{k} at {h}×{h}: {bytes} bytes");
+        }
+    }
+
     fn winograd_weight_gradient_is_independent_of_the_thread_count() {
         let pool = |t| {
             rayon::ThreadPoolBuilder::new()
