@@ -9,7 +9,8 @@
   The weights are constants during the attack (requires_grad off), as in saddle.
 - cifar_train_iter_quick_b128, cifar_train_iter_paper_b128: one iteration of the preset's
   training recipe written out: its attack (k signed steps of size a, from a uniform random start
-  in the eps-ball or not, each step projected onto the ball and [0, 1]) with batch norm in the
+  in the eps-ball or not, each step projected onto the ball and [0, 1]; N-FGSM: a start in the
+  2eps-ball, one step, no projection onto the eps-ball) with batch norm in the
   preset's attack mode (training mode: each batch's statistics, running statistics untouched),
   then a training-mode forward and backward of the mean cross-entropy and an SGD step with
   momentum and weight decay (on convolution and linear weights only, as saddle's optimiser)
@@ -46,8 +47,8 @@ BATCH = 128
 EPS, ALPHA = 8.0 / 255.0, 2.0 / 255.0
 
 DEFAULT_RECIPES = {
-    "quick": "preset=cifar-quick arch=wrn-16-2 training=fast_fgsm epsilon=0.03137255 k=1 "
-             "a=0.039215688 random_start=true attack_bn_mode=train optimizer=sgd momentum=0.9 "
+    "quick": "preset=cifar-quick arch=wrn-28-2 training=n_fgsm epsilon=0.03137255 k=1 "
+             "a=0.03137255 random_start=true attack_bn_mode=train optimizer=sgd momentum=0.9 "
              "weight_decay=0.0005 lr=0.008 batch=128",
     "paper": "preset=cifar-paper arch=wrn-madry-34-10 training=pgd epsilon=0.03137255 k=7 "
              "a=0.007843138 random_start=true attack_bn_mode=train optimizer=sgd momentum=0.9 "
@@ -216,9 +217,9 @@ def parse_recipe(short):
     arch = os.environ.get(f"SADDLE_CIFAR_{short.upper()}_ARCH")
     if arch:
         r["arch"] = arch
-    if r["training"] not in ("pgd", "fast_fgsm", "fgsm"):
+    if r["training"] not in ("pgd", "fast_fgsm", "fgsm", "n_fgsm"):
         raise SystemExit(f"preset {r['preset']}: training = {r['training']} is not written "
-                         "out here (pgd, fast_fgsm and fgsm are)")
+                         "out here (pgd, fast_fgsm, fgsm and n_fgsm are)")
     if r["optimizer"] != "sgd":
         raise SystemExit(f"preset {r['preset']}: optimizer {r['optimizer']} is not written out "
                          "here (sgd is)")
@@ -232,6 +233,10 @@ class TrainIteration:
         self.model = WideResNet(r["arch"])
         self.eps, self.a, self.k = float(r["epsilon"]), float(r["a"]), int(r["k"])
         self.random_start = r["random_start"] == "true"
+        # N-FGSM (de Jorge et al. 2022), as saddle: a start uniform in the 2eps-ball clipped to
+        # [0, 1], k = 1 signed step of a, projected onto the 3eps-ball (which a start within
+        # 2eps and a step a <= eps never leave) and [0, 1].
+        self.n_fgsm = r["training"] == "n_fgsm"
         self.attack_train_mode = r["attack_bn_mode"] == "train"
         # Weight decay on convolution and linear weights only, as saddle's optimiser.
         decay, rest = [], []
@@ -248,10 +253,17 @@ class TrainIteration:
         set_update_stats(m, False)
         set_grad(m, False)
         x = x0
-        if self.random_start:
-            x = project(x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps), x0, self.eps)
-        for _ in range(self.k):
-            x = pgd_step(m, x, x0, y, self.a, self.eps)
+        if self.n_fgsm:
+            noise = 2.0 * self.eps
+            x = (x0 + torch.empty_like(x0).uniform_(-noise, noise)).clamp_(0.0, 1.0)
+            for _ in range(self.k):
+                x = pgd_step(m, x, x0, y, self.a, 3.0 * self.eps)
+        else:
+            if self.random_start:
+                x = project(x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps), x0,
+                            self.eps)
+            for _ in range(self.k):
+                x = pgd_step(m, x, x0, y, self.a, self.eps)
         set_update_stats(m, True)
         set_grad(m, True)
         m.train()

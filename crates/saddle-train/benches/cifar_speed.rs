@@ -108,6 +108,8 @@ fn recipe(name: &str, cfg: &TrainConfig) -> String {
         TrainingMode::Fgsm => (cfg.epsilon, false),
         TrainingMode::FastFgsm => (cfg.a, true),
         TrainingMode::Pgd => (cfg.a, cfg.random_start),
+        // N-FGSM: the PyTorch side writes out its own start (the 2ε-ball) by name.
+        TrainingMode::NFgsm => (cfg.a, true),
         // Natural and TRADES: the PyTorch side refuses them by name.
         _ => (cfg.a, cfg.random_start),
     };

@@ -1832,11 +1832,6 @@ mod tests {
         }
     }
 
-    /// The weight gradient's bits do not depend on the thread count (1- and 3-thread pools), on
-    /// shapes with one block, several tasks, several blocks per task (80 images of 32×32: 20
-    /// blocks of 1024 tiles, two chunks of `KC` each, in 10 tasks); and a checksum of
-    /// them to compare across `SADDLE_CPU_ISA=avx512` and `avx2` (printed with
-    /// `--nocapture`: the two must print the same).
     /// The weight gradient's partial sums stay within [`BW_PARTS_BYTES`] on the paper
     /// network's widest layers at a large batch (640 channels at 8×8, batch 512: 16 tasks would
     /// hold 420 MB), and smaller layers keep their tasks (their parallelism and their bits).
@@ -1857,6 +1852,12 @@ mod tests {
         }
     }
 
+    /// The weight gradient's bits do not depend on the thread count (1- and 3-thread pools), on
+    /// shapes with one block, several tasks, several blocks per task (80 images of 32×32: 20
+    /// blocks of 1024 tiles, two chunks of `KC` each, in 10 tasks); and a checksum of
+    /// them to compare across `SADDLE_CPU_ISA=avx512` and `avx2` (printed with
+    /// `--nocapture`: the two must print the same).
+    #[test]
     fn winograd_weight_gradient_is_independent_of_the_thread_count() {
         let pool = |t| {
             rayon::ThreadPoolBuilder::new()
