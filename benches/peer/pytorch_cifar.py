@@ -252,18 +252,14 @@ class TrainIteration:
         m.train(self.attack_train_mode)
         set_update_stats(m, False)
         set_grad(m, False)
-        x = x0
+        x, radius = x0, self.eps
         if self.n_fgsm:
-            noise = 2.0 * self.eps
-            x = (x0 + torch.empty_like(x0).uniform_(-noise, noise)).clamp_(0.0, 1.0)
-            for _ in range(self.k):
-                x = pgd_step(m, x, x0, y, self.a, 3.0 * self.eps)
-        else:
-            if self.random_start:
-                x = project(x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps), x0,
-                            self.eps)
-            for _ in range(self.k):
-                x = pgd_step(m, x, x0, y, self.a, self.eps)
+            x, radius = x0 + torch.empty_like(x0).uniform_(-2 * self.eps, 2 * self.eps), 3 * self.eps
+            x = x.clamp_(0.0, 1.0)
+        elif self.random_start:
+            x = project(x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps), x0, self.eps)
+        for _ in range(self.k):
+            x = pgd_step(m, x, x0, y, self.a, radius)
         set_update_stats(m, True)
         set_grad(m, True)
         m.train()
