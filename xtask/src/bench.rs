@@ -167,7 +167,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(i) => isa_envs(i)?,
         None => (vec![], vec![]),
     };
-    let root = workspace_root()?;
+    let root = crate::workspace_root();
     let rounds: usize = env_num("SADDLE_BENCH_ROUNDS", 3.0) as usize;
     let secs = env_num("SADDLE_BENCH_SECS", 2.0);
     let sgemm = env_num("SADDLE_SGEMM_GFLOPS", 146.0);
@@ -441,14 +441,6 @@ fn loadavg() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
-}
-
-fn workspace_root() -> Result<PathBuf> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(here
-        .parent()
-        .context("xtask has no parent directory")?
-        .to_path_buf())
 }
 
 fn cargo() -> String {

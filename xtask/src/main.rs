@@ -20,6 +20,7 @@ mod fuzz;
 mod proptest;
 mod repro;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,23 @@ enum Command {
     Fuzz(fuzz::Args),
 }
 
+/// The workspace this xtask works on: the parent of `xtask/` as `cargo run` names it at run
+/// time (`CARGO_MANIFEST_DIR` is set for the process), else as it was at build time. The
+/// run-time name matters when two checkouts share one target directory: the binary built in
+/// one would otherwise read and write the other's `results/` and `datasets/`.
+pub(crate) fn workspace_root() -> PathBuf {
+    workspace_of(std::env::var_os("CARGO_MANIFEST_DIR"))
+}
+
+/// The workspace of the xtask manifest folder named at run time, else at build time.
+fn workspace_of(run_time: Option<std::ffi::OsString>) -> PathBuf {
+    let manifest = run_time
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().unwrap_or(Path::new(".")).to_path_buf()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -70,5 +88,24 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary built in one checkout and run by `cargo xtask` in another works on the other
+    /// (the session-13 slip: `repro --resume` looked for the checkpoint in the checkout that
+    /// had built the shared target directory's binary).
+    #[test]
+    fn the_workspace_is_the_one_cargo_runs_the_task_in() {
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        assert_eq!(
+            workspace_of(Some("other/checkout/xtask".into())),
+            Path::new("other/checkout")
+        );
+        assert_eq!(workspace_of(None), built);
+        assert_eq!(workspace_of(Some("".into())), built);
     }
 }

@@ -143,8 +143,9 @@ struct Experiment {
 }
 
 /// The robustness checks of the training log (`[robust_check]`): how many, the best and the
-/// last, and whether one stopped the run; empty without checks.
-fn checks_summary(checks: &[&serde_json::Value]) -> String {
+/// last, whether one stopped the run and which check's weights were evaluated (`keep_best`:
+/// the config's `robust_check.keep = "best"`); empty without checks.
+fn checks_summary(checks: &[&serde_json::Value], keep_best: bool) -> String {
     let (Some(first), Some(last)) = (checks.first(), checks.last()) else {
         return String::new();
     };
@@ -161,9 +162,15 @@ fn checks_summary(checks: &[&serde_json::Value]) -> String {
     );
     if last["check_collapsed"].as_bool() == Some(true) {
         s.push_str(&format!(
-            " **Training stopped there**: the check fell more than the allowed drop below the \
-             best (catastrophic overfitting), and the model evaluated is the best check's, of \
-             step {}.",
+            " **Training stopped there**: a rule of the check fired (catastrophic overfitting: \
+             PGD accuracy more than `max_drop` below the best check's, or below `min_ratio` of \
+             natural accuracy; the training log names it), and the model evaluated is the best \
+             check's, of step {}.",
+            last["check_best_step"]
+        ));
+    } else if keep_best {
+        s.push_str(&format!(
+            " The model evaluated is the best check's (`keep = \"best\"`), of step {}.",
             last["check_best_step"]
         ));
     }
@@ -287,10 +294,7 @@ fn experiment(name: &str) -> Result<&'static Experiment> {
 }
 
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
+    crate::workspace_root()
 }
 
 pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
@@ -862,7 +866,11 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         }
         (None, _) => s.push_str("No training log (`metrics.jsonl`) in the output folder.\n"),
     }
-    s.push_str(&checks_summary(&checks));
+    let keep_best = toml::from_str::<saddle_train::TrainConfig>(run.config)
+        .ok()
+        .and_then(|c| c.robust_check)
+        .is_some_and(|rc| rc.keep == saddle_train::KeepWeights::Best);
+    s.push_str(&checks_summary(&checks, keep_best));
     if !run.config.trim().is_empty() {
         s.push_str(&format!(
             "\nThe recipe (`config.toml`; `saddle train --config` takes it back):\n\n```toml\n{}\n```\n",
@@ -1069,10 +1077,36 @@ mod tests {
             ) && r.contains("the best check's, of step 500."),
             "{r}"
         );
+        // A run that went to its end: the last step's weights, unless the config keeps the
+        // best check's.
+        let to_end = format!(
+            "{}{step}{}",
+            check(500, 0.30, (500, 0.30), false),
+            check(1000, 0.25, (500, 0.30), false)
+        );
+        let last = RunInfo {
+            metrics: &to_end,
+            ..run
+        };
+        let r = report(&CIFAR10, &last, &evals).unwrap();
+        assert!(
+            r.contains("the last 25.0% at step 1000.") && !r.contains("Training stopped"),
+            "{r}"
+        );
+        assert!(!r.contains("The model evaluated"), "{r}");
+        let best = RunInfo {
+            config: "[robust_check]\nkeep = \"best\"\n",
+            ..last
+        };
+        let r = report(&CIFAR10, &best, &evals).unwrap();
+        assert!(
+            r.contains("The model evaluated is the best check's (`keep = \"best\"`), of step 500."),
+            "{r}"
+        );
         // Without checks, no such sentence.
         let quiet = RunInfo {
             metrics: step,
-            ..run
+            ..best
         };
         let r = report(&CIFAR10, &quiet, &evals).unwrap();
         assert!(!r.contains("Robustness checks"), "{r}");

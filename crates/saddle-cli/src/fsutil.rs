@@ -96,10 +96,12 @@ pub fn trim_log(path: &Path, step: u64) -> Result<Trimmed> {
     let mut kept = String::with_capacity(text.len());
     let mut t = Trimmed::default();
     for line in text.split_inclusive('\n') {
-        let v = line
-            .ends_with('\n')
-            .then(|| serde_json::from_str::<serde_json::Value>(line).ok())
-            .flatten();
+        // A line cut short by a kill (no newline) is dropped with the lines after the step.
+        let v: Option<serde_json::Value> = if line.ends_with('\n') {
+            serde_json::from_str(line).ok()
+        } else {
+            None
+        };
         let keep = v
             .as_ref()
             .and_then(|v| v["step"].as_u64())

@@ -201,6 +201,30 @@ pub struct RobustCheck {
     /// The least fraction of its natural accuracy a check's PGD accuracy may be (0.25; 0 turns
     /// the rule off), once the natural accuracy is at least twice chance; one-step training only.
     pub min_ratio: f32,
+    /// Which weights a run that no check stopped hands out (`keep = "last"` or `"best"`; a
+    /// stopped run always hands out the best check's). Left out of written configs when last.
+    #[serde(skip_serializing_if = "KeepWeights::is_last")]
+    pub keep: KeepWeights,
+}
+
+/// Which weights the model file of a run that went to its end holds ([`RobustCheck::keep`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepWeights {
+    /// The last step's (the default).
+    #[default]
+    Last,
+    /// The best check's: the highest PGD accuracy on the check images, the earliest of equals
+    /// (early stopping against robust overfitting, Rice, Wong & Kolter 2020, where robust test
+    /// accuracy peaks before the end of a schedule). The choice is only as honest as the check
+    /// images: hold them out of training with `train_limit`.
+    Best,
+}
+
+impl KeepWeights {
+    fn is_last(&self) -> bool {
+        *self == KeepWeights::Last
+    }
 }
 
 impl Default for RobustCheck {
@@ -211,6 +235,7 @@ impl Default for RobustCheck {
             k: 10,
             max_drop: 0.2,
             min_ratio: 0.25,
+            keep: KeepWeights::Last,
         }
     }
 }

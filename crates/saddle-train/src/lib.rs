@@ -47,7 +47,9 @@ pub mod schedule;
 pub mod trainer;
 
 pub use comm::{CommError, GradientReducer, SingleProcess};
-pub use config::{Augmentation, BnMode, LossFunc, RobustCheck, TrainConfig, TrainingMode};
+pub use config::{
+    Augmentation, BnMode, KeepWeights, LossFunc, RobustCheck, TrainConfig, TrainingMode,
+};
 pub use error::{Result, TrainError};
 pub use optim::{Optimizer, OptimizerKind};
 pub use schedule::Schedule;

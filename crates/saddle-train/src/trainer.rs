@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adversary::adversarial_batch;
 use crate::comm::{accumulate, shard_rows, GradientReducer, SingleProcess};
-use crate::config::{Augmentation, TrainConfig, TrainingMode};
+use crate::config::{Augmentation, KeepWeights, TrainConfig, TrainingMode};
 use crate::error::{Result, TrainError};
 use crate::optim::Optimizer;
 
@@ -289,6 +289,35 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// that step.
     pub fn best_check(&self) -> Option<(u64, &[u8])> {
         self.best.as_ref().map(|b| (b.step, b.model.as_slice()))
+    }
+
+    /// The model file the run hands out at its end (safetensors bytes): the best check's
+    /// weights when a check stopped the run or `robust_check.keep = "best"`, else the current
+    /// weights.
+    ///
+    /// # Errors
+    /// Serialising the current weights failed.
+    pub fn final_model(&self) -> Result<Vec<u8>> {
+        match self.kept_check() {
+            Some(b) => Ok(b.model.clone()),
+            None => Ok(self.model.to_safetensors()?),
+        }
+    }
+
+    /// The step whose weights [`Trainer::final_model`] hands out.
+    pub fn final_model_step(&self) -> u64 {
+        self.kept_check().map_or(self.step, |b| b.step)
+    }
+
+    /// The best check, when its weights are the ones handed out.
+    fn kept_check(&self) -> Option<&BestCheck> {
+        let keep_best = self.stopped.is_some()
+            || self
+                .config
+                .robust_check
+                .as_ref()
+                .is_some_and(|rc| rc.keep == KeepWeights::Best);
+        self.best.as_ref().filter(|_| keep_best)
     }
 
     /// Runs the robustness check now on `data`'s first `examples` images: the model in
@@ -818,11 +847,10 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
                 }
             }
             if last || (every_ckpt > 0 && self.step.is_multiple_of(every_ckpt)) {
-                let model = match (last, &self.stopped, &self.best) {
-                    (false, _, _) => None,
-                    // Stopped by a check: the best check's weights.
-                    (true, Some(_), Some(b)) => Some(b.model.clone()),
-                    (true, _, _) => Some(self.model.to_safetensors()?),
+                let model = if last {
+                    Some(self.final_model()?)
+                } else {
+                    None
                 };
                 on_event(Event::Checkpoint {
                     bytes: self.checkpoint()?,

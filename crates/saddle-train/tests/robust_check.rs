@@ -6,8 +6,8 @@ use saddle_data::Dataset;
 use saddle_models::{Classifier, MnistNet};
 use saddle_tensor::{cpu::Cpu, Backend};
 use saddle_train::{
-    CheckMetrics, Event, RobustCheck, Schedule, StopReason, TrainConfig, TrainError, Trainer,
-    TrainingMode,
+    CheckMetrics, Event, KeepWeights, RobustCheck, Schedule, StopReason, TrainConfig, TrainError,
+    Trainer, TrainingMode,
 };
 
 mod common;
@@ -33,6 +33,7 @@ fn config(steps: u64, check: bool) -> TrainConfig {
             k: 5,
             max_drop: 0.2,
             min_ratio: 0.25,
+            keep: KeepWeights::Last,
         }),
         ..TrainConfig::default()
     }
@@ -161,10 +162,7 @@ fn a_fall_stops_the_run_and_keeps_the_best_checks_weights() {
     let (_, bytes) = first.checkpoints.last().unwrap();
     let mut t = fresh(config(40, true));
     t.restore(bytes).unwrap();
-    let b = Cpu::new();
-    for x in t.model_mut().params_mut().tensors_mut() {
-        *x = b.zeros(saddle_tensor::TensorLike::dims(x)).unwrap();
-    }
+    wreck(&mut t);
     let r = run_from(t, &data);
     assert_eq!(
         r.trainer.step(),
@@ -190,6 +188,67 @@ fn a_fall_stops_the_run_and_keeps_the_best_checks_weights() {
         matches!(err, TrainError::Config(_)) && err.to_string().contains("stopped at step 30"),
         "{err}"
     );
+}
+
+/// Zeroes every weight (what catastrophic overfitting does to robustness, in one stroke): the
+/// network then predicts one class everywhere, 10% of a balanced set.
+fn wreck(t: &mut Trainer<Cpu, MnistNet<Cpu>>) {
+    let b = Cpu::new();
+    for x in t.model_mut().params_mut().tensors_mut() {
+        *x = b.zeros(saddle_tensor::TensorLike::dims(x)).unwrap();
+    }
+}
+
+/// `keep = "best"`: a run that no check stops hands out the best check's weights, not the last
+/// step's. After step 20 the model is wrecked, with the drop rule off (`max_drop = 1`): the run
+/// goes on to step 40 with its later checks at chance; with `keep = "best"` the model file is
+/// the best check's (at most step 20), with `keep = "last"` the wreck.
+#[test]
+fn keep_best_hands_out_the_best_checks_weights() {
+    let data = synthetic(400, 2);
+    let with = |steps, keep| TrainConfig {
+        robust_check: Some(RobustCheck {
+            max_drop: 1.0,
+            keep,
+            ..config(steps, true).robust_check.unwrap()
+        }),
+        ..config(steps, true)
+    };
+    let first = run_from(fresh(with(20, KeepWeights::Best)), &data);
+    let (best_step, best_model) = first.trainer.best_check().unwrap();
+    let best_model = best_model.to_vec();
+    let best = first.checks.iter().find(|c| c.step == best_step).unwrap();
+    // The wrecked checks (about 10%) cannot match it.
+    assert!(best.pgd_accuracy > 0.35, "{best:?}");
+    let (_, bytes) = first.checkpoints.last().unwrap();
+    let wrecked = |keep| {
+        let mut t = fresh(with(40, keep));
+        t.restore(bytes).unwrap();
+        wreck(&mut t);
+        run_from(t, &data)
+    };
+
+    let kept = wrecked(KeepWeights::Best);
+    assert_eq!(kept.trainer.step(), 40, "the run goes to its end");
+    assert!(kept.trainer.stopped().is_none());
+    assert!(
+        kept.checks.iter().all(|c| !c.collapsed),
+        "{:?}",
+        kept.checks
+    );
+    let end = kept.checks.last().unwrap();
+    assert!(end.pgd_accuracy < 0.15, "{end:?}");
+    assert_eq!(end.best_step, best_step);
+    assert_eq!(kept.trainer.final_model_step(), best_step);
+    assert_eq!(kept.model.as_deref(), Some(&best_model[..]));
+    assert_eq!(kept.trainer.final_model().unwrap(), best_model);
+
+    let last = wrecked(KeepWeights::Last);
+    assert_eq!(last.trainer.step(), 40);
+    assert_eq!(last.trainer.final_model_step(), 40);
+    let wreck_model = last.trainer.model().to_safetensors().unwrap();
+    assert_eq!(last.model.as_deref(), Some(&wreck_model[..]));
+    assert_ne!(wreck_model, best_model);
 }
 
 #[test]
@@ -265,6 +324,17 @@ fn bad_check_settings_are_named() {
             ..RobustCheck::default()
         })
     );
+    // `keep` is written only when it is not the default, and only its two names are read.
+    assert!(!serde_json::to_string(&on).unwrap().contains("keep"));
+    let best: TrainConfig = serde_json::from_str(r#"{"robust_check": {"keep": "best"}}"#).unwrap();
+    assert_eq!(best.robust_check.as_ref().unwrap().keep, KeepWeights::Best);
+    assert!(serde_json::to_string(&best)
+        .unwrap()
+        .contains(r#""keep":"best""#));
+    let e = serde_json::from_str::<TrainConfig>(r#"{"robust_check": {"keep": "first"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("first") && e.contains("best"), "{e}");
 }
 
 /// The ratio rule: a check of one-step training whose PGD accuracy is below `min_ratio` of its

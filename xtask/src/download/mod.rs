@@ -61,10 +61,7 @@ impl Target {
 fn default_root() -> PathBuf {
     match std::env::var_os("SADDLE_DATASETS").filter(|v| !v.is_empty()) {
         Some(v) => PathBuf::from(v),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("datasets"),
+        None => crate::workspace_root().join("datasets"),
     }
 }
 

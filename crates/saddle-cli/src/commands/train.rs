@@ -375,7 +375,7 @@ fn train_on<B: saddle_tensor::Backend>(
     if !model_path.exists() {
         // A run killed between its last checkpoint and the model file resumes at its last step,
         // where the loop above writes nothing: the model is the checkpoint's weights.
-        fsutil::write_atomic(&model_path, &trainer.model().to_safetensors()?)?;
+        fsutil::write_atomic(&model_path, &trainer.final_model()?)?;
     }
     if let Some(st) = trainer.stopped() {
         eprintln!(
@@ -383,6 +383,12 @@ fn train_on<B: saddle_tensor::Backend>(
              one-step training: try N-FGSM, a smaller step `a`, or another seed)",
             st.describe(),
             model_path.display(),
+        );
+    } else if trainer.final_model_step() != trainer.step() {
+        eprintln!(
+            "robust_check.keep = \"best\": {} holds the best check's weights, of step {}",
+            model_path.display(),
+            trainer.final_model_step()
         );
     }
     eprintln!(
