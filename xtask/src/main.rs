@@ -61,7 +61,10 @@ enum Command {
 /// run-time name matters when two checkouts share one target directory: the binary built in
 /// one would otherwise read and write the other's `results/` and `datasets/`.
 pub(crate) fn workspace_root() -> PathBuf {
-    workspace_of(std::env::var_os("CARGO_MANIFEST_DIR"))
+    // Only cargo's own name for this package counts (a process cargo started for another
+    // package, such as a test, passes on that package's folder).
+    let ours = std::env::var("CARGO_PKG_NAME").is_ok_and(|n| n == env!("CARGO_PKG_NAME"));
+    workspace_of(std::env::var_os("CARGO_MANIFEST_DIR").filter(|_| ours))
 }
 
 /// The workspace of the xtask manifest folder named at run time, else at build time.
@@ -96,8 +99,8 @@ mod tests {
     use super::*;
 
     /// A binary built in one checkout and run by `cargo xtask` in another works on the other
-    /// (the session-13 slip: `repro --resume` looked for the checkpoint in the checkout that
-    /// had built the shared target directory's binary).
+    /// (two checkouts sharing a target directory: `repro --resume` in one looked for the
+    /// checkpoint in the other, whose build cargo had found fresh).
     #[test]
     fn the_workspace_is_the_one_cargo_runs_the_task_in() {
         let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

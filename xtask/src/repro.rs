@@ -143,9 +143,9 @@ struct Experiment {
 }
 
 /// The robustness checks of the training log (`[robust_check]`): how many, the best and the
-/// last, whether one stopped the run and which check's weights were evaluated (`keep_best`:
-/// the config's `robust_check.keep = "best"`); empty without checks.
-fn checks_summary(checks: &[&serde_json::Value], keep_best: bool) -> String {
+/// last, whether one stopped the run (and by which rule, from the config's `rc`) and which
+/// weights were evaluated; empty without checks.
+fn checks_summary(checks: &[&serde_json::Value], rc: Option<&saddle_train::RobustCheck>) -> String {
     let (Some(first), Some(last)) = (checks.first(), checks.last()) else {
         return String::new();
     };
@@ -160,19 +160,41 @@ fn checks_summary(checks: &[&serde_json::Value], keep_best: bool) -> String {
         pc(&last["check_pgd_accuracy"]),
         last["step"],
     );
+    let num = |k: &str| last[k].as_f64().unwrap_or(f64::NAN) as f32;
     if last["check_collapsed"].as_bool() == Some(true) {
+        // The trainer's test, in f32: a fall of more than `max_drop`, else the ratio rule.
+        let rule = match rc {
+            Some(rc)
+                if num("check_best_pgd_accuracy") - num("check_pgd_accuracy") > rc.max_drop =>
+            {
+                format!(
+                    "a fall of more than {:.0} points below the best check",
+                    100.0 * rc.max_drop
+                )
+            }
+            Some(rc) => format!(
+                "PGD accuracy below {} of its natural accuracy ({})",
+                rc.min_ratio,
+                pc(&last["check_natural_accuracy"])
+            ),
+            None => "a fall below the best check or PGD accuracy far below natural".into(),
+        };
         s.push_str(&format!(
-            " **Training stopped there**: a rule of the check fired (catastrophic overfitting: \
-             PGD accuracy more than `max_drop` below the best check's, or below `min_ratio` of \
-             natural accuracy; the training log names it), and the model evaluated is the best \
-             check's, of step {}.",
+            " **Training stopped there**: catastrophic overfitting ({rule}), and the model \
+             evaluated is the best check's, of step {}.",
             last["check_best_step"]
         ));
-    } else if keep_best {
-        s.push_str(&format!(
-            " The model evaluated is the best check's (`keep = \"best\"`), of step {}.",
-            last["check_best_step"]
-        ));
+    } else {
+        match rc.map(|rc| rc.keep) {
+            Some(saddle_train::KeepWeights::Best) => s.push_str(&format!(
+                " The model evaluated is the best check's (`keep = \"best\"`), of step {}.",
+                last["check_best_step"]
+            )),
+            Some(saddle_train::KeepWeights::Last) => {
+                s.push_str(" The model evaluated is the last step's.")
+            }
+            None => {}
+        }
     }
     s.push('\n');
     s
@@ -866,11 +888,10 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         }
         (None, _) => s.push_str("No training log (`metrics.jsonl`) in the output folder.\n"),
     }
-    let keep_best = toml::from_str::<saddle_train::TrainConfig>(run.config)
+    let rc = toml::from_str::<saddle_train::TrainConfig>(run.config)
         .ok()
-        .and_then(|c| c.robust_check)
-        .is_some_and(|rc| rc.keep == saddle_train::KeepWeights::Best);
-    s.push_str(&checks_summary(&checks, keep_best));
+        .and_then(|c| c.robust_check);
+    s.push_str(&checks_summary(&checks, rc.as_ref()));
     if !run.config.trim().is_empty() {
         s.push_str(&format!(
             "\nThe recipe (`config.toml`; `saddle train --config` takes it back):\n\n```toml\n{}\n```\n",
@@ -1077,6 +1098,29 @@ mod tests {
             ) && r.contains("the best check's, of step 500."),
             "{r}"
         );
+        // The rule, when the config says what the thresholds were: a fall of 25 points is
+        // more than 20, not more than 30 (then the ratio rule fired: 5% < 0.25 × 50%).
+        let with = |config| {
+            report(
+                &CIFAR10,
+                &RunInfo {
+                    config,
+                    ..run.clone()
+                },
+                &evals,
+            )
+            .unwrap()
+        };
+        let r = with("[robust_check]\nmax_drop = 0.2\n");
+        assert!(
+            r.contains("(a fall of more than 20 points below the best check)"),
+            "{r}"
+        );
+        let r = with("[robust_check]\nmax_drop = 0.3\n");
+        assert!(
+            r.contains("(PGD accuracy below 0.25 of its natural accuracy (50.0%))"),
+            "{r}"
+        );
         // A run that went to its end: the last step's weights, unless the config keeps the
         // best check's.
         let to_end = format!(
@@ -1093,7 +1137,18 @@ mod tests {
             r.contains("the last 25.0% at step 1000.") && !r.contains("Training stopped"),
             "{r}"
         );
+        // The config (empty here) has no check: nothing said of the weights.
         assert!(!r.contains("The model evaluated"), "{r}");
+        let r = report(
+            &CIFAR10,
+            &RunInfo {
+                config: "[robust_check]\n",
+                ..last.clone()
+            },
+            &evals,
+        )
+        .unwrap();
+        assert!(r.contains("The model evaluated is the last step's."), "{r}");
         let best = RunInfo {
             config: "[robust_check]\nkeep = \"best\"\n",
             ..last

@@ -774,6 +774,8 @@ fn train_one<B: Backend>(
     let window = (losses.len() / 10).max(1).min(losses.len());
     let last = &losses[losses.len() - window..];
     let train_loss = (last.iter().map(|&v| v as f64).sum::<f64>() / window.max(1) as f64) as f32;
+    // The experiments' runs have no robustness check: the model is the last step's, as
+    // `Trainer::final_model` would hand out.
     Ok((
         trainer.into_model(),
         Trained {

@@ -158,7 +158,9 @@ pub enum Event<'a> {
         step: u64,
         /// Whether this is the final checkpoint of the run.
         last: bool,
-        /// At the final checkpoint, the model's weights alone (safetensors).
+        /// At the final checkpoint, the model file the run hands out (safetensors, the weights
+        /// alone): [`Trainer::final_model`], the best check's weights when a check stopped the
+        /// run or `robust_check.keep = "best"`.
         model: Option<Vec<u8>>,
     },
 }

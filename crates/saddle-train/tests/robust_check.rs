@@ -242,6 +242,12 @@ fn keep_best_hands_out_the_best_checks_weights() {
     assert_eq!(kept.trainer.final_model_step(), best_step);
     assert_eq!(kept.model.as_deref(), Some(&best_model[..]));
     assert_eq!(kept.trainer.final_model().unwrap(), best_model);
+    // From the final checkpoint alone (the CLI's path when a run was killed before its model
+    // file): the same weights.
+    let mut again = fresh(with(40, KeepWeights::Best));
+    again.restore(&kept.checkpoints.last().unwrap().1).unwrap();
+    assert_eq!(again.final_model_step(), best_step);
+    assert_eq!(again.final_model().unwrap(), best_model);
 
     let last = wrecked(KeepWeights::Last);
     assert_eq!(last.trainer.step(), 40);

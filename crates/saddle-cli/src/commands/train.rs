@@ -221,7 +221,7 @@ fn train_on<B: saddle_tensor::Backend>(
                 .expect("a check set comes with a check");
             eprintln!(
                 "robustness check every {} steps: PGD-{} at ε = {} on {what}; a fall of more than \
-                 {:.0} points below the best check stops training{}",
+                 {:.0} points below the best check stops training{}{}",
                 rc.every,
                 rc.k,
                 cfg.epsilon,
@@ -233,6 +233,11 @@ fn train_on<B: saddle_tensor::Backend>(
                     )
                 } else {
                     String::new()
+                },
+                if rc.keep == saddle_train::KeepWeights::Best {
+                    "; keep = \"best\": the model file will hold the best check's weights"
+                } else {
+                    ""
                 }
             );
         }
@@ -303,6 +308,8 @@ fn train_on<B: saddle_tensor::Backend>(
     let metrics_path = a.out.join("metrics.jsonl");
     let t0 = Instant::now();
     let model_path = a.out.join("model.safetensors");
+    // Whether this run wrote the model file (a file there may be an earlier run's).
+    let mut wrote_model = false;
     let res = trainer.run(&data, |ev| {
         match ev {
             Event::Step(m) => {
@@ -360,6 +367,7 @@ fn train_on<B: saddle_tensor::Backend>(
                 if let Some(m) = model {
                     fsutil::write_atomic(&model_path, &m)
                         .map_err(|e| saddle_train::TrainError::Checkpoint(format!("{e:#}")))?;
+                    wrote_model = true;
                 }
             }
         }
@@ -372,9 +380,10 @@ fn train_on<B: saddle_tensor::Backend>(
             ckpt_path.display()
         )
     })?;
-    if !model_path.exists() {
+    if !wrote_model {
         // A run killed between its last checkpoint and the model file resumes at its last step,
-        // where the loop above writes nothing: the model is the checkpoint's weights.
+        // where the loop above writes nothing: the model is the checkpoint's (its weights, or
+        // its best check's). A model file already there may be an earlier run's.
         fsutil::write_atomic(&model_path, &trainer.final_model()?)?;
     }
     if let Some(st) = trainer.stopped() {
@@ -410,17 +419,22 @@ fn train_on<B: saddle_tensor::Backend>(
 }
 
 /// Whether `saved`, the configuration of a checkpoint, may go on as `cfg`: only
-/// `max_num_training_steps` and `grad_shards` (the number of ranks) may change.
+/// `max_num_training_steps`, `grad_shards` (the number of ranks) and `robust_check.keep` (which
+/// weights the model file holds, nothing of training) may change.
 fn check_resumable(saved: &TrainConfig, cfg: &TrainConfig, a: &TrainArgs) -> Result<()> {
-    let same = TrainConfig {
+    let mut same = TrainConfig {
         max_num_training_steps: cfg.max_num_training_steps,
         grad_shards: cfg.grad_shards,
         ..saved.clone()
     };
+    if let (Some(s), Some(c)) = (&mut same.robust_check, &cfg.robust_check) {
+        s.keep = c.keep;
+    }
     if &same != cfg {
         bail!(
             "--resume: the checkpoint was trained with another configuration (only \
-             max_num_training_steps and grad_shards may change); compare {} with your config",
+             max_num_training_steps, grad_shards and robust_check.keep may change); compare {} \
+             with your config",
             a.out.join("config.toml").display()
         );
     }
