@@ -1138,7 +1138,7 @@ mod tests {
             "{r}"
         );
         // The config (empty here) has no check: nothing said of the weights.
-        assert!(!r.contains("The model evaluated"), "{r}");
+        assert!(!r.contains("The model evaluated is"), "{r}");
         let r = report(
             &CIFAR10,
             &RunInfo {
