@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::repro::{build_saddle, machine, read_json, root, run_checked, Args};
+use crate::repro::{build_saddle, machine, read_json, run_checked, Args};
 
 /// The budgets of the experiments (chosen to fit ≤ 3 hours on a 2-core machine with AVX2).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -178,7 +178,7 @@ pub fn run(args: &Args) -> Result<()> {
              --preset, --limit and --skip-training"
         );
     }
-    let root = root();
+    let root = crate::workspace_root();
     let t0 = Instant::now();
     crate::download::run(crate::download::Args {
         dataset: crate::download::Target::Mnist,

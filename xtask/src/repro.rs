@@ -315,10 +315,6 @@ fn experiment(name: &str) -> Result<&'static Experiment> {
     }
 }
 
-pub(crate) fn root() -> PathBuf {
-    crate::workspace_root()
-}
-
 pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd
         .status()
@@ -362,7 +358,7 @@ pub fn run(args: Args) -> Result<()> {
             exp.name
         );
     }
-    let root = root();
+    let root = crate::workspace_root();
     // Paths handed to `saddle` (which runs in the repository root) are relative to the root, so
     // that the evaluation JSON committed beside the report names no machine's folders.
     let rel_out = Path::new("results").join(output_folder(exp, &preset));

@@ -465,8 +465,9 @@ impl TrainConfig {
             "cifar-quick" => TrainConfig {
                 // N-FGSM (de Jorge et al. 2022: a start uniform in the 2ε-ball, one signed step
                 // of ε, no projection) on wrn-28-2, one-cycle SGD to 0.2, 6,000 steps of batch
-                // 128 (15.4 epochs): ~1.15 s a step on 2 AMD EPYC cores with AVX-512, checks
-                // included, about 115 min. Chosen on held-out training images
+                // 128 (15.4 epochs): 1.12–1.36 s a step on 2 AMD EPYC cores with AVX-512, checks
+                // included: 124 min measured on a contended host, ~112 min at its quickest pace
+                // (results/cifar10-cifar-quick/REPORT.md: 73.0% natural, 44.9% PGD-20). Chosen on held-out training images
                 // (results/cifar10-recipe-search): this recipe for 6,900 steps (e11) reached
                 // 74.8% natural and 45.4% under PGD-20, fast FGSM on the same network for 3,650
                 // steps (e9) 72.9% / 41.7%, and fast FGSM for 6,900 steps (e10) overfit
