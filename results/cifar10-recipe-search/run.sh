@@ -9,7 +9,7 @@ for e in "$@"; do
   out=runs/recipe-search/$e
   /usr/bin/time -f "%e s wall" $S train --config $D/$e.toml --out $out --data-dir datasets --threads 2 \
     > $D/$e.train.log 2>&1
-  $S eval --model $out/model.safetensors --data cifar10 --split train --offset 45000 --limit 1000 \
+  $S eval --model $out/model.safetensors --data cifar10 --split train --offset 45000 --limit ${HELDOUT:-1000} \
     --attacks pgd20 --out $D/$e.eval.json --data-dir datasets --threads 2 > $D/$e.eval.log 2>&1
   cp $out/metrics.jsonl $D/$e.metrics.jsonl
 done

@@ -858,13 +858,23 @@ fn report(exp: &Experiment, run: &RunInfo, evals: &[serde_json::Value]) -> Resul
         .iter()
         .filter(|m| m.get("check_pgd_accuracy").is_some())
         .collect();
+    // The training time is the log's last time: a robustness check after the last step line
+    // (the final one) belongs to it.
+    let logged = lines
+        .iter()
+        .filter_map(|m| m.get("elapsed_sec")?.as_f64())
+        .fold(f64::NAN, f64::max);
+    let checked = if checks.iter().any(|c| c.get("elapsed_sec").is_some()) {
+        ", robustness checks included"
+    } else {
+        ""
+    };
     match (&last, run.train_secs) {
         (Some(m), t) => {
-            let logged = m["elapsed_sec"].as_f64().unwrap_or(f64::NAN);
             s.push_str(&format!(
-                "{} steps in {:.1} min of training ({}); {:.0} examples/s at the end; last logged \
-                 batch: loss {:.3}, natural accuracy {:.0}%, adversarial accuracy {:.0}% \
-                 (training attack).\n",
+                "{} steps in {:.1} min of training{checked} ({}); {:.0} examples/s at the end; \
+                 last logged batch: loss {:.3}, natural accuracy {:.0}%, adversarial accuracy \
+                 {:.0}% (training attack).\n",
                 m["step"].as_u64().unwrap_or(0),
                 logged / 60.0,
                 match t {
@@ -1054,12 +1064,16 @@ mod tests {
 
     #[test]
     fn the_training_section_summarises_the_robustness_checks() {
+        // Checks take 0.03 s a step of the log's time past the step line's 0.6 s.
         let check = |step: u64, pgd: f64, best: (u64, f64), collapsed: bool| {
             format!(
                 "{{\"step\":{step},\"check_examples\":512,\"check_natural_accuracy\":0.5,\
                  \"check_pgd_accuracy\":{pgd},\"check_best_step\":{},\
-                 \"check_best_pgd_accuracy\":{},\"check_collapsed\":{collapsed}}}\n",
-                best.0, best.1
+                 \"check_best_pgd_accuracy\":{},\"check_collapsed\":{collapsed},\
+                 \"elapsed_sec\":{}}}\n",
+                best.0,
+                best.1,
+                step as f64 * 0.63
             )
         };
         let step = "{\"step\":1000,\"elapsed_sec\":600.0,\"examples_per_sec\":128.0,\
@@ -1082,9 +1096,11 @@ mod tests {
             model_sha256: "00".into(),
         };
         let r = report(&CIFAR10, &run, &evals).unwrap();
-        // The last step line, not the last line (a check), gives the summary's numbers.
+        // The last step line, not the last line (a check), gives the summary's numbers; the
+        // time is the log's last, the final check's.
         assert!(
-            r.contains("1000 steps in 10.0 min") && r.contains("loss 1.500"),
+            r.contains("1000 steps in 10.5 min of training, robustness checks included")
+                && r.contains("loss 1.500"),
             "{r}"
         );
         assert!(

@@ -63,13 +63,10 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
     Ok(out?.x_adv)
 }
 
-/// N-FGSM's noise: a uniform start in the ball of this many ε (de Jorge et al. 2022's k = 2).
-pub const N_FGSM_NOISE: f32 = 2.0;
-
-/// N-FGSM's example (de Jorge et al. 2022): `x' = clip₀₁(x + η)` with `η ~ U[−2ε, 2ε]`, then
-/// `clip₀₁(x' + a·sign(∇ₓ' L(x', y)))` without projection onto the ε-ball (the step below
-/// projects onto the (2 + 1)ε ball, which a start within 2ε and one step of `a ≤ ε` never
-/// leave; a larger `a` is cut there). The model runs in batch-norm training mode if
+/// N-FGSM's example (de Jorge et al. 2022): `x' = clip₀₁(x + η)` with `η ~ U[−kε, kε]` (`k =
+/// n_fgsm_noise`, 2 in the paper), then `clip₀₁(x' + a·sign(∇ₓ' L(x', y)))` without projection
+/// onto the ε-ball (the step below projects onto the (k + 1)ε ball, which a start within kε
+/// and one step of `a ≤ ε` never leave; a larger `a` is cut there). The model runs in batch-norm training mode if
 /// `train_mode`; the caller sets the mode it needs afterwards.
 fn n_fgsm_batch<B: Backend, M: Classifier<B>>(
     model: &mut M,
@@ -81,7 +78,7 @@ fn n_fgsm_batch<B: Backend, M: Classifier<B>>(
     train_mode: bool,
 ) -> Result<B::Tensor> {
     let be = model.backend().clone();
-    let r = N_FGSM_NOISE * eps;
+    let r = cfg.n_fgsm_noise * eps;
     let (noise, _) = rng
         .array(x.dims(), Uniform::new(-r, r))
         .into_raw_vec_and_offset();
@@ -144,6 +141,17 @@ mod tests {
     /// cut, and the same examples from the same seed.
     #[test]
     fn n_fgsm_leaves_the_eps_ball_by_design_and_stays_within_three_eps() {
+        n_fgsm_examples(2.0);
+    }
+
+    /// With `n_fgsm_noise = 1` the start is drawn from the ε-ball and the examples stay within
+    /// 2ε (and still leave the ε-ball where the step and the noise agree in sign).
+    #[test]
+    fn n_fgsm_noise_sets_the_start_radius() {
+        n_fgsm_examples(1.0);
+    }
+
+    fn n_fgsm_examples(noise_mult: f32) {
         let b = Cpu::new();
         let mut model = MnistNet::new(b, 1, 3).unwrap();
         let n = 4;
@@ -158,6 +166,7 @@ mod tests {
             training: TrainingMode::NFgsm,
             epsilon: eps,
             a: eps,
+            n_fgsm_noise: noise_mult,
             ..TrainConfig::default()
         };
         let run = |model: &mut MnistNet<Cpu>| {
@@ -168,13 +177,15 @@ mod tests {
         assert_eq!(adv, run(&mut model), "same seed, same examples");
         // The start the attack drew: the same generator, seeded as adversarial_batch seeds it.
         let seed = Rng::new(11).next_u64();
-        let noise = Rng::new(seed).array(&[n, 1, 28, 28], Uniform::new(-2.0 * eps, 2.0 * eps));
-        let (mut outside, mut free) = (0, 0);
+        let r = noise_mult * eps;
+        let noise = Rng::new(seed).array(&[n, 1, 28, 28], Uniform::new(-r, r));
+        let (mut outside, mut free, mut beyond_r) = (0, 0, 0);
         for ((&a, &x0), &z) in adv.iter().zip(&xs).zip(noise.iter()) {
             assert!((0.0..=1.0).contains(&a), "{a}");
-            // 3ε plus a few float roundings of values in [0, 1].
-            assert!((a - x0).abs() <= 3.0 * eps + 1e-6, "{a} {x0}");
+            // (k + 1)ε plus a few float roundings of values in [0, 1].
+            assert!((a - x0).abs() <= r + eps + 1e-6, "{a} {x0}");
             outside += usize::from((a - x0).abs() > eps + 1e-6);
+            beyond_r += usize::from((a - x0).abs() > r + 1e-6);
             let start = (x0 + z).clamp(0.0, 1.0);
             if a > 0.0 && a < 1.0 {
                 free += 1;
@@ -186,5 +197,8 @@ mod tests {
         // before the box cuts some (here 45%); a projected attack would leave none.
         assert!(outside > adv.len() / 3, "{outside} of {}", adv.len());
         assert!(free > adv.len() / 2, "{free}");
+        // Some examples go past the noise's radius (the step adds to it): the radius is the
+        // one asked for, not a larger one.
+        assert!(beyond_r > adv.len() / 10, "{beyond_r} of {}", adv.len());
     }
 }

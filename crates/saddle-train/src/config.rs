@@ -26,11 +26,11 @@ pub enum TrainingMode {
     /// trades_beta`, and `x'` maximises the KL term: `k` signed steps of size `a` within the
     /// ε-ball from `x + 0.001·N(0, I)`, the clean prediction held fixed.
     Trades,
-    /// N-FGSM (de Jorge et al. 2022): a uniform random start in the ball of radius 2ε (clipped
-    /// to the image range), one signed step of size `a` (ε in that paper) and **no** projection
-    /// back onto the ε-ball: the larger noise, not clipping, is what keeps one-step training from
-    /// catastrophic overfitting. Training examples lie within 3ε of `x` (evaluation attacks stay
-    /// in the ε-ball).
+    /// N-FGSM (de Jorge et al. 2022): a uniform random start in the ball of radius 2ε
+    /// (`n_fgsm_noise` times ε; clipped to the image range), one signed step of size `a` (ε in
+    /// that paper) and **no** projection back onto the ε-ball: the larger noise, not clipping, is
+    /// what keeps one-step training from catastrophic overfitting. Training examples lie within
+    /// 3ε of `x` (`n_fgsm_noise + 1` times ε; evaluation attacks stay in the ε-ball).
     NFgsm,
 }
 
@@ -151,6 +151,11 @@ pub struct TrainConfig {
     /// TRADES' β, the weight of the robust (KL) term (6 in the TRADES paper's CIFAR-10 and
     /// MNIST recipes); used only with `training = "trades"`.
     pub trades_beta: f32,
+    /// N-FGSM's noise: the radius of its uniform start, in multiples of ε (2, the default: de
+    /// Jorge et al. 2022's k = 2ε); used only with `training = "n_fgsm"`. Left out of written
+    /// configs when 2.
+    #[serde(skip_serializing_if = "is_default_noise")]
+    pub n_fgsm_noise: f32,
     /// Data-parallel shards of each global batch (1, the default: the whole batch at once). A
     /// step with `S` shards splits the batch into `S` consecutive shares of rows, runs the
     /// attack and the training passes on each share alone (batch norm on that share's
@@ -244,6 +249,13 @@ fn is_one(v: &usize) -> bool {
     *v == 1
 }
 
+/// N-FGSM's noise in the paper's recipe, in multiples of ε.
+pub const N_FGSM_NOISE: f32 = 2.0;
+
+fn is_default_noise(v: &f32) -> bool {
+    *v == N_FGSM_NOISE
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -271,6 +283,7 @@ impl Default for TrainConfig {
             epsilon_ramp_steps: 0,
             train_limit: 0,
             trades_beta: 6.0,
+            n_fgsm_noise: N_FGSM_NOISE,
             grad_shards: 1,
             robust_check: None,
         }
@@ -386,6 +399,12 @@ impl TrainConfig {
             return bad(format!(
                 "trades_beta = {}: expected a number ≥ 0",
                 self.trades_beta
+            ));
+        }
+        if !(self.n_fgsm_noise.is_finite() && (0.0..=16.0).contains(&self.n_fgsm_noise)) {
+            return bad(format!(
+                "n_fgsm_noise = {}: expected a multiple of epsilon from 0 to 16 (2 is N-FGSM's)",
+                self.n_fgsm_noise
             ));
         }
         if self.grad_shards == 0 || self.grad_shards > self.training_batch_size {
@@ -591,6 +610,31 @@ mod tests {
             ..TrainConfig::default()
         };
         assert!(c.validate().is_err());
+        for noise in [-1.0, f32::NAN, f32::INFINITY, 17.0] {
+            let c = TrainConfig {
+                n_fgsm_noise: noise,
+                ..TrainConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("n_fgsm_noise"), "{e}");
+        }
+    }
+
+    /// `n_fgsm_noise` is written only when it is not N-FGSM's 2 (configs written before it
+    /// existed read the same), and a value that is written reads back.
+    #[test]
+    fn n_fgsm_noise_is_written_only_when_changed() {
+        let c = TrainConfig::default();
+        assert!(!serde_json::to_string(&c).unwrap().contains("n_fgsm_noise"));
+        let old: TrainConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(old.n_fgsm_noise, 2.0);
+        let c = TrainConfig {
+            n_fgsm_noise: 1.0,
+            ..TrainConfig::default()
+        };
+        let s = serde_json::to_string(&c).unwrap();
+        assert!(s.contains("\"n_fgsm_noise\":1.0"), "{s}");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&s).unwrap(), c);
     }
 
     /// The network and the data set are config keys: a CIFAR-10 wide ResNet validates, an
