@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Held-out recipe search for the cifar-quick preset (run from the repository root):
 # each recipe trains on the first 45,000 CIFAR-10 training images and is measured on training
-# images 45,000-45,999 (natural and PGD-20 at ε = 8/255, step 2/255, random start).
+# images 45,000-45,999 (natural and PGD-20 at ε = 8/255, step 2/255, random start; HELDOUT=5000:
+# images 45,000-49,999, all that train_limit = 45000 holds out).
 set -euo pipefail
 S=${SADDLE:-./target/release/saddle}
 D=results/cifar10-recipe-search

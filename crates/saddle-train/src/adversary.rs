@@ -194,11 +194,13 @@ mod tests {
             }
         }
         // |η ± ε| > ε exactly when η lies on the step's side of 0: half of the coordinates
-        // before the box cuts some (here 45%); a projected attack would leave none.
+        // before the box cuts some; a projected attack would leave none.
         assert!(outside > adv.len() / 3, "{outside} of {}", adv.len());
         assert!(free > adv.len() / 2, "{free}");
-        // Some examples go past the noise's radius (the step adds to it): the radius is the
-        // one asked for, not a larger one.
+        // The step takes examples past the noise's radius where it has the noise's sign and
+        // the noise is beyond r − a: a quarter with k = 2, a half with k = 1, before the box
+        // cuts some. (A larger radius than asked fails the bound above; a smaller one, the
+        // exact ±a step from the start drawn with the radius asked.)
         assert!(beyond_r > adv.len() / 10, "{beyond_r} of {}", adv.len());
     }
 }

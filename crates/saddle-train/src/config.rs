@@ -152,7 +152,7 @@ pub struct TrainConfig {
     /// MNIST recipes); used only with `training = "trades"`.
     pub trades_beta: f32,
     /// N-FGSM's noise: the radius of its uniform start, in multiples of ε (2, the default: de
-    /// Jorge et al. 2022's k = 2ε); used only with `training = "n_fgsm"`. Left out of written
+    /// Jorge et al. 2022's k = 2); used only with `training = "n_fgsm"`. Left out of written
     /// configs when 2.
     #[serde(skip_serializing_if = "is_default_noise")]
     pub n_fgsm_noise: f32,
@@ -617,6 +617,13 @@ mod tests {
             };
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("n_fgsm_noise"), "{e}");
+        }
+        for noise in [0.0, 16.0] {
+            let c = TrainConfig {
+                n_fgsm_noise: noise,
+                ..TrainConfig::default()
+            };
+            c.validate().unwrap();
         }
     }
 
