@@ -426,10 +426,20 @@ learning_rate = { kind = \"constant\", value = 1e-3 }
         let ckpt = out.join("checkpoint.safetensors");
         let t = Instant::now();
         while !ckpt.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(120),
-                "no checkpoint in 2 minutes"
-            );
+            // A job that ended before its first checkpoint (e.g. a rank starved of CPU for
+            // longer than the timeout on a loaded machine) says why; one that hangs is killed.
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("the job ended ({st}) before its first checkpoint: {err}");
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                for p in ranks(child.id()) {
+                    let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+                }
+                let _ = child.kill();
+                panic!("no checkpoint in 2 minutes");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         let pids = ranks(child.id());
