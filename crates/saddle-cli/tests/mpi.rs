@@ -408,6 +408,14 @@ learning_rate = { kind = \"constant\", value = 1e-3 }
         v
     }
 
+    /// Ends a job that hangs: its ranks, then the launcher.
+    fn kill_job(child: &mut std::process::Child, pids: &[u32]) {
+        for p in pids {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        let _ = child.kill();
+    }
+
     /// Starts a long 2-rank run, waits for its first checkpoint, sends `signal` to rank 1, and
     /// returns the job's exit status, its stderr and the seconds it took to end after the signal.
     fn break_a_rank(name: &str, signal: &str, timeout: &str) -> (Option<i32>, String, f64) {
@@ -434,10 +442,7 @@ learning_rate = { kind = \"constant\", value = 1e-3 }
                 panic!("the job ended ({st}) before its first checkpoint: {err}");
             }
             if t.elapsed() > Duration::from_secs(120) {
-                for p in ranks(child.id()) {
-                    let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-                }
-                let _ = child.kill();
+                kill_job(&mut child, &ranks(child.id()));
                 panic!("no checkpoint in 2 minutes");
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -454,10 +459,7 @@ learning_rate = { kind = \"constant\", value = 1e-3 }
                 break st;
             }
             if hit.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                for p in &pids {
-                    let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-                }
+                kill_job(&mut child, &pids);
                 panic!("the job still ran 60 s after {signal} to rank 1");
             }
             std::thread::sleep(Duration::from_millis(100));

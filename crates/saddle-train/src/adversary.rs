@@ -66,8 +66,8 @@ pub fn adversarial_batch<B: Backend, M: Classifier<B>>(
 /// N-FGSM's example (de Jorge et al. 2022): `x' = clip₀₁(x + η)` with `η ~ U[−kε, kε]` (`k =
 /// n_fgsm_noise`, 2 in the paper), then `clip₀₁(x' + a·sign(∇ₓ' L(x', y)))` without projection
 /// onto the ε-ball (the step below projects onto the (k + 1)ε ball, which a start within kε
-/// and one step of `a ≤ ε` never leave; a larger `a` is cut there). The model runs in batch-norm training mode if
-/// `train_mode`; the caller sets the mode it needs afterwards.
+/// and one step of `a ≤ ε` never leave; a larger `a` is cut there). The model runs in
+/// batch-norm training mode if `train_mode`; the caller sets the mode it needs afterwards.
 fn n_fgsm_batch<B: Backend, M: Classifier<B>>(
     model: &mut M,
     cfg: &TrainConfig,
