@@ -442,7 +442,8 @@ learning_rate = { kind = \"constant\", value = 1e-3 }
                 panic!("the job ended ({st}) before its first checkpoint: {err}");
             }
             if t.elapsed() > Duration::from_secs(120) {
-                kill_job(&mut child, &ranks(child.id()));
+                let pids = ranks(child.id());
+                kill_job(&mut child, &pids);
                 panic!("no checkpoint in 2 minutes");
             }
             std::thread::sleep(Duration::from_millis(100));
