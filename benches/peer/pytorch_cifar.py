@@ -48,7 +48,7 @@ EPS, ALPHA = 8.0 / 255.0, 2.0 / 255.0
 
 DEFAULT_RECIPES = {
     "quick": "preset=cifar-quick arch=wrn-28-2 training=n_fgsm epsilon=0.03137255 k=1 "
-             "a=0.03137255 random_start=true attack_bn_mode=train optimizer=sgd momentum=0.9 "
+             "a=0.03137255 random_start=true n_fgsm_noise=2 attack_bn_mode=train optimizer=sgd momentum=0.9 "
              "weight_decay=0.0005 lr=0.008 batch=128",
     "paper": "preset=cifar-paper arch=wrn-madry-34-10 training=pgd epsilon=0.03137255 k=7 "
              "a=0.007843138 random_start=true attack_bn_mode=train optimizer=sgd momentum=0.9 "
@@ -233,10 +233,12 @@ class TrainIteration:
         self.model = WideResNet(r["arch"])
         self.eps, self.a, self.k = float(r["epsilon"]), float(r["a"]), int(r["k"])
         self.random_start = r["random_start"] == "true"
-        # N-FGSM (de Jorge et al. 2022), as saddle: a start uniform in the 2eps-ball clipped to
-        # [0, 1], k = 1 signed step of a, projected onto the 3eps-ball (which a start within
-        # 2eps and a step a <= eps never leave) and [0, 1].
+        # N-FGSM (de Jorge et al. 2022), as saddle: a start uniform in the ball of radius
+        # n_fgsm_noise * eps (2eps by default) clipped to [0, 1], k = 1 signed step of a,
+        # projected onto the (n_fgsm_noise + 1)eps-ball (which such a start and a step a <= eps
+        # never leave) and [0, 1]. Recipe lines of saddle benches before the key: 2.
         self.n_fgsm = r["training"] == "n_fgsm"
+        self.noise = float(r.get("n_fgsm_noise", "2"))
         self.attack_train_mode = r["attack_bn_mode"] == "train"
         # Weight decay on convolution and linear weights only, as saddle's optimiser.
         decay, rest = [], []
@@ -254,7 +256,8 @@ class TrainIteration:
         set_grad(m, False)
         x, radius = x0, self.eps
         if self.n_fgsm:
-            x, radius = x0 + torch.empty_like(x0).uniform_(-2 * self.eps, 2 * self.eps), 3 * self.eps
+            r = self.noise * self.eps
+            x, radius = x0 + torch.empty_like(x0).uniform_(-r, r), r + self.eps
             x = x.clamp_(0.0, 1.0)
         elif self.random_start:
             x = project(x0 + torch.empty_like(x0).uniform_(-self.eps, self.eps), x0, self.eps)

@@ -101,14 +101,15 @@ fn serde_name<T: serde::Serialize>(v: &T) -> String {
 
 /// The preset's recipe as `key=value` words, for the PyTorch side: the attack as `k` signed
 /// steps of size `a` from a uniform random start in the ε-ball or not (what each
-/// [`TrainingMode`] means, spelt out), the batch-norm mode of the attack, SGD's momentum and
+/// [`TrainingMode`] means, spelt out; N-FGSM's noise radius in multiples of ε), the batch-norm
+/// mode of the attack, SGD's momentum and
 /// weight decay (on convolution and linear weights only) and the learning rate at step 0.
 fn recipe(name: &str, cfg: &TrainConfig) -> String {
     let (a, random_start) = match cfg.training {
         TrainingMode::Fgsm => (cfg.epsilon, false),
         TrainingMode::FastFgsm => (cfg.a, true),
         TrainingMode::Pgd => (cfg.a, cfg.random_start),
-        // N-FGSM: the PyTorch side writes out its own start (the 2ε-ball) by name.
+        // N-FGSM: the PyTorch side writes out its start by name, of radius `n_fgsm_noise`·ε.
         TrainingMode::NFgsm => (cfg.a, true),
         // Natural and TRADES: the PyTorch side refuses them by name.
         _ => (cfg.a, cfg.random_start),
@@ -122,7 +123,7 @@ fn recipe(name: &str, cfg: &TrainConfig) -> String {
         OptimizerKind::Adam { .. } => ("adam", 0.0, 0.0),
     };
     format!(
-        "preset={name} arch={} training={} epsilon={} k={} a={} random_start={} \
+        "preset={name} arch={} training={} epsilon={} k={} a={} random_start={} n_fgsm_noise={} \
          attack_bn_mode={} optimizer={optimizer} momentum={momentum} weight_decay={wd} lr={} batch={}",
         cfg.arch,
         serde_name(&cfg.training),
@@ -130,6 +131,7 @@ fn recipe(name: &str, cfg: &TrainConfig) -> String {
         attack_steps(cfg),
         a,
         random_start,
+        cfg.n_fgsm_noise,
         serde_name(&cfg.attack_bn_mode),
         cfg.learning_rate.at(0),
         cfg.training_batch_size,

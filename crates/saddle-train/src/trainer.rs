@@ -12,7 +12,7 @@ use saddle_attacks::{Attack, Pgd};
 use saddle_autograd::Graph;
 use saddle_data::{Augment, Batcher, Dataset};
 use saddle_models::{
-    params::{serialize_safetensors, HostTensor, Role},
+    params::{serialize_safetensors, HostTensor, ParamSet, Role},
     Classifier,
 };
 use saddle_tensor::{rng::Rng, Backend};
@@ -226,7 +226,13 @@ pub struct Trainer<B: Backend, M: Classifier<B>> {
     check_set: Option<Dataset>,
     best: Option<BestCheck>,
     stopped: Option<Stopped>,
+    /// The moving average of the weights ([`TrainConfig::ema_decay`]), one tensor per tensor
+    /// of the model's parameter set, in its order.
+    ema: Option<Vec<B::Tensor>>,
 }
+
+/// The checkpoint's prefix of the averaged weights' names (`ema.conv1.weight`, ...).
+const EMA_PREFIX: &str = "ema.";
 
 impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     /// A trainer at step 0.
@@ -237,6 +243,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
         config.validate()?;
         let backend = model.backend().clone();
         let optimizer = Optimizer::new(config.optimizer, &backend, model.params())?;
+        let ema = config.ema_decay.map(|_| model.params().tensors().to_vec());
         Ok(Trainer {
             backend,
             model,
@@ -247,6 +254,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             check_set: None,
             best: None,
             stopped: None,
+            ema,
         })
     }
 
@@ -294,16 +302,53 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     }
 
     /// The model file the run hands out at its end (safetensors bytes): the best check's
-    /// weights when a check stopped the run or `robust_check.keep = "best"`, else the current
-    /// weights.
+    /// weights when a check stopped the run or `robust_check.keep = "best"`, else the moving
+    /// average of the weights with `ema_decay`, else the current weights.
     ///
     /// # Errors
-    /// Serialising the current weights failed.
+    /// Serialising the weights failed.
     pub fn final_model(&self) -> Result<Vec<u8>> {
-        match self.kept_check() {
-            Some(b) => Ok(b.model.clone()),
-            None => Ok(self.model.to_safetensors()?),
+        match (self.kept_check(), self.averaged()) {
+            (Some(b), _) => Ok(b.model.clone()),
+            (None, Some(set)) => Ok(serialize_safetensors(
+                &set.to_host(&self.backend, "")?,
+                self.model.metadata(),
+            )?),
+            (None, None) => Ok(self.model.to_safetensors()?),
         }
+    }
+
+    /// The moving average of the weights as a parameter set with the model's names and roles
+    /// (without `ema_decay`: none).
+    pub fn averaged(&self) -> Option<ParamSet<B>> {
+        let ema = self.ema.as_ref()?;
+        let mut set = self.model.params().clone();
+        for (t, e) in set.tensors_mut().iter_mut().zip(ema) {
+            *t = e.clone();
+        }
+        Some(set)
+    }
+
+    /// Folds the weights just updated into the moving average: `d·avg + (1 − d)·w` with
+    /// `d = min(ema_decay, (1 + t)/(10 + t))`, `t` the steps before this one; batch norm's
+    /// counter is copied.
+    fn update_average(&mut self) -> Result<()> {
+        let (Some(decay), Some(ema)) = (self.config.ema_decay, self.ema.as_mut()) else {
+            return Ok(());
+        };
+        let t = self.step as f32;
+        let d = decay.min((1.0 + t) / (10.0 + t));
+        let set = self.model.params();
+        for (i, (avg, w)) in ema.iter_mut().zip(set.tensors()).enumerate() {
+            *avg = if set.role(i) == Role::Counter {
+                w.clone()
+            } else {
+                let kept = self.backend.affine(avg, d, 0.0)?;
+                self.backend
+                    .add(&kept, &self.backend.affine(w, 1.0 - d, 0.0)?)?
+            };
+        }
+        Ok(())
     }
 
     /// The step whose weights [`Trainer::final_model`] hands out.
@@ -481,6 +526,7 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
     ) -> Result<StepMetrics> {
         self.optimizer
             .step(&self.backend, self.model.params_mut(), gs, at.lr)?;
+        self.update_average()?;
         self.backend.step_end()?;
         self.step += 1;
         let n = at.labels.len();
@@ -882,6 +928,9 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
                 &v,
             ));
         }
+        if let Some(set) = self.averaged() {
+            tensors.extend(set.to_host(&self.backend, EMA_PREFIX)?);
+        }
         let mut meta: HashMap<String, String> = self.model.metadata();
         meta.insert("saddle.step".into(), self.step.to_string());
         meta.insert(
@@ -964,6 +1013,15 @@ impl<B: Backend, M: Classifier<B>> Trainer<B, M> {
             },
             osteps,
         )?;
+        if self.ema.is_some() {
+            let mut set = self.model.params().clone();
+            set.load_safetensors(&b, bytes, EMA_PREFIX).map_err(|e| {
+                TrainError::Checkpoint(format!(
+                    "the averaged weights ({EMA_PREFIX}*, kept with ema_decay): {e}"
+                ))
+            })?;
+            self.ema = Some(set.tensors().to_vec());
+        }
         let (mut best, mut stopped) = (None, None);
         if let Some(r) = meta.get("saddle.robust_check") {
             let r: CheckRecord = serde_json::from_str(r)
@@ -1182,6 +1240,100 @@ mod tests {
             whole[..half.len()] != xs[..half.len()],
             "the attack moved the rows"
         );
+    }
+
+    /// With `ema_decay` the model file holds the documented average of every step's weights,
+    /// `avg ← d·avg + (1 − d)·w` with `d = min(ema_decay, (1 + t)/(10 + t))` from the initial
+    /// weights, batch norm's running statistics averaged and its counter copied: recomputed
+    /// here on the host from each step's weights, in the backend's order of operations (two
+    /// rounded products, one rounded sum, as `affine` then `add` compute them), so it must
+    /// agree bit for bit. A run resumed from a checkpoint after 2 of 4 steps hands out the same
+    /// file as the uninterrupted one, and a checkpoint without the average is refused by a
+    /// trainer that keeps one.
+    #[test]
+    fn the_average_is_the_documented_recurrence_and_resumes_bit_identically() {
+        let b = Cpu::new();
+        let cfg = TrainConfig {
+            ema_decay: Some(0.5),
+            ..config("wrn-10-1", 1)
+        };
+        let host = |t: &Trainer<Cpu, Model<Cpu>>| -> Vec<Vec<f32>> {
+            let set = t.model().params();
+            set.tensors().iter().map(|v| b.to_vec(v).unwrap()).collect()
+        };
+        let step = |t: &mut Trainer<Cpu, Model<Cpu>>, s: u64| {
+            let (dims, xs, ys) = batch("wrn-10-1", s);
+            let (x, y) = (
+                b.from_vec(&dims, xs).unwrap(),
+                b.from_vec(&[8], ys).unwrap(),
+            );
+            t.train_step(&x, &y, false).unwrap();
+        };
+        let mut t = trainer(&cfg).unwrap();
+        let roles = t.model().params().roles().to_vec();
+        assert!(roles.contains(&Role::State) && roles.contains(&Role::Counter));
+        let mut want = host(&t);
+        let mut resumed = None;
+        for s in 0..4u64 {
+            step(&mut t, s);
+            let d = 0.5f32.min((1.0 + s as f32) / (10.0 + s as f32));
+            for ((avg, w), role) in want.iter_mut().zip(host(&t)).zip(&roles) {
+                for (a, x) in avg.iter_mut().zip(w) {
+                    *a = if *role == Role::Counter {
+                        x
+                    } else {
+                        (d * *a + 0.0) + ((1.0 - d) * x + 0.0)
+                    };
+                }
+            }
+            if s == 1 {
+                let mut r = trainer(&cfg).unwrap();
+                r.restore(&t.checkpoint().unwrap()).unwrap();
+                resumed = Some(r);
+            }
+        }
+        let got: Vec<Vec<f32>> = t
+            .averaged()
+            .unwrap()
+            .tensors()
+            .iter()
+            .map(|v| b.to_vec(v).unwrap())
+            .collect();
+        for ((g, w), name) in got.iter().zip(&want).zip(t.model().params().names()) {
+            let (g, w): (Vec<u32>, Vec<u32>) = (
+                g.iter().map(|v| v.to_bits()).collect(),
+                w.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert!(g == w, "{name}: the average differs from the recurrence");
+        }
+        // The average moved away from the weights and from the initialisation.
+        assert!(got != host(&t), "the average equals the last weights");
+        let file = t.final_model().unwrap();
+        let mut loaded = trainer(&cfg).unwrap();
+        loaded
+            .model_mut()
+            .params_mut()
+            .load_safetensors(&b, &file, "")
+            .unwrap();
+        assert!(host(&loaded) == got, "the model file is not the average");
+        let mut r = resumed.unwrap();
+        for s in 2..4u64 {
+            step(&mut r, s);
+        }
+        assert!(
+            r.final_model().unwrap() == file,
+            "resumed run hands out another file"
+        );
+        let plain = trainer(&config("wrn-10-1", 1))
+            .unwrap()
+            .checkpoint()
+            .unwrap();
+        let e = trainer(&cfg)
+            .unwrap()
+            .restore(&plain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ema.") && e.contains("ema_decay"), "{e}");
     }
 
     /// A sharded run resumed from its checkpoint continues bit-identically, and a reducer of

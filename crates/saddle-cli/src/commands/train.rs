@@ -244,6 +244,12 @@ fn train_on<B: saddle_tensor::Backend>(
         }
         trainer.set_check_set(set);
     }
+    if let (Some(d), true) = (cfg.ema_decay, root) {
+        eprintln!(
+            "weights averaged (ema_decay = {d}): the model file will hold the average, the \
+             checkpoint both; the robustness checks measure the trained weights"
+        );
+    }
     if !root {
         return train_quietly(trainer, a, &data, place);
     }
