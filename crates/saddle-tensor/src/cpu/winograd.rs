@@ -1,13 +1,14 @@
-//! Winograd F(2×2, 3×3) convolution for 3×3, stride-1, padding-1 layers (forward, and the
-//! gradient with respect to the input, which is such a convolution of the output gradient with
-//! the flipped, transposed weights).
+//! Winograd convolution F(m×m, 3×3), `m` = 2 or 4, for 3×3, stride-1, padding-1 layers
+//! (forward, and the gradient with respect to the input, which is such a convolution of the
+//! output gradient with the flipped, transposed weights).
 //!
-//! Each output channel's image is cut into 2×2 tiles; tile `t` reads the 4×4 window `d` of
-//! each input channel around it (zeros outside the image). With `V = Bᵀ d B` (per tile and input
-//! channel), `U = G g Gᵀ` (per pair of channels, `g` the 3×3 filter) and, for each of the 16
-//! positions `ξ` of a 4×4 tile, the product `M[ξ] = V[ξ] · U[ξ]` (tiles × input channels times
-//! input channels × output channels), the tile's outputs are `Aᵀ M A`: 16 products of `c`
-//! terms per 4 outputs where the direct convolution takes 36.
+//! Each output channel's image is cut into `m × m` tiles; tile `t` reads the `(m+2)×(m+2)`
+//! window `d` of each input channel around it (zeros outside the image). With `V = Bᵀ d B`
+//! (per tile and input channel), `U = G g Gᵀ` (per pair of channels, `g` the 3×3 filter) and,
+//! for each of the `(m+2)²` positions `ξ` of a window, the product `M[ξ] = V[ξ] · U[ξ]` (tiles
+//! × input channels times input channels × output channels), the tile's outputs are
+//! `Aᵀ M A`. F(2×2, 3×3) takes 16 products of `c` terms per 4 outputs where the direct
+//! convolution takes 36:
 //!
 //! ```text
 //!      ⎡1  0 −1  0⎤       ⎡1   0  0⎤
@@ -16,10 +17,15 @@
 //!      ⎣0  1  0 −1⎦       ⎣0   0  1⎦
 //! ```
 //!
+//! F(4×4, 3×3) (Lavin & Gray 2016, points 0, ±1, ±2, ∞; its matrices at [`input_block4`],
+//! [`G4`] and [`at4`]) takes 36 per 16 outputs, and its transforms move 2.25 values per output
+//! where F(2×2) moves 4: the forward and input gradient use it ([`tile_size`] says where), the
+//! weight gradient F(2×2, 3×3).
+//!
 //! **Per task** (one image, or a few small ones, in parallel with rayon), per block of whole
 //! rows of tiles (sized to stay in the L2 cache, and of 48 tiles or more, the kernel computing
 //! tiles six or seven at a time): the input transform straight from the image into `V[ξ]`
-//! (`[row of tiles][c][tw + 1]`), the 16 products on the micro-kernel of [`super::kernel`]
+//! (`[row of tiles][c][tw + 1]`), the `(m+2)²` products on the micro-kernel of [`super::kernel`]
 //! (`V[ξ]` read in place through per-tile row pointers, `U[ξ]` packed once per call as the
 //! kernel wants it) into `M[ξ]` (`[k][tile]`), and the output transform, `+ bias`, ReLU, into
 //! the output. The transforms are long loops over every channel's tiles, compiled once for each
@@ -27,8 +33,9 @@
 //! scratch comes from the pool ([`Scratch`]): after the first call nothing is allocated.
 //!
 //! **Determinism**: the transforms are plain `f32` arithmetic in a fixed order (products
-//! by ±1 and ½ are exact; Rust never fuses `a·b + c`), written element by element, so they give
-//! the same bits however the compiler vectorises them. Each `M` element is the kernel's chain:
+//! by ±1 and ½ are exact, F(4×4)'s by 2, 4, 5, 8 and its `G`'s fractions are rounded once
+//! each; Rust never fuses `a·b + c`), written element by element, so they give the same bits
+//! however the compiler vectorises them. Each `M` element is the kernel's chain:
 //! one fused multiply-add per input channel in order, from +0, on AVX-512 and AVX2 alike (the
 //! portable kernel rounds each product first), then `+ 0.0`. Each output is
 //! `((Aᵀ M A) + bias)` then ReLU. No result depends on the thread count, and the AVX-512 and
@@ -103,17 +110,7 @@ pub fn forward(
     relu: bool,
     out: &mut [f32],
 ) {
-    assert!(
-        geometry_fits(d),
-        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
-    );
-    assert!(x.len() >= d.n * d.c * d.h * d.w && w.len() >= d.k * d.c * 9);
-    assert!(out.len() >= d.n * d.k * d.h * d.w);
-    assert!(bias.is_none_or(|b| b.len() >= d.k));
-    let mut u = Scratch::new(16 * d.c * kpad(d.k));
-    // Reduction index p = input channel, column j = output channel: g = w[j][p].
-    transform_weights(d.c, d.k, |p, j| window(&w[(j * d.c + p) * 9..]), &mut u);
-    run(d.n, d.c, d.k, d.h, d.w, x, &u, bias, relu, None, out);
+    forward_tiled(d, tile_size(d), x, w, bias, relu, None, out);
 }
 
 /// `out` = [`forward`]'s convolution (`+ bias`, no ReLU) `+ residual` (`[n, k, h, w]`, added
@@ -126,28 +123,33 @@ pub fn forward_add(
     residual: &[f32],
     out: &mut [f32],
 ) {
+    assert!(residual.len() >= d.n * d.k * d.h * d.w);
+    forward_tiled(d, tile_size(d), x, w, bias, false, Some(residual), out);
+}
+
+/// [`forward`] or [`forward_add`] on output tiles of `m × m` (2 or 4).
+#[allow(clippy::too_many_arguments)]
+fn forward_tiled(
+    d: &Direct,
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
     assert!(
         geometry_fits(d),
-        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+        "Winograd convolution needs 3×3, stride 1, padding 1"
     );
     assert!(x.len() >= d.n * d.c * d.h * d.w && w.len() >= d.k * d.c * 9);
-    assert!(out.len() >= d.n * d.k * d.h * d.w && residual.len() >= d.n * d.k * d.h * d.w);
+    assert!(out.len() >= d.n * d.k * d.h * d.w);
     assert!(bias.is_none_or(|b| b.len() >= d.k));
-    let mut u = Scratch::new(16 * d.c * kpad(d.k));
-    transform_weights(d.c, d.k, |p, j| window(&w[(j * d.c + p) * 9..]), &mut u);
-    run(
-        d.n,
-        d.c,
-        d.k,
-        d.h,
-        d.w,
-        x,
-        &u,
-        bias,
-        false,
-        Some(residual),
-        out,
-    );
+    let mut u = Scratch::new(planes(m) * d.c * kpad(d.k));
+    // Reduction index p = input channel, column j = output channel: g = w[j][p].
+    transform_weights(m, d.c, d.k, |p, j| window(&w[(j * d.c + p) * 9..]), &mut u);
+    run(m, d.n, d.c, d.k, d.h, d.w, x, &u, bias, relu, residual, out);
 }
 
 /// `gx` `[n, c, h, w]` = the gradient with respect to the input of [`forward`]'s convolution
@@ -155,15 +157,22 @@ pub fn forward_add(
 /// `gx[ch][i][j] = Σ_{o, a, b} gy[o][i+a−1][j+b−1] · w[o][ch][2−a][2−b]`, a stride-1 padding-1
 /// convolution of `gy` with the flipped, transposed weights.
 pub fn backward_input(d: &Direct, gy: &[f32], w: &[f32], gx: &mut [f32]) {
+    // The gradient is a convolution over the output channels: its tiles are the forward's.
+    backward_input_tiled(d, tile_size(d), gy, w, gx);
+}
+
+/// [`backward_input`] on tiles of `m × m` (2 or 4).
+fn backward_input_tiled(d: &Direct, m: usize, gy: &[f32], w: &[f32], gx: &mut [f32]) {
     assert!(
         geometry_fits(d),
-        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+        "Winograd convolution needs 3×3, stride 1, padding 1"
     );
     assert!(gy.len() >= d.n * d.k * d.h * d.w && w.len() >= d.k * d.c * 9);
     assert!(gx.len() >= d.n * d.c * d.h * d.w);
-    let mut u = Scratch::new(16 * d.k * kpad(d.c));
+    let mut u = Scratch::new(planes(m) * d.k * kpad(d.c));
     // Reduction index p = output channel o, column j = input channel: g = w[o][j] flipped.
     transform_weights(
+        m,
         d.k,
         d.c,
         |p, j| {
@@ -173,7 +182,28 @@ pub fn backward_input(d: &Direct, gy: &[f32], w: &[f32], gx: &mut [f32]) {
         },
         &mut u,
     );
-    run(d.n, d.k, d.c, d.h, d.w, gy, &u, None, false, None, gx);
+    run(m, d.n, d.k, d.c, d.h, d.w, gy, &u, None, false, None, gx);
+}
+
+/// The output tile the forward convolution and its input gradient use for `d`: F(4×4, 3×3)
+/// (36 products per 16 outputs against 16 per 4, and as much less transform traffic), except
+/// on small images with many channels both ways, where the 36 planes of transformed weights
+/// are read for few tiles. Measured (`winograd_speed`, AVX-512, one thread, CPU ms of the
+/// forward on tiles of 2 → 4): `c,k,h,w` 32,32,32,32 (batch 128) 19.3 → 15.6;
+/// 64,64,16,16 14.9 → 10.6; 128,128,8,8 14.5 → 11.1; 160,160,32,32 (batch 16) 43.1 → 30.0;
+/// 320,320,16,16 46.5 → 35.2; but 640,640,8,8 81.0 → 99.1 (the input gradient likewise).
+fn tile_size(d: &Direct) -> usize {
+    // Fewer than 16 tiles an image, and a plane of transformed weights over 256 KiB.
+    if d.h * d.w < 256 && d.c * d.k > 256 * 256 {
+        2
+    } else {
+        4
+    }
+}
+
+/// Planes `ξ` of a tile's transform: `(m + 2)²`.
+fn planes(m: usize) -> usize {
+    (m + 2) * (m + 2)
 }
 
 /// The nine weights of one filter, row-major.
@@ -200,10 +230,16 @@ fn u_index(slabs: bool, pc: usize, kp: usize, xi: usize, p: usize, j: usize) -> 
 }
 
 /// `u` = `U[ξ] = G g Gᵀ` for reduction index `p < pc` and column `j < cols` (zeros in the
-/// padding columns up to [`kpad`]), laid out as [`u_index`] says.
-fn transform_weights(pc: usize, cols: usize, g: impl Fn(usize, usize) -> [f32; 9], u: &mut [f32]) {
+/// padding columns up to [`kpad`]), laid out as [`u_index`] says, for tiles of `m × m`.
+fn transform_weights(
+    m: usize,
+    pc: usize,
+    cols: usize,
+    g: impl Fn(usize, usize) -> [f32; 9],
+    u: &mut [f32],
+) {
     let (kp, slabs) = (kpad(cols), kernel::wants_slabs());
-    for xi in 0..16 {
+    for xi in 0..planes(m) {
         for p in 0..pc {
             for j in cols..kp {
                 u[u_index(slabs, pc, kp, xi, p, j)] = 0.0;
@@ -212,8 +248,14 @@ fn transform_weights(pc: usize, cols: usize, g: impl Fn(usize, usize) -> [f32; 9
     }
     for p in 0..pc {
         for j in 0..cols {
-            let t = weight_tile(&g(p, j));
-            for (xi, &v) in t.iter().enumerate() {
+            let f = g(p, j);
+            let t = if m == 2 {
+                let t = weight_tile(&f);
+                std::array::from_fn(|i| if i < 16 { t[i] } else { 0.0 })
+            } else {
+                weight_tile4(&f)
+            };
+            for (xi, &v) in t[..planes(m)].iter().enumerate() {
                 u[u_index(slabs, pc, kp, xi, p, j)] = v;
             }
         }
@@ -242,10 +284,47 @@ fn weight_tile(g: &[f32; 9]) -> [f32; 16] {
     u
 }
 
+/// `G` of F(4×4, 3×3) (Lavin & Gray 2016), in `f32`: the interpolation points 0, ±1, ±2, ∞.
+pub(super) const G4: [[f32; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `G g Gᵀ` of a row-major 3×3 filter for F(4×4, 3×3), row-major 6×6: each element a sum
+/// over the three terms in order (`t = G g`, then `t Gᵀ`), products rounded one by one.
+fn weight_tile4(g: &[f32; 9]) -> [f32; 36] {
+    let mut t = [[0.0f32; 3]; 6];
+    for (i, gi) in G4.iter().enumerate() {
+        for j in 0..3 {
+            let mut s = gi[0] * g[j];
+            s += gi[1] * g[3 + j];
+            s += gi[2] * g[6 + j];
+            t[i][j] = s;
+        }
+    }
+    let mut u = [0.0f32; 36];
+    for i in 0..6 {
+        for (j, gj) in G4.iter().enumerate() {
+            let mut s = t[i][0] * gj[0];
+            s += t[i][1] * gj[1];
+            s += t[i][2] * gj[2];
+            u[6 * i + j] = s;
+        }
+    }
+    u
+}
+
 /// Sizes of one task's pass: `group` images of `c` input and `k` output channels, `h × w`
-/// pixels, in blocks of whole rows of tiles.
+/// pixels, in blocks of whole rows of tiles of `m × m` outputs.
 #[derive(Clone, Copy)]
 struct Plan {
+    /// Outputs per side of a tile (2 or 4), and planes `ξ` (`(m + 2)²`).
+    m: usize,
+    planes: usize,
     c: usize,
     k: usize,
     h: usize,
@@ -267,10 +346,11 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(c: usize, k: usize, h: usize, w: usize) -> Plan {
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    fn new(m: usize, c: usize, k: usize, h: usize, w: usize) -> Plan {
+        let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
         let te = tw + 1;
-        let per_row = 16 * (c * te + k * tw) * 4;
+        let planes = planes(m);
+        let per_row = planes * (c * te + k * tw) * 4;
         // Small images go several to a task, so that a block has MIN_TILES tiles or more (the
         // kernel computes tiles in groups of six or seven): their rows of tiles follow each
         // other in a block as if the images were one.
@@ -286,6 +366,8 @@ impl Plan {
         // multiple of 4 KiB, plus one line per plane).
         let plane = |len: usize| len.div_ceil(1024) * 1024 + 16;
         Plan {
+            m,
+            planes,
             c,
             k,
             h,
@@ -301,16 +383,20 @@ impl Plan {
         }
     }
 
-    /// Elements of the transforms' temporaries.
+    /// Elements of the transforms' temporaries: the `m + 2` rows of `Bᵀ d` (every channel's
+    /// `m·te` columns, and two more), or the `m²` outputs of every channel's tiles.
     fn tmp_len(&self) -> usize {
-        (4 * (2 * self.c * self.te + 2)).max(4 * self.k * self.ldt)
+        let m = self.m;
+        ((m + 2) * (m * self.c * self.te + 2)).max(m * m * self.k * self.ldt)
     }
 }
 
 /// The convolution of `x` `[n, c, h, w]` with the transformed weights `u` (reduction `c`,
-/// `k` columns, as [`transform_weights`] lays them out) into `out` `[n, k, h, w]`.
+/// `k` columns, as [`transform_weights`] lays them out for tiles of `m × m`) into `out`
+/// `[n, k, h, w]`.
 #[allow(clippy::too_many_arguments)]
 fn run(
+    m: usize,
     n: usize,
     c: usize,
     k: usize,
@@ -328,15 +414,16 @@ fn run(
     if n == 0 || out_sz == 0 {
         return;
     }
-    let pl = Plan::new(c, k, h, w);
+    let pl = Plan::new(m, c, k, h, w);
     let out = &mut out[..n * out_sz];
     out.par_chunks_mut(pl.group * out_sz)
         .enumerate()
         .for_each(|(gi, o)| {
-            let mut buf = Scratch::new(w + 16 * pl.sv + 16 * pl.sm + pl.tmp_len());
+            let np = pl.planes;
+            let mut buf = Scratch::new(w + np * pl.sv + np * pl.sm + pl.tmp_len());
             let (zero, rest) = buf.split_at_mut(w);
-            let (v, rest) = rest.split_at_mut(16 * pl.sv);
-            let (m, tmp) = rest.split_at_mut(16 * pl.sm);
+            let (v, rest) = rest.split_at_mut(np * pl.sv);
+            let (mt, tmp) = rest.split_at_mut(np * pl.sm);
             zero.fill(0.0);
             let images = o.len() / out_sz;
             let first = gi * pl.group;
@@ -347,9 +434,15 @@ fn run(
             let th_all = images * pl.th;
             for tr0 in (0..th_all).step_by(pl.rows) {
                 let tr1 = (tr0 + pl.rows).min(th_all);
-                simd.input_block(&pl, xg, zero, tr0, tr1, v, tmp);
-                products(&pl, v, u, tr1 - tr0, m);
-                simd.output_block(&pl, m, tr0, tr1, bias, relu, rg, o, tmp);
+                if pl.m == 2 {
+                    simd.input_block(&pl, xg, zero, tr0, tr1, v, tmp);
+                    products(&pl, v, u, tr1 - tr0, mt);
+                    simd.output_block(&pl, mt, tr0, tr1, bias, relu, rg, o, tmp);
+                } else {
+                    simd.input_block4(&pl, xg, zero, tr0, tr1, v, tmp);
+                    products(&pl, v, u, tr1 - tr0, mt);
+                    simd.output_block4(&pl, mt, tr0, tr1, bias, relu, rg, o, tmp);
+                }
             }
         });
 }
@@ -419,6 +512,11 @@ dispatch!(input_block, input_block_avx512, input_block_avx2,
 dispatch!(output_block, output_block_avx512, output_block_avx2,
     (pl: &Plan, m: &[f32], tr0: usize, tr1: usize, bias: Option<&[f32]>, relu: bool,
      res: Option<&[f32]>, o: &mut [f32], tmp: &mut [f32]));
+dispatch!(input_block4, input_block4_avx512, input_block4_avx2,
+    (pl: &Plan, x: &[f32], zero: &[f32], tr0: usize, tr1: usize, v: &mut [f32], tmp: &mut [f32]));
+dispatch!(output_block4, output_block4_avx512, output_block4_avx2,
+    (pl: &Plan, m: &[f32], tr0: usize, tr1: usize, bias: Option<&[f32]>, relu: bool,
+     res: Option<&[f32]>, o: &mut [f32], tmp: &mut [f32]));
 
 /// Runs `$body` over `0..$n` in steps of `$l` = 16, 8, 4 and 1 lanes (`$i` the start of each
 /// step): fixed-size steps the compiler turns into vector code however short the run.
@@ -465,19 +563,26 @@ fn part<const L: usize>(x: &[f32], at: usize) -> [f32; L] {
     a
 }
 
-/// Four consecutive planes of `V` (`stride` apart, from plane 0 of `p`), elements
+/// `N` consecutive planes of `V` (`stride` apart, from plane 0 of `p`), elements
 /// `at .. at + len` of each.
 #[inline(always)]
-fn four(p: &mut [f32], stride: usize, at: usize, len: usize) -> [&mut [f32]; 4] {
-    let (a, rest) = p.split_at_mut(stride);
-    let (b, rest) = rest.split_at_mut(stride);
-    let (c, d) = rest.split_at_mut(stride);
-    [
-        &mut a[at..at + len],
-        &mut b[at..at + len],
-        &mut c[at..at + len],
-        &mut d[at..at + len],
-    ]
+fn consecutive<const N: usize>(
+    p: &mut [f32],
+    stride: usize,
+    at: usize,
+    len: usize,
+) -> [&mut [f32]; N] {
+    let mut rest = p;
+    std::array::from_fn(|i| {
+        let cur = std::mem::take(&mut rest);
+        let (a, r) = if i + 1 < N {
+            cur.split_at_mut(stride)
+        } else {
+            (cur, &mut [][..])
+        };
+        rest = r;
+        &mut a[at..at + len]
+    })
 }
 
 /// `V[ξ][tr − tr0][ch][tj]` = `(Bᵀ d B)[ξ]` of tile `(tr, tj)`'s window of channel `ch`, for the
@@ -572,7 +677,7 @@ fn input_block(
         let at = (gtr - tr0) * ne;
         for i in 0..4 {
             let s = &tmp[i * n..(i + 1) * n];
-            let [o0, o1, o2, o3] = four(&mut v[4 * i * pl.sv..], pl.sv, at, ne);
+            let [o0, o1, o2, o3] = consecutive::<4>(&mut v[4 * i * pl.sv..], pl.sv, at, ne);
             for e in 0..ne {
                 o0[e] = s[2 * e] - s[2 * e + 2];
                 o1[e] = s[2 * e + 1] + s[2 * e + 2];
@@ -593,7 +698,7 @@ fn products(pl: &Plan, v: &[f32], u: &[f32], rows: usize, m: &mut [f32]) {
     let rt = kernel::tile_rows();
     let slabs = kernel::wants_slabs();
     let mut acc = [0.0f32; MR * 64];
-    for xi in 0..16 {
+    for xi in 0..pl.planes {
         let vx = &v[xi * pl.sv..xi * pl.sv + rows * c * te];
         let ux = &u[xi * c * kp..(xi + 1) * c * kp];
         let mx = &mut m[xi * pl.sm..xi * pl.sm + k * tn];
@@ -743,6 +848,250 @@ fn output_block(
     }
 }
 
+/// [`input_block`] for tiles of 4×4 outputs: `V[ξ][tr − tr0][ch][tj]` = `(Bᵀ d B)[ξ]` of the
+/// 6×6 window `d` of tile `(tr, tj)` (image rows `4·tr − 1 ..= 4·tr + 4`, columns likewise),
+/// with F(4×4, 3×3)'s
+///
+/// ```text
+///      ⎡4  0 −5  0  1  0⎤
+///      ⎢0 −4 −4  1  1  0⎥
+/// Bᵀ = ⎢0  4 −4 −1  1  0⎥   each row a sum over its nonzero terms, left to right.
+///      ⎢0 −2 −1  2  1  0⎥
+///      ⎢0  2 −1 −2  1  0⎥
+///      ⎣0  4  0 −5  0  1⎦
+/// ```
+///
+/// As there: first `Bᵀ d` down the window's six rows into `tmp` (every channel's `wp = 4·te`
+/// columns side by side), then `(Bᵀ d) B` along them, tile `(ch, tj)` reading columns
+/// `4·(ch·te + tj) ..= + 5`.
+#[inline(always)]
+fn input_block4(
+    pl: &Plan,
+    x: &[f32],
+    zero: &[f32],
+    tr0: usize,
+    tr1: usize,
+    v: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let (h, w) = (pl.h, pl.w);
+    let ne = pl.c * pl.te;
+    let wp = 4 * pl.te;
+    let n = 4 * ne + 2;
+    for gtr in tr0..tr1 {
+        // Row tr of tiles of image img of the group.
+        let (img, tr) = (gtr / pl.th, gtr % pl.th);
+        let x = &x[img * pl.c * h * w..(img + 1) * pl.c * h * w];
+        {
+            let [t0, t1, t2, t3, t4, t5] = consecutive::<6>(tmp, n, 0, n);
+            for ch in 0..pl.c {
+                // Image row 4·tr − 1 + i, or zeros.
+                let r = |i: usize| {
+                    let y = (4 * tr + i).wrapping_sub(1);
+                    if y < h {
+                        &x[(ch * h + y) * w..(ch * h + y + 1) * w]
+                    } else {
+                        &zero[..w]
+                    }
+                };
+                let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
+                // The rows only the next row of tiles reads (see `input_block`).
+                for y in 4 * tr + 5..4 * tr + 9 {
+                    if y < h {
+                        kernel::prefetch_row(x[(ch * h + y) * w..].as_ptr(), w);
+                    }
+                }
+                let at = ch * wp;
+                let mut d: [&mut [f32]; 6] = [
+                    &mut t0[at..at + wp],
+                    &mut t1[at..at + wp],
+                    &mut t2[at..at + wp],
+                    &mut t3[at..at + wp],
+                    &mut t4[at..at + wp],
+                    &mut t5[at..at + wp],
+                ];
+                // Padded column q + 1 is image column q; the others (one on the left, 3 to 6
+                // on the right) are zeros.
+                for row in d.iter_mut() {
+                    row[0] = 0.0;
+                    for z in row[w + 1..].iter_mut() {
+                        *z = 0.0;
+                    }
+                }
+                let [d0, d1, d2, d3, d4, d5] = &mut d;
+                let (d0, d1, d2) = (&mut d0[1..w + 1], &mut d1[1..w + 1], &mut d2[1..w + 1]);
+                let (d3, d4, d5) = (&mut d3[1..w + 1], &mut d4[1..w + 1], &mut d5[1..w + 1]);
+                lanes!(w, q, L, {
+                    let r = |x: &[f32]| -> [f32; L] { part(x, q) };
+                    let (x0, x1, x2) = (r(r0), r(r1), r(r2));
+                    let (x3, x4, x5) = (r(r3), r(r4), r(r5));
+                    let mut y = [[0.0f32; L]; 6];
+                    for l in 0..L {
+                        y[0][l] = (4.0 * x0[l] - 5.0 * x2[l]) + x4[l];
+                        y[1][l] = ((-4.0 * x1[l] - 4.0 * x2[l]) + x3[l]) + x4[l];
+                        y[2][l] = ((4.0 * x1[l] - 4.0 * x2[l]) - x3[l]) + x4[l];
+                        y[3][l] = ((-2.0 * x1[l] - x2[l]) + 2.0 * x3[l]) + x4[l];
+                        y[4][l] = ((2.0 * x1[l] - x2[l]) - 2.0 * x3[l]) + x4[l];
+                        y[5][l] = (4.0 * x1[l] - 5.0 * x3[l]) + x5[l];
+                    }
+                    d0[q..q + L].copy_from_slice(&y[0]);
+                    d1[q..q + L].copy_from_slice(&y[1]);
+                    d2[q..q + L].copy_from_slice(&y[2]);
+                    d3[q..q + L].copy_from_slice(&y[3]);
+                    d4[q..q + L].copy_from_slice(&y[4]);
+                    d5[q..q + L].copy_from_slice(&y[5]);
+                });
+            }
+            for t in [t0, t1, t2, t3, t4, t5] {
+                t[4 * ne] = 0.0;
+                t[4 * ne + 1] = 0.0;
+            }
+        }
+        let at = (gtr - tr0) * ne;
+        for i in 0..6 {
+            let s = &tmp[i * n..(i + 1) * n];
+            let [o0, o1, o2, o3, o4, o5] = consecutive::<6>(&mut v[6 * i * pl.sv..], pl.sv, at, ne);
+            // `L` tiles at a time: their `4·L + 2` columns, split by column within the tile
+            // (fixed-size arrays, which the compiler turns into shuffles), then six vector sums.
+            lanes!(ne, e0, L, {
+                let src: [f32; 4 * L + 2] = part(s, 4 * e0);
+                let mut c = [[0.0f32; L]; 6];
+                for l in 0..L {
+                    for (r, cr) in c.iter_mut().enumerate() {
+                        cr[l] = src[4 * l + r];
+                    }
+                }
+                let [s0, s1, s2, s3, s4, s5] = c;
+                let mut y = [[0.0f32; L]; 6];
+                for l in 0..L {
+                    y[0][l] = (4.0 * s0[l] - 5.0 * s2[l]) + s4[l];
+                    y[1][l] = ((-4.0 * s1[l] - 4.0 * s2[l]) + s3[l]) + s4[l];
+                    y[2][l] = ((4.0 * s1[l] - 4.0 * s2[l]) - s3[l]) + s4[l];
+                    y[3][l] = ((-2.0 * s1[l] - s2[l]) + 2.0 * s3[l]) + s4[l];
+                    y[4][l] = ((2.0 * s1[l] - s2[l]) - 2.0 * s3[l]) + s4[l];
+                    y[5][l] = (4.0 * s1[l] - 5.0 * s3[l]) + s5[l];
+                }
+                o0[e0..e0 + L].copy_from_slice(&y[0]);
+                o1[e0..e0 + L].copy_from_slice(&y[1]);
+                o2[e0..e0 + L].copy_from_slice(&y[2]);
+                o3[e0..e0 + L].copy_from_slice(&y[3]);
+                o4[e0..e0 + L].copy_from_slice(&y[4]);
+                o5[e0..e0 + L].copy_from_slice(&y[5]);
+            });
+        }
+    }
+}
+
+/// `Aᵀ m` for F(4×4, 3×3)'s
+///
+/// ```text
+///      ⎡1  1  1  1  1  0⎤
+/// Aᵀ = ⎢0  1 −1  2 −2  0⎥   each row a sum over its nonzero terms, left to right (every
+///      ⎢0  1  1  4  4  0⎥   product is exact).
+///      ⎣0  1 −1  8 −8  1⎦
+/// ```
+#[inline(always)]
+fn at4(m: [f32; 6]) -> [f32; 4] {
+    [
+        (((m[0] + m[1]) + m[2]) + m[3]) + m[4],
+        ((m[1] - m[2]) + 2.0 * m[3]) - 2.0 * m[4],
+        ((m[1] + m[2]) + 4.0 * m[3]) + 4.0 * m[4],
+        (((m[1] - m[2]) + 8.0 * m[3]) - 8.0 * m[4]) + m[5],
+    ]
+}
+
+/// [`output_block`] for tiles of 4×4 outputs: `Aᵀ M A` (see [`at4`]), `+ bias`, ReLU if asked,
+/// or `+ bias + residual`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_block4(
+    pl: &Plan,
+    m: &[f32],
+    tr0: usize,
+    tr1: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    res: Option<&[f32]>,
+    o: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let (h, w, tw, sm) = (pl.h, pl.w, pl.tw, pl.sm);
+    let tn = (tr1 - tr0) * tw;
+    let ne = pl.k * tn;
+    // zs[a·4ne + 4e + b] = ((Aᵀ M) A)[a][b] of tile e = (channel, tile).
+    {
+        let zs = &mut tmp[..16 * ne];
+        let mut z = consecutive::<4>(zs, 4 * ne, 0, 4 * ne);
+        lanes!(ne, e0, L, {
+            // t[a][q] = (Aᵀ M)[a][q] of `L` tiles, column q from the planes 6p + q.
+            let mut t = [[[0.0f32; L]; 6]; 4];
+            for q in 0..6 {
+                let mut c = [[0.0f32; L]; 6];
+                for (p, cp) in c.iter_mut().enumerate() {
+                    let xi = 6 * p + q;
+                    *cp = part(&m[xi * sm..xi * sm + ne], e0);
+                }
+                for l in 0..L {
+                    let y = at4([c[0][l], c[1][l], c[2][l], c[3][l], c[4][l], c[5][l]]);
+                    for a in 0..4 {
+                        t[a][q][l] = y[a];
+                    }
+                }
+            }
+            // ((Aᵀ M) A)[a][b] along each row a, stored tile by tile (four outputs each).
+            for (ta, za) in t.iter().zip(z.iter_mut()) {
+                let mut y = [0.0f32; 4 * L];
+                for l in 0..L {
+                    let r = at4([ta[0][l], ta[1][l], ta[2][l], ta[3][l], ta[4][l], ta[5][l]]);
+                    y[4 * l..4 * l + 4].copy_from_slice(&r);
+                }
+                za[4 * e0..4 * e0 + 4 * L].copy_from_slice(&y);
+            }
+        });
+    }
+    let zs = &tmp[..16 * ne];
+    for ch in 0..pl.k {
+        let b = bias.map_or(0.0, |b| b[ch]);
+        for gtr in tr0..tr1 {
+            // Row tr of tiles of image img of the group.
+            let (img, tr) = (gtr / pl.th, gtr % pl.th);
+            let pr = ((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w;
+            let rp = res.map(|r| &r[pr.clone()]);
+            let plane = &mut o[pr];
+            for a in 0..4 {
+                let i = 4 * tr + a;
+                if i >= h {
+                    break;
+                }
+                let at = 4 * a * ne + 4 * (ch * tn + (gtr - tr0) * tw);
+                let src = &zs[at..at + w];
+                let dst = &mut plane[i * w..(i + 1) * w];
+                if let Some(rp) = rp {
+                    // `+ bias`, then the residual (never with ReLU: see `forward_add`).
+                    let rr = &rp[i * w..(i + 1) * w];
+                    lanes!(w, q, L, {
+                        let mut y: [f32; L] = part(src, q);
+                        let r: [f32; L] = part(rr, q);
+                        for (v, r) in y.iter_mut().zip(r) {
+                            *v = (*v + b) + r;
+                        }
+                        dst[q..q + L].copy_from_slice(&y);
+                    });
+                    continue;
+                }
+                lanes!(w, q, L, {
+                    let mut y: [f32; L] = part(src, q);
+                    for v in y.iter_mut() {
+                        let x = *v + b;
+                        *v = if x > 0.0 || !relu { x } else { 0.0 };
+                    }
+                    dst[q..q + L].copy_from_slice(&y);
+                });
+            }
+        }
+    }
+}
+
 /// Fewest input channels for which [`backward_weight`] is used (see [`applies_backward_weight`]):
 /// measured at batch 128, one thread, 32×32 images and 16 output channels, 3 input channels
 /// ran at 0.63× (AVX-512) / 0.74× (AVX2) the direct weight gradient's speed, 8 at 0.92×,
@@ -827,6 +1176,8 @@ impl WPlan {
             rows,
             sg: plane(rows * tw * kp),
             fp: Plan {
+                m: 2,
+                planes: 16,
                 c,
                 k,
                 h,
@@ -1080,7 +1431,10 @@ mod tests {
     //! for bit, and a timing table (ignored by default).
     use super::super::conv::{self, Direct};
     use super::super::kernel::{isa, Isa};
-    use super::{backward_input, backward_weight, forward, WPlan, BW_MAX_TASKS, BW_PARTS_BYTES};
+    use super::{
+        backward_input, backward_input_tiled, backward_weight, forward, forward_tiled, WPlan,
+        BW_MAX_TASKS, BW_PARTS_BYTES, G4,
+    };
     use crate::rng::Rng;
 
     fn geometry(n: usize, c: usize, h: usize, w: usize, k: usize) -> Direct {
@@ -1131,9 +1485,9 @@ mod tests {
         }
     }
 
-    /// The 4×4 window of tile `(ti, tj)`.
+    /// The `N × N` window of tile `(ti, tj)` of tiles of `N − 2` outputs a side.
     #[allow(clippy::too_many_arguments)]
-    fn window(
+    fn window<const N: usize>(
         x: &[f32],
         img: usize,
         ch: usize,
@@ -1142,7 +1496,7 @@ mod tests {
         w: usize,
         ti: usize,
         tj: usize,
-    ) -> [[f32; 4]; 4] {
+    ) -> [[f32; N]; N] {
         std::array::from_fn(|a| {
             std::array::from_fn(|b| {
                 pixel(
@@ -1152,8 +1506,8 @@ mod tests {
                     chans,
                     h,
                     w,
-                    (2 * ti + a) as isize - 1,
-                    (2 * tj + b) as isize - 1,
+                    ((N - 2) * ti + a) as isize - 1,
+                    ((N - 2) * tj + b) as isize - 1,
                 )
             })
         })
@@ -1176,6 +1530,53 @@ mod tests {
         ]
     }
 
+    /// F(4×4, 3×3)'s `Bᵀ` and `Aᵀ` (Lavin & Gray 2016; `G` is the module's [`G4`]).
+    const BT4: [[f32; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const AT4: [[f32; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+
+    /// The matrices of F(M×M, 3×3) (`N = M + 2`).
+    struct Wino<const N: usize, const M: usize> {
+        bt: [[f32; N]; N],
+        g: [[f32; 3]; N],
+        at: [[f32; N]; M],
+    }
+
+    /// F(2×2, 3×3), with `G`'s ½ replaced by `half`.
+    fn f2(half: f32) -> Wino<4, 2> {
+        Wino {
+            bt: BT,
+            g: g_matrix(half),
+            at: AT,
+        }
+    }
+
+    /// F(4×4, 3×3), with `G`'s rows 1 to 4 (the fractions) scaled by `scale`.
+    fn f4(scale: f32) -> Wino<6, 4> {
+        let mut g = G4;
+        for row in &mut g[1..5] {
+            for v in row.iter_mut() {
+                *v *= scale;
+            }
+        }
+        Wino {
+            bt: BT4,
+            g,
+            at: AT4,
+        }
+    }
+
     /// `a · b` (`a` is `r × q`, `b` is `q × s`), each element summed over `q` in order in `f32`.
     fn mm<const R: usize, const Q: usize, const S: usize>(
         a: &[[f32; Q]; R],
@@ -1196,11 +1597,11 @@ mod tests {
         std::array::from_fn(|i| std::array::from_fn(|j| a[j][i]))
     }
 
-    /// The documented chain in scalar code, from the matrices: `V = Bᵀ d B`, `U = G g Gᵀ`
-    /// (with `G`'s ½ replaced by `half`), `M[ξ]` = one multiply-add per reduction index in
-    /// order from +0 (fused unless `fused` is false) then `+ 0.0`, `y = (Aᵀ M A) + bias`, ReLU.
+    /// The documented chain in scalar code, from the matrices of `wm`: `V = Bᵀ d B`,
+    /// `U = G g Gᵀ`, `M[ξ]` = one multiply-add per reduction index in order from +0 (fused
+    /// unless `fused` is false) then `+ 0.0`, `y = (Aᵀ M A) + bias`, ReLU.
     #[allow(clippy::too_many_arguments)]
-    fn chain(
+    fn chain<const N: usize, const M: usize>(
         d: &Direct,
         x: &[f32],
         pc: usize,
@@ -1208,32 +1609,31 @@ mod tests {
         g: Filter<'_>,
         bias: Option<&[f32]>,
         relu: bool,
-        half: f32,
+        wm: &Wino<N, M>,
         fused: bool,
     ) -> Vec<f32> {
         let (h, w) = (d.h, d.w);
-        let gm = g_matrix(half);
-        let u: Vec<[[f32; 4]; 4]> = (0..pc * cols)
+        let u: Vec<[[f32; N]; N]> = (0..pc * cols)
             .map(|q| {
                 let f = g(q / cols, q % cols);
                 let f: [[f32; 3]; 3] =
                     std::array::from_fn(|a| std::array::from_fn(|b| f[3 * a + b]));
-                mm(&mm(&gm, &f), &tr(&gm))
+                mm(&mm(&wm.g, &f), &tr(&wm.g))
             })
             .collect();
         let mut y = vec![0.0f32; d.n * cols * h * w];
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
         for img in 0..d.n {
             for ti in 0..th {
                 for tj in 0..tw {
-                    let v: Vec<[[f32; 4]; 4]> = (0..pc)
+                    let v: Vec<[[f32; N]; N]> = (0..pc)
                         .map(|p| {
-                            let dd = window(x, img, p, pc, h, w, ti, tj);
-                            mm(&mm(&BT, &dd), &tr(&BT))
+                            let dd = window::<N>(x, img, p, pc, h, w, ti, tj);
+                            mm(&mm(&wm.bt, &dd), &tr(&wm.bt))
                         })
                         .collect();
                     for j in 0..cols {
-                        let m: [[f32; 4]; 4] = std::array::from_fn(|a| {
+                        let m: [[f32; N]; N] = std::array::from_fn(|a| {
                             std::array::from_fn(|b| {
                                 let mut s = 0.0f32;
                                 for p in 0..pc {
@@ -1247,10 +1647,10 @@ mod tests {
                                 s + 0.0
                             })
                         });
-                        let out = mm(&mm(&AT, &m), &tr(&AT));
-                        for a in 0..2 {
-                            for b in 0..2 {
-                                let (i, jj) = (2 * ti + a, 2 * tj + b);
+                        let out = mm(&mm(&wm.at, &m), &tr(&wm.at));
+                        for a in 0..M {
+                            for b in 0..M {
+                                let (i, jj) = (M * ti + a, M * tj + b);
                                 if i < h && jj < w {
                                     let z = out[a][b] + bias.map_or(0.0, |bs| bs[j]);
                                     y[((img * cols + j) * h + i) * w + jj] =
@@ -1269,74 +1669,74 @@ mod tests {
         y
     }
 
+    /// `|a| · |b|` in float64 (`a` is `r × q`, `b` is `q × s`).
+    fn mm_abs<const R: usize, const Q: usize, const S: usize>(
+        a: &[[f32; Q]; R],
+        b: &[[f64; S]; Q],
+    ) -> [[f64; S]; R] {
+        std::array::from_fn(|i| {
+            std::array::from_fn(|j| (0..Q).map(|q| a[i][q].abs() as f64 * b[q][j]).sum())
+        })
+    }
+
+    fn tr64<const R: usize, const S: usize>(a: &[[f64; S]; R]) -> [[f64; R]; S] {
+        std::array::from_fn(|i| std::array::from_fn(|j| a[j][i]))
+    }
+
     /// For each output, the sum of the absolute values of every term of the Winograd
-    /// expansion: `S = Σ_ξ |Aᵀ|⊗|Aᵀ| [ξ] · Σ_p (|Bᵀ| |d_p| |B|)[ξ] · (|G| |g_p| |Gᵀ|)[ξ]`, in
-    /// float64.
-    fn abs_terms(d: &Direct, x: &[f32], pc: usize, cols: usize, g: Filter<'_>) -> Vec<f64> {
+    /// expansion with the matrices of `wm`:
+    /// `S = Σ_ξ |Aᵀ|⊗|Aᵀ| [ξ] · Σ_p (|Bᵀ| |d_p| |B|)[ξ] · (|G| |g_p| |Gᵀ|)[ξ]`, in float64.
+    fn abs_terms<const N: usize, const M: usize>(
+        d: &Direct,
+        x: &[f32],
+        pc: usize,
+        cols: usize,
+        g: Filter<'_>,
+        wm: &Wino<N, M>,
+    ) -> Vec<f64> {
         let (h, w) = (d.h, d.w);
-        let ab = |m: &[[f32; 4]; 4]| -> [[f64; 4]; 4] {
-            std::array::from_fn(|i| std::array::from_fn(|j| m[i][j].abs() as f64))
+        // |P| |Q| |Pᵀ|, Q given as absolute values.
+        let sandwich = |p: &[[f32; N]; N], q: &[[f64; N]; N]| -> [[f64; N]; N] {
+            tr64(&mm_abs(p, &tr64(&mm_abs(p, q))))
         };
-        let mm4 = |a: &[[f64; 4]; 4], b: &[[f64; 4]; 4]| -> [[f64; 4]; 4] {
-            std::array::from_fn(|i| {
-                std::array::from_fn(|j| (0..4).map(|q| a[i][q] * b[q][j]).sum())
-            })
-        };
-        let bt = ab(&BT);
-        let b = std::array::from_fn(|i| std::array::from_fn(|j| bt[j][i]));
-        // |G| padded to 4×4 (a zero fourth column) and the filters padded to 4×4.
-        let gabs: [[f64; 4]; 4] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| {
-                if j < 3 {
-                    g_matrix(0.5)[i][j].abs() as f64
-                } else {
-                    0.0
-                }
-            })
-        });
-        let gt = std::array::from_fn(|i| std::array::from_fn(|j| gabs[j][i]));
-        let u: Vec<[[f64; 4]; 4]> = (0..pc * cols)
+        let u: Vec<[[f64; N]; N]> = (0..pc * cols)
             .map(|q| {
                 let f = g(q / cols, q % cols);
-                let f = std::array::from_fn(|a| {
-                    std::array::from_fn(|bb| {
-                        if a < 3 && bb < 3 {
-                            f[3 * a + bb].abs() as f64
-                        } else {
-                            0.0
-                        }
-                    })
-                });
-                mm4(&mm4(&gabs, &f), &gt)
+                let f: [[f64; 3]; 3] =
+                    std::array::from_fn(|a| std::array::from_fn(|b| f[3 * a + b].abs() as f64));
+                // |G| |f| |Gᵀ| = (|G| (|G| |f|)ᵀ)ᵀ.
+                tr64(&mm_abs(&wm.g, &tr64(&mm_abs(&wm.g, &f))))
             })
             .collect();
         let mut s = vec![0.0f64; d.n * cols * h * w];
         for img in 0..d.n {
-            for ti in 0..h.div_ceil(2) {
-                for tj in 0..w.div_ceil(2) {
-                    let v: Vec<[[f64; 4]; 4]> = (0..pc)
-                        .map(|p| mm4(&mm4(&bt, &ab(&window(x, img, p, pc, h, w, ti, tj))), &b))
+            for ti in 0..h.div_ceil(M) {
+                for tj in 0..w.div_ceil(M) {
+                    let v: Vec<[[f64; N]; N]> = (0..pc)
+                        .map(|p| {
+                            let dd = window::<N>(x, img, p, pc, h, w, ti, tj);
+                            let dd = std::array::from_fn(|a| {
+                                std::array::from_fn(|b| dd[a][b].abs() as f64)
+                            });
+                            sandwich(&wm.bt, &dd)
+                        })
                         .collect();
                     for j in 0..cols {
-                        let mut m = [[0.0f64; 4]; 4];
+                        let mut m = [[0.0f64; N]; N];
                         for p in 0..pc {
-                            for a in 0..4 {
-                                for bb in 0..4 {
+                            for a in 0..N {
+                                for bb in 0..N {
                                     m[a][bb] += v[p][a][bb] * u[p * cols + j][a][bb];
                                 }
                             }
                         }
-                        for a in 0..2 {
-                            for bb in 0..2 {
-                                let (i, jj) = (2 * ti + a, 2 * tj + bb);
+                        // |Aᵀ| m |A|.
+                        let out = tr64(&mm_abs(&wm.at, &tr64(&mm_abs(&wm.at, &m))));
+                        for a in 0..M {
+                            for bb in 0..M {
+                                let (i, jj) = (M * ti + a, M * tj + bb);
                                 if i < h && jj < w {
-                                    let mut t = 0.0;
-                                    for p in 0..4 {
-                                        for q in 0..4 {
-                                            t += (AT[a][p] * AT[bb][q]).abs() as f64 * m[p][q];
-                                        }
-                                    }
-                                    s[((img * cols + j) * h + i) * w + jj] = t;
+                                    s[((img * cols + j) * h + i) * w + jj] = out[a][bb];
                                 }
                             }
                         }
@@ -1360,13 +1760,23 @@ mod tests {
     /// counting one rounding more. Typical errors are far below (they grow like `√pc`, not
     /// `pc`), but a transform off by a relative 2⁻¹⁰ (0.1%) already breaks it:
     /// see [`a_broken_transform_fails_the_bound`].
-    fn bound(pc: usize, s: f64, b: f64) -> f64 {
-        let n = (pc + 13) as f64 * 2f64.powi(-24);
+    ///
+    /// For F(4×4, 3×3) (`m = 4`) the count is: 3 per level of `Bᵀ d B` (rows of three or four
+    /// terms; products by 2 and 4 are exact, by 5 rounded once), so 6; 4 per level of
+    /// `G g Gᵀ` (the constant ⅙, 1/12 or 1/24 itself rounded to `f32`, the product, two sums),
+    /// so 8; `pc` (`pc + 1`) in the chain; 4 per level of `Aᵀ M A` (five-term rows, products by
+    /// powers of two exact), so 8; 1 for the bias, 1 for the reference and 1 for `S` being
+    /// computed from the rounded `G`: `γ_{pc+26}`.
+    fn bound(m: usize, pc: usize, s: f64, b: f64) -> f64 {
+        let extra = if m == 2 { 13 } else { 26 };
+        let n = (pc + extra) as f64 * 2f64.powi(-24);
         n / (1.0 - n) * (s + b.abs())
     }
 
-    /// `got` against `want` within [`bound`]; the first element outside it, if any.
+    /// `got` against `want` within [`bound`] for tiles of `m`; the first element outside it,
+    /// if any.
     fn outside(
+        m: usize,
         got: &[f32],
         want: &[f64],
         s: &[f64],
@@ -1376,7 +1786,7 @@ mod tests {
         assert_eq!(got.len(), want.len());
         (0..got.len()).find_map(|i| {
             let (g, w) = (got[i] as f64, want[i]);
-            let tol = bound(pc, s[i], bias(i));
+            let tol = bound(m, pc, s[i], bias(i));
             ((g - w).abs() > tol || g.is_nan())
                 .then(|| format!("element {i}: got {g}, want {w}, bound {tol:e}"))
         })
@@ -1446,10 +1856,10 @@ mod tests {
         (10, 16, 6, 5, 20),
     ];
 
-    /// Forward with bias and ReLU, and the input gradient, against float64 loops within the
-    /// rounding-error bound of [`bound`], on shapes with partial tiles (odd sizes, 1×1, 2×3),
-    /// channel counts off the vector width, several panels of output channels, and several
-    /// blocks of tiles.
+    /// Forward with bias and ReLU, and the input gradient, on tiles of 2×2 and of 4×4,
+    /// against float64 loops within the rounding-error bound of [`bound`], on shapes with
+    /// partial tiles (odd sizes, 1×1, 2×3), channel counts off the vector width, several
+    /// panels of output channels, and several blocks of tiles.
     #[test]
     fn winograd_matches_float64_within_the_rounding_bound() {
         for (seed, &(n, c, h, w, k)) in SHAPES.iter().enumerate() {
@@ -1462,23 +1872,37 @@ mod tests {
                 .enumerate()
                 .map(|(i, &v)| (v + dt.bias[(i / hw) % k] as f64).max(0.0))
                 .collect();
-            let mut got = vec![f32::NAN; n * k * hw];
-            forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut got);
-            let s = abs_terms(&d, &dt.x, c, k, &fwd_filter(&dt.w, c));
-            if let Some(e) = outside(&got, &want, &s, c, |i| dt.bias[(i / hw) % k] as f64) {
-                panic!("forward {n}×{c}×{h}×{w} → {k}: {e}");
-            }
-            let mut got = vec![f32::NAN; n * c * hw];
-            backward_input(&d, &dt.gy, &dt.w, &mut got);
-            let s = abs_terms(&d, &dt.gy, k, c, &bwd_filter(&dt.w, c));
-            if let Some(e) = outside(&got, &gx, &s, k, |_| 0.0) {
-                panic!("backward_input {n}×{c}×{h}×{w} → {k}: {e}");
+            for m in [2, 4] {
+                let mut got = vec![f32::NAN; n * k * hw];
+                forward_tiled(&d, m, &dt.x, &dt.w, Some(&dt.bias), true, None, &mut got);
+                let fg = fwd_filter(&dt.w, c);
+                let s = if m == 2 {
+                    abs_terms(&d, &dt.x, c, k, &fg, &f2(0.5))
+                } else {
+                    abs_terms(&d, &dt.x, c, k, &fg, &f4(1.0))
+                };
+                if let Some(e) = outside(m, &got, &want, &s, c, |i| dt.bias[(i / hw) % k] as f64) {
+                    panic!("forward, tiles of {m}, {n}×{c}×{h}×{w} → {k}: {e}");
+                }
+                let mut got = vec![f32::NAN; n * c * hw];
+                backward_input_tiled(&d, m, &dt.gy, &dt.w, &mut got);
+                let bg = bwd_filter(&dt.w, c);
+                let s = if m == 2 {
+                    abs_terms(&d, &dt.gy, k, c, &bg, &f2(0.5))
+                } else {
+                    abs_terms(&d, &dt.gy, k, c, &bg, &f4(1.0))
+                };
+                if let Some(e) = outside(m, &got, &gx, &s, k, |_| 0.0) {
+                    panic!("backward_input, tiles of {m}, {n}×{c}×{h}×{w} → {k}: {e}");
+                }
             }
         }
     }
 
     /// The bound is tight enough to catch a wrong transform: the chain computed with `G`'s ½
-    /// off by a relative 2⁻¹⁰ (0.1%) falls outside it on every shape.
+    /// (F(2×2, 3×3)) off by a relative 2⁻¹⁰ (0.1%), or the fractions of F(4×4, 3×3)'s `G`
+    /// off by 2⁻⁸ (0.4%: its sums of absolute terms are larger against the result, so its
+    /// bound is looser; 2⁻¹⁰ passes it on 128 channels), falls outside it on every shape.
     #[test]
     fn a_broken_transform_fails_the_bound() {
         for (seed, &(n, c, h, w, k)) in [(2, 16, 8, 8, 16), (1, 17, 7, 9, 20), (1, 128, 4, 4, 32)]
@@ -1489,37 +1913,39 @@ mod tests {
             let dt = data(&d, 200 + seed as u64);
             let (y, _) = naive(&d, &dt.x, &dt.w, &dt.gy);
             let g = fwd_filter(&dt.w, c);
-            let s = abs_terms(&d, &dt.x, c, k, &g);
-            let good = chain(&d, &dt.x, c, k, &g, None, false, 0.5, true);
-            assert_eq!(
-                outside(&good, &y, &s, c, |_| 0.0),
-                None,
-                "the right transform passes"
-            );
-            let bad = chain(
-                &d,
-                &dt.x,
-                c,
-                k,
-                &g,
-                None,
-                false,
-                0.5 * (1.0 + 2f32.powi(-10)),
-                true,
-            );
-            assert!(
-                outside(&bad, &y, &s, c, |_| 0.0).is_some(),
-                "a transform off by 2⁻¹⁰ must fail ({n}×{c}×{h}×{w} → {k})"
-            );
+            for m in [2, 4] {
+                let off = 1.0 + 2f32.powi(if m == 2 { -10 } else { -8 });
+                let (s, good, bad) = if m == 2 {
+                    let s = abs_terms(&d, &dt.x, c, k, &g, &f2(0.5));
+                    let good = chain(&d, &dt.x, c, k, &g, None, false, &f2(0.5), true);
+                    let bad = chain(&d, &dt.x, c, k, &g, None, false, &f2(0.5 * off), true);
+                    (s, good, bad)
+                } else {
+                    let s = abs_terms(&d, &dt.x, c, k, &g, &f4(1.0));
+                    let good = chain(&d, &dt.x, c, k, &g, None, false, &f4(1.0), true);
+                    let bad = chain(&d, &dt.x, c, k, &g, None, false, &f4(off), true);
+                    (s, good, bad)
+                };
+                assert_eq!(
+                    outside(m, &good, &y, &s, c, |_| 0.0),
+                    None,
+                    "the right transform passes (tiles of {m})"
+                );
+                assert!(
+                    outside(m, &bad, &y, &s, c, |_| 0.0).is_some(),
+                    "a transform off by {off} must fail (tiles of {m}, {n}×{c}×{h}×{w} → {k})"
+                );
+            }
         }
     }
 
-    /// Forward (with bias and ReLU) and input gradient are, bit for bit, the chain the module
-    /// documents, on the instruction set this process uses (run it under each
-    /// `SADDLE_CPU_ISA`: the AVX-512 and AVX2 kernels compute the same chain of fused
-    /// multiply-adds, so they agree bit for bit; the portable kernel rounds each product), in
-    /// a 1-thread and a 3-thread pool. Shapes leave partial tiles, partial vectors of
-    /// channels, partial slabs and panels, and several blocks of tiles.
+    /// Forward (with bias and ReLU) and input gradient, on tiles of 2×2 and of 4×4, are, bit
+    /// for bit, the chain the module documents, on the instruction set this process uses (run
+    /// it under each `SADDLE_CPU_ISA`: the AVX-512 and AVX2 kernels compute the same chain of
+    /// fused multiply-adds, so they agree bit for bit; the portable kernel rounds each
+    /// product), in a 1-thread and a 3-thread pool. Shapes leave partial tiles, partial
+    /// vectors of channels, partial slabs and panels, and several blocks of tiles. The public
+    /// entry points use the tile [`super::tile_size`] chooses.
     #[test]
     fn winograd_is_the_documented_chain_bit_for_bit() {
         let fused = isa() != Isa::Portable;
@@ -1535,48 +1961,55 @@ mod tests {
             (3, 32, 8, 8, 70),
             (1, 64, 16, 16, 64),
             (10, 16, 6, 5, 20),
+            (9, 32, 4, 4, 32),
         ]
         .iter()
         .enumerate()
         {
             let d = geometry(n, c, h, w, k);
             let dt = data(&d, 300 + seed as u64);
-            let want_y = chain(
-                &d,
-                &dt.x,
-                c,
-                k,
-                &fwd_filter(&dt.w, c),
-                Some(&dt.bias),
-                true,
-                0.5,
-                fused,
-            );
-            let want_gx = chain(
-                &d,
-                &dt.gy,
-                k,
-                c,
-                &bwd_filter(&dt.w, c),
-                None,
-                false,
-                0.5,
-                fused,
-            );
-            for threads in [1, 3] {
-                let (y, gx) = pool(threads).install(|| {
-                    let mut y = vec![f32::NAN; n * k * h * w];
-                    forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut y);
-                    let mut gx = vec![f32::NAN; n * c * h * w];
-                    backward_input(&d, &dt.gy, &dt.w, &mut gx);
-                    (y, gx)
-                });
-                for (what, got, want) in
-                    [("forward", &y, &want_y), ("backward_input", &gx, &want_gx)]
-                {
-                    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits())
+            for m in [2, 4] {
+                let (fg, bg) = (fwd_filter(&dt.w, c), bwd_filter(&dt.w, c));
+                let bias = Some(&dt.bias[..]);
+                let (want_y, want_gx) = if m == 2 {
+                    (
+                        chain(&d, &dt.x, c, k, &fg, bias, true, &f2(0.5), fused),
+                        chain(&d, &dt.gy, k, c, &bg, None, false, &f2(0.5), fused),
+                    )
+                } else {
+                    (
+                        chain(&d, &dt.x, c, k, &fg, bias, true, &f4(1.0), fused),
+                        chain(&d, &dt.gy, k, c, &bg, None, false, &f4(1.0), fused),
+                    )
+                };
+                for threads in [1, 3] {
+                    let public = m == super::tile_size(&d);
+                    let (y, gx) = pool(threads).install(|| {
+                        let mut y = vec![f32::NAN; n * k * h * w];
+                        let mut gx = vec![f32::NAN; n * c * h * w];
+                        if public {
+                            forward(&d, &dt.x, &dt.w, bias, true, &mut y);
+                            backward_input(&d, &dt.gy, &dt.w, &mut gx);
+                        } else {
+                            forward_tiled(&d, m, &dt.x, &dt.w, bias, true, None, &mut y);
+                            backward_input_tiled(&d, m, &dt.gy, &dt.w, &mut gx);
+                        }
+                        (y, gx)
+                    });
+                    for (what, got, want) in
+                        [("forward", &y, &want_y), ("backward_input", &gx, &want_gx)]
                     {
-                        panic!("{what} {n}×{c}×{h}×{w} → {k} on {:?}, {threads} threads: element {i}: {} vs {}", isa(), got[i], want[i]);
+                        if let Some(i) =
+                            (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits())
+                        {
+                            panic!(
+                                "{what}, tiles of {m}, {n}×{c}×{h}×{w} → {k} on {:?}, {threads} \
+                                 threads: element {i}: {} vs {}",
+                                isa(),
+                                got[i],
+                                want[i]
+                            );
+                        }
                     }
                 }
             }
@@ -1660,7 +2093,7 @@ mod tests {
                 for tj in 0..tw {
                     let vs: Vec<[[f64; 4]; 4]> = (0..c)
                         .map(|ch| {
-                            let dd = window(x, img, ch, c, h, w, ti, tj);
+                            let dd = window::<4>(x, img, ch, c, h, w, ti, tj);
                             std::array::from_fn(|i| {
                                 std::array::from_fn(|j| {
                                     let mut s = 0.0;
@@ -1778,7 +2211,7 @@ mod tests {
                 for tj in 0..w.div_ceil(2) {
                     let vs: Vec<[[f32; 4]; 4]> = (0..c)
                         .map(|ch| {
-                            let dd = window(x, img, ch, c, h, w, ti, tj);
+                            let dd = window::<4>(x, img, ch, c, h, w, ti, tj);
                             mm(&mm(&BT, &dd), &tr(&BT))
                         })
                         .collect();
@@ -1922,7 +2355,8 @@ mod tests {
     /// packing or weight transform each call does. `cargo test --release -p saddle-tensor
     /// winograd_speed -- --ignored --nocapture`, under each `SADDLE_CPU_ISA`; `WINOGRAD_SHAPES`
     /// (`c,k,h,w;…`) and `WINOGRAD_BATCH` change the shapes, `WINOGRAD_SKIP_DIRECT` times only
-    /// the Winograd path, `WINOGRAD_ONLY_WEIGHT` only the weight gradient.
+    /// the Winograd path, `WINOGRAD_ONLY_WEIGHT` only the weight gradient, `WINOGRAD_TILE`
+    /// (2 or 4) times the forward and input gradient on that tile instead of the chosen one.
     #[test]
     #[ignore = "a timing report (CPU time, direct against Winograd), not a check: run by hand \
                 with --release -- --ignored --nocapture; correctness is the other tests' work, \
@@ -1997,11 +2431,15 @@ mod tests {
                         conv::direct(&d, &dt.x, &wt, Some(&dt.bias), true, &mut y);
                     })
                 };
+                let m = std::env::var("WINOGRAD_TILE")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(super::tile_size(&d));
                 let fw = if only_weight {
                     f64::NAN
                 } else {
                     time(reps, || {
-                        forward(&d, &dt.x, &dt.w, Some(&dt.bias), true, &mut y)
+                        forward_tiled(&d, m, &dt.x, &dt.w, Some(&dt.bias), true, None, &mut y)
                     })
                 };
                 let bd = match conv::backward_input_geometry(&g).filter(|_| !skip_conv) {
@@ -2015,7 +2453,7 @@ mod tests {
                 let bw = if only_weight {
                     f64::NAN
                 } else {
-                    time(reps, || backward_input(&d, &dt.gy, &dt.w, &mut gx))
+                    time(reps, || backward_input_tiled(&d, m, &dt.gy, &dt.w, &mut gx))
                 };
                 let wd = if skip {
                     f64::NAN
