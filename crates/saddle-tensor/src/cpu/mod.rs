@@ -216,6 +216,25 @@ pub fn cpu_isa() -> Result<Isa> {
     }
 }
 
+/// Runs `f` with this thread's Winograd convolutions on output tiles of `m × m`, `m` = 2
+/// (F(2×2, 3×3)) or 4 (F(4×4, 3×3)), instead of the tile the backend picks per layer (F(4×4)
+/// on every layer but small images with many channels). The two differ only in rounding (each
+/// within the bound its tests derive against float64); F(2×2) is the closer to an exact
+/// convolution, so a comparison with a float64 reference at a tight bar can ask for it. The
+/// choice holds for the convolutions this thread starts inside `f` (nested calls restore the
+/// outer choice); an `m` other than 2 or 4 is an error.
+pub fn with_winograd_tile<R>(m: usize, f: impl FnOnce() -> R) -> Result<R> {
+    if m != 2 && m != 4 {
+        return Err(TensorError::invalid(
+            "with_winograd_tile",
+            format!(
+                "Winograd tiles are 2 (F(2×2, 3×3)) or 4 (F(4×4, 3×3)) outputs a side, not {m}"
+            ),
+        ));
+    }
+    Ok(winograd::with_tile(m, f))
+}
+
 /// Element-wise work is split into chunks of this many elements (fixed, so results never
 /// depend on the thread count; element-wise results do not anyway).
 const CHUNK: usize = 1 << 14;

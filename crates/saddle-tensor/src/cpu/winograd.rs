@@ -19,8 +19,9 @@
 //!
 //! F(4×4, 3×3) (Lavin & Gray 2016, points 0, ±1, ±2, ∞; its matrices at [`input_block4`],
 //! [`G4`] and [`at4`]) takes 36 per 16 outputs, and its transforms move 2.25 values per output
-//! where F(2×2) moves 4: the forward and input gradient use it ([`tile_size`] says where), the
-//! weight gradient F(2×2, 3×3).
+//! where F(2×2) moves 4: the forward, the input gradient and the weight gradient use it
+//! wherever [`tile_size`] says it is the faster (every layer but small images with many
+//! channels).
 //!
 //! **Per task** (one image, or a few small ones, in parallel with rayon), per block of whole
 //! rows of tiles (sized to stay in the L2 cache, and of 48 tiles or more, the kernel computing
@@ -45,7 +46,8 @@
 //! map `g ↦ Aᵀ[(G g Gᵀ) ⊙ V]A`, summed over tiles: `gw = Gᵀ (Σ_t V_t ⊙ (A gy_t Aᵀ)) G`. Per
 //! `ξ` the sum over the tiles of the whole batch is a product (channels × tiles times tiles ×
 //! output channels) on [`kernel::gemm`], `V` from [`input_block`] read through a table of tile
-//! offsets, `A gy Aᵀ` from each image's `gy` transposed to `[pixel][channel]`. The batch's
+//! offsets, `A gy Aᵀ` from each image's `gy` transposed to `[pixel][channel]` (`gy_t` the
+//! tile's `m × m` output gradient). The batch's
 //! rows of tiles go in fixed blocks, consecutive blocks in at most 16 tasks; each task's
 //! partial sums are added in task order, so the bits depend on the shapes only (not on the
 //! thread count, and the same on AVX-512 and AVX2).
@@ -185,20 +187,43 @@ fn backward_input_tiled(d: &Direct, m: usize, gy: &[f32], w: &[f32], gx: &mut [f
     run(m, d.n, d.k, d.c, d.h, d.w, gy, &u, None, false, None, gx);
 }
 
-/// The output tile the forward convolution and its input gradient use for `d`: F(4×4, 3×3)
-/// (36 products per 16 outputs against 16 per 4, and as much less transform traffic), except
-/// on small images with many channels both ways, where the 36 planes of transformed weights
-/// are read for few tiles. Measured (`winograd_speed`, AVX-512, one thread, CPU ms of the
-/// forward on tiles of 2 → 4): `c,k,h,w` 32,32,32,32 (batch 128) 19.3 → 15.6;
-/// 64,64,16,16 14.9 → 10.6; 128,128,8,8 14.5 → 11.1; 160,160,32,32 (batch 16) 43.1 → 30.0;
-/// 320,320,16,16 46.5 → 35.2; but 640,640,8,8 81.0 → 99.1 (the input gradient likewise).
+/// The output tile the convolution `d` and its gradients use: F(4×4, 3×3) (36 products per 16
+/// outputs against 16 per 4, and as much less transform traffic), except on small images with
+/// many channels both ways, where the 36 planes of transformed weights (or of the weight
+/// gradient's partial sums) are read for few tiles. Measured (`winograd_speed`, AVX-512 on 2
+/// Intel Xeon cores, one thread, CPU ms on tiles of 2 → 4, forward / weight gradient):
+/// `c,k,h,w` 32,32,32,32 (batch 128) 19.3 → 15.6 / 28.2 → 22.9; 64,64,16,16 14.9 → 10.6 /
+/// 20.9 → 16.7; 128,128,8,8 14.5 → 11.1 / 16.7 → 14.8; 160,160,32,32 (batch 16)
+/// 43.1 → 30.0 / 44.1 → 33.7; 320,320,16,16 46.5 → 35.2 / 40.9 → 29.9; but 640,640,8,8
+/// 81.0 → 99.1 / 47.2 → 68.3 (the input gradient as the forward).
 fn tile_size(d: &Direct) -> usize {
+    if let Some(m) = FORCED_TILE.with(|t| t.get()) {
+        return m;
+    }
     // Fewer than 16 tiles an image, and a plane of transformed weights over 256 KiB.
     if d.h * d.w < 256 && d.c * d.k > 256 * 256 {
         2
     } else {
         4
     }
+}
+
+thread_local! {
+    /// The tile [`with_tile`] asks for on this thread, if any.
+    static FORCED_TILE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with [`tile_size`] answering `m` (2 or 4) on this thread, then restores the
+/// previous answer (also if `f` panics).
+pub fn with_tile<R>(m: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED_TILE.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED_TILE.with(|t| t.replace(Some(m))));
+    f()
 }
 
 /// Planes `ξ` of a tile's transform: `(m + 2)²`.
@@ -246,17 +271,33 @@ fn transform_weights(
             }
         }
     }
+    if m == 2 {
+        for p in 0..pc {
+            for j in 0..cols {
+                for (xi, &v) in weight_tile(&g(p, j)).iter().enumerate() {
+                    u[u_index(slabs, pc, kp, xi, p, j)] = v;
+                }
+            }
+        }
+        return;
+    }
+    // Sixteen filters at a time, vectorised across them.
+    let simd = Simd::get();
     for p in 0..pc {
-        for j in 0..cols {
-            let f = g(p, j);
-            let t = if m == 2 {
-                let t = weight_tile(&f);
-                std::array::from_fn(|i| if i < 16 { t[i] } else { 0.0 })
-            } else {
-                weight_tile4(&f)
-            };
-            for (xi, &v) in t[..planes(m)].iter().enumerate() {
-                u[u_index(slabs, pc, kp, xi, p, j)] = v;
+        for j0 in (0..cols).step_by(16) {
+            let lanes = (cols - j0).min(16);
+            let mut f = [[0.0f32; 16]; 9];
+            for l in 0..lanes {
+                for (q, v) in g(p, j0 + l).into_iter().enumerate() {
+                    f[q][l] = v;
+                }
+            }
+            let mut t = [[0.0f32; 16]; 36];
+            simd.weight_tiles4(&f, &mut t);
+            for (xi, tx) in t.iter().enumerate() {
+                for (l, &v) in tx[..lanes].iter().enumerate() {
+                    u[u_index(slabs, pc, kp, xi, p, j0 + l)] = v;
+                }
             }
         }
     }
@@ -294,28 +335,33 @@ pub(super) const G4: [[f32; 3]; 6] = [
     [0.0, 0.0, 1.0],
 ];
 
-/// `G g Gᵀ` of a row-major 3×3 filter for F(4×4, 3×3), row-major 6×6: each element a sum
-/// over the three terms in order (`t = G g`, then `t Gᵀ`), products rounded one by one.
-fn weight_tile4(g: &[f32; 9]) -> [f32; 36] {
-    let mut t = [[0.0f32; 3]; 6];
-    for (i, gi) in G4.iter().enumerate() {
-        for j in 0..3 {
-            let mut s = gi[0] * g[j];
-            s += gi[1] * g[3 + j];
-            s += gi[2] * g[6 + j];
-            t[i][j] = s;
+/// `t[ξ][l]` = `(G g Gᵀ)[ξ]` for F(4×4, 3×3) (row-major 6×6) of the 3×3 filter `l` of
+/// sixteen (`g[q][l]` its element `q`, row-major): each element a sum over the three terms in
+/// order (`G g`, then `(G g) Gᵀ`), products rounded one by one, filter by filter the same
+/// operations.
+#[inline(always)]
+fn weight_tiles4(g: &[[f32; 16]; 9], t: &mut [[f32; 16]; 36]) {
+    let mut gg = [[[0.0f32; 16]; 3]; 6];
+    for (gi, row) in G4.iter().zip(gg.iter_mut()) {
+        for (j, v) in row.iter_mut().enumerate() {
+            for l in 0..16 {
+                let mut s = gi[0] * g[j][l];
+                s += gi[1] * g[3 + j][l];
+                s += gi[2] * g[6 + j][l];
+                v[l] = s;
+            }
         }
     }
-    let mut u = [0.0f32; 36];
-    for i in 0..6 {
+    for (i, row) in gg.iter().enumerate() {
         for (j, gj) in G4.iter().enumerate() {
-            let mut s = t[i][0] * gj[0];
-            s += t[i][1] * gj[1];
-            s += t[i][2] * gj[2];
-            u[6 * i + j] = s;
+            for l in 0..16 {
+                let mut s = row[0][l] * gj[0];
+                s += row[1][l] * gj[1];
+                s += row[2][l] * gj[2];
+                t[6 * i + j][l] = s;
+            }
         }
     }
-    u
 }
 
 /// Sizes of one task's pass: `group` images of `c` input and `k` output channels, `h × w`
@@ -512,6 +558,8 @@ dispatch!(input_block, input_block_avx512, input_block_avx2,
 dispatch!(output_block, output_block_avx512, output_block_avx2,
     (pl: &Plan, m: &[f32], tr0: usize, tr1: usize, bias: Option<&[f32]>, relu: bool,
      res: Option<&[f32]>, o: &mut [f32], tmp: &mut [f32]));
+dispatch!(weight_tiles4, weight_tiles4_avx512, weight_tiles4_avx2,
+    (g: &[[f32; 16]; 9], t: &mut [[f32; 16]; 36]));
 dispatch!(input_block4, input_block4_avx512, input_block4_avx2,
     (pl: &Plan, x: &[f32], zero: &[f32], tr0: usize, tr1: usize, v: &mut [f32], tmp: &mut [f32]));
 dispatch!(output_block4, output_block4_avx512, output_block4_avx2,
@@ -1148,18 +1196,20 @@ struct WPlan {
 }
 
 impl WPlan {
-    fn new(d: &Direct) -> WPlan {
+    /// The plan for tiles of `m × m` (2 or 4).
+    fn new(d: &Direct, m: usize) -> WPlan {
         let (c, k, h, w) = (d.c, d.k, d.h, d.w);
         let kp = kpad(k);
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
         let th_all = d.n * th;
-        let per_row = 16 * tw * (c + kp) * 4;
+        let np = planes(m);
+        let per_row = np * tw * (c + kp) * 4;
         let min_rows = BW_MIN_TILES.div_ceil(tw);
         let by_budget = (BW_BLOCK_BYTES / per_row).max(min_rows).max(1);
         let nb = th_all.div_ceil(by_budget).max(1);
         let rows = th_all.div_ceil(nb).max(1);
         let nb = th_all.div_ceil(rows);
-        let max_tasks = (BW_PARTS_BYTES / (16 * c * kp * 4)).clamp(1, BW_MAX_TASKS);
+        let max_tasks = (BW_PARTS_BYTES / (np * c * kp * 4)).clamp(1, BW_MAX_TASKS);
         let bpt = nb.div_ceil(max_tasks);
         let tasks = nb.div_ceil(bpt);
         let plane = |len: usize| len.div_ceil(1024) * 1024 + 16;
@@ -1176,8 +1226,8 @@ impl WPlan {
             rows,
             sg: plane(rows * tw * kp),
             fp: Plan {
-                m: 2,
-                planes: 16,
+                m,
+                planes: np,
                 c,
                 k,
                 h,
@@ -1197,9 +1247,10 @@ impl WPlan {
         }
     }
 
-    /// Elements of [`input_block`]'s temporaries.
+    /// Elements of [`input_block`]'s (or [`input_block4`]'s) temporaries.
     fn tmp_len(&self) -> usize {
-        4 * (2 * self.c * self.fp.te + 2)
+        let m = self.fp.m;
+        (m + 2) * (m * self.c * self.fp.te + 2)
     }
 }
 
@@ -1224,9 +1275,16 @@ impl WPlan {
 /// running task one block's `V` and `Gy` (about [`BW_BLOCK_BYTES`]) and one image's transposed
 /// `gy` (`h·w·kp`): about 3 MB per thread at `c = k = 32`, 32×32, any batch.
 pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
+    backward_weight_tiled(d, tile_size(d), x, gy, gw);
+}
+
+/// [`backward_weight`] on tiles of `m × m` (2 or 4): for F(4×4, 3×3), `gy_t` is the tile's 4×4
+/// output gradient, `A gy Aᵀ` is 6×6 (see [`weight_grad_block4`]) and the last step
+/// `Gᵀ Mw G` with [`G4`] ([`weight_grad_tile4`]).
+fn backward_weight_tiled(d: &Direct, m: usize, x: &[f32], gy: &[f32], gw: &mut [f32]) {
     assert!(
         geometry_fits(d),
-        "Winograd F(2×2, 3×3) needs 3×3, stride 1, padding 1"
+        "Winograd convolution needs 3×3, stride 1, padding 1"
     );
     let (n, c, k, h, w) = (d.n, d.c, d.k, d.h, d.w);
     assert!(x.len() >= n * c * h * w && gy.len() >= n * k * h * w);
@@ -1236,8 +1294,9 @@ pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
         gw.fill(0.0);
         return;
     }
-    let pl = WPlan::new(d);
-    let msz = 16 * c * pl.kp;
+    let pl = WPlan::new(d, m);
+    let np = pl.fp.planes;
+    let msz = np * c * pl.kp;
     let sv = pl.fp.sv;
     let mut parts = Scratch::new(pl.tasks * msz);
     // Offsets of a block's tiles in V[ξ]: tile t = (r, tj) at r·c·te + tj (channel ch + ch·te).
@@ -1251,10 +1310,10 @@ pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
         .par_chunks_mut(msz)
         .enumerate()
         .for_each(|(task, part)| {
-            let mut buf = Scratch::new(w + 16 * sv + 16 * pl.sg + h * w * pl.kp + pl.tmp_len());
+            let mut buf = Scratch::new(w + np * sv + np * pl.sg + h * w * pl.kp + pl.tmp_len());
             let (zero, rest) = buf.split_at_mut(w);
-            let (v, rest) = rest.split_at_mut(16 * sv);
-            let (g, rest) = rest.split_at_mut(16 * pl.sg);
+            let (v, rest) = rest.split_at_mut(np * sv);
+            let (g, rest) = rest.split_at_mut(np * pl.sg);
             let (gyt, tmp) = rest.split_at_mut(h * w * pl.kp);
             zero.fill(0.0);
             let mut cur = usize::MAX;
@@ -1263,8 +1322,13 @@ pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
             for b in b0..(b0 + pl.bpt).min(pl.nb) {
                 let tr0 = b * pl.rows;
                 let tr1 = (tr0 + pl.rows).min(pl.th_all);
-                simd.input_block(&pl.fp, x, zero, tr0, tr1, v, tmp);
-                simd.weight_grad_block(&pl, gy, tr0, tr1, g, gyt, &mut cur);
+                if m == 2 {
+                    simd.input_block(&pl.fp, x, zero, tr0, tr1, v, tmp);
+                    simd.weight_grad_block(&pl, gy, tr0, tr1, g, gyt, &mut cur);
+                } else {
+                    simd.input_block4(&pl.fp, x, zero, tr0, tr1, v, tmp);
+                    simd.weight_grad_block4(&pl, gy, tr0, tr1, g, gyt, &mut cur);
+                }
                 weight_products(&pl, v, g, offs, (tr1 - tr0) * pl.tw, b > b0, part);
             }
         });
@@ -1278,11 +1342,41 @@ pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
     let kp = pl.kp;
     for ch in 0..c {
         for o in 0..k {
-            let m: [f32; 16] = std::array::from_fn(|xi| first[xi * c * kp + ch * kp + o]);
-            let r = weight_grad_tile(&m);
+            let at = |xi: usize| first[xi * c * kp + ch * kp + o];
+            let r = if m == 2 {
+                weight_grad_tile(&std::array::from_fn(at))
+            } else {
+                weight_grad_tile4(&std::array::from_fn(at))
+            };
             gw[(o * c + ch) * 9..(o * c + ch + 1) * 9].copy_from_slice(&r);
         }
     }
+}
+
+/// `Gᵀ m G` of a row-major 6×6 tile with [`G4`], row-major 3×3: `t = Gᵀ m`, then `t G`, each
+/// element a sum over the six terms in order, products rounded one by one.
+fn weight_grad_tile4(m: &[f32; 36]) -> [f32; 9] {
+    let mut t = [[0.0f32; 6]; 3];
+    for (a, ta) in t.iter_mut().enumerate() {
+        for (j, v) in ta.iter_mut().enumerate() {
+            let mut s = G4[0][a] * m[j];
+            for i in 1..6 {
+                s += G4[i][a] * m[6 * i + j];
+            }
+            *v = s;
+        }
+    }
+    let mut g = [0.0f32; 9];
+    for a in 0..3 {
+        for b in 0..3 {
+            let mut s = t[a][0] * G4[0][b];
+            for j in 1..6 {
+                s += t[a][j] * G4[j][b];
+            }
+            g[3 * a + b] = s;
+        }
+    }
+    g
 }
 
 /// `Gᵀ m G` of a row-major 4×4 tile, row-major 3×3.
@@ -1311,6 +1405,9 @@ fn weight_grad_tile(m: &[f32; 16]) -> [f32; 9] {
 dispatch!(weight_grad_block, weight_grad_block_avx512, weight_grad_block_avx2,
     (pl: &WPlan, gy: &[f32], tr0: usize, tr1: usize, g: &mut [f32], gyt: &mut [f32],
      cur: &mut usize));
+dispatch!(weight_grad_block4, weight_grad_block4_avx512, weight_grad_block4_avx2,
+    (pl: &WPlan, gy: &[f32], tr0: usize, tr1: usize, g: &mut [f32], gyt: &mut [f32],
+     cur: &mut usize));
 
 /// `Gy[ξ][t][o]` (`ξ·sg + t·kp + o`, zeros for `o ≥ k`) = `(A gy_t Aᵀ)[ξ]` of tile `t`'s 2×2
 /// output gradient of channel `o` (zeros outside the image), for the batch's rows of tiles
@@ -1329,56 +1426,145 @@ fn weight_grad_block(
     gyt: &mut [f32],
     cur: &mut usize,
 ) {
-    let (k, kp, h, w, tw) = (pl.k, pl.kp, pl.h, pl.w, pl.tw);
-    let hw = h * w;
-    for gtr in tr0..tr1 {
-        let (img, tr) = (gtr / pl.th, gtr % pl.th);
-        if *cur != img {
-            *cur = img;
-            for o in 0..k {
-                let plane = &gy[(img * k + o) * hw..(img * k + o + 1) * hw];
-                for (p, &v) in plane.iter().enumerate() {
-                    gyt[p * kp + o] = v;
-                }
+    let (kp, h, w) = (pl.kp, pl.h, pl.w);
+    per_tile(pl, gy, tr0, tr1, gyt, cur, |tr, tj, t, o0, gyt| {
+        let ld = |a: usize, b: usize| -> [f32; 16] {
+            let (i, col) = (2 * tr + a, 2 * tj + b);
+            if i < h && col < w {
+                part(gyt, (i * w + col) * kp + o0)
+            } else {
+                [0.0; 16]
             }
-            if k < kp {
-                for p in 0..hw {
-                    gyt[p * kp + k..(p + 1) * kp].fill(0.0);
-                }
+        };
+        let (g00, g01, g10, g11) = (ld(0, 0), ld(0, 1), ld(1, 0), ld(1, 1));
+        let mut y = [[0.0f32; 16]; 16];
+        for l in 0..16 {
+            let p = [g00[l], g00[l] + g10[l], g00[l] - g10[l], -g10[l]];
+            let q = [g01[l], g01[l] + g11[l], g01[l] - g11[l], -g11[l]];
+            for r in 0..4 {
+                y[4 * r][l] = p[r];
+                y[4 * r + 1][l] = p[r] + q[r];
+                y[4 * r + 2][l] = p[r] - q[r];
+                y[4 * r + 3][l] = -q[r];
             }
         }
-        let gyt = &*gyt;
-        let lt = (gtr - tr0) * tw;
-        for tj in 0..tw {
-            let t = lt + tj;
-            for o0 in (0..kp).step_by(16) {
-                let ld = |a: usize, b: usize| -> [f32; 16] {
-                    let (i, col) = (2 * tr + a, 2 * tj + b);
-                    if i < h && col < w {
-                        part(gyt, (i * w + col) * kp + o0)
-                    } else {
-                        [0.0; 16]
-                    }
-                };
-                let (g00, g01, g10, g11) = (ld(0, 0), ld(0, 1), ld(1, 0), ld(1, 1));
-                let mut y = [[0.0f32; 16]; 16];
-                for l in 0..16 {
-                    let p = [g00[l], g00[l] + g10[l], g00[l] - g10[l], -g10[l]];
-                    let q = [g01[l], g01[l] + g11[l], g01[l] - g11[l], -g11[l]];
-                    for r in 0..4 {
-                        y[4 * r][l] = p[r];
-                        y[4 * r + 1][l] = p[r] + q[r];
-                        y[4 * r + 2][l] = p[r] - q[r];
-                        y[4 * r + 3][l] = -q[r];
-                    }
-                }
-                for (xi, yx) in y.iter().enumerate() {
-                    let at = xi * pl.sg + t * kp + o0;
-                    g[at..at + 16].copy_from_slice(yx);
-                }
+        for (xi, yx) in y.iter().enumerate() {
+            let at = xi * pl.sg + t * kp + o0;
+            g[at..at + 16].copy_from_slice(yx);
+        }
+    });
+}
+
+/// `gyt` `[h·w, kp]` = image `img`'s `gy` transposed (zeros for channels `k..kp`), unless
+/// `cur` says it holds it already.
+#[inline(always)]
+fn transpose_image(pl: &WPlan, gy: &[f32], img: usize, gyt: &mut [f32], cur: &mut usize) {
+    if *cur == img {
+        return;
+    }
+    *cur = img;
+    let (k, kp, hw) = (pl.k, pl.kp, pl.h * pl.w);
+    for o in 0..k {
+        let plane = &gy[(img * k + o) * hw..(img * k + o + 1) * hw];
+        for (p, &v) in plane.iter().enumerate() {
+            gyt[p * kp + o] = v;
+        }
+    }
+    if k < kp {
+        for p in 0..hw {
+            gyt[p * kp + k..(p + 1) * kp].fill(0.0);
+        }
+    }
+}
+
+/// Runs `f(tr, tj, t, o0, gyt)` for each tile `t` of the rows of tiles `tr0 ≤ tr < tr1` (of
+/// the batch's images, one after the other; `tr` its row in its image, `tj` its column) and
+/// each block of sixteen channels from `o0`, `gyt` the tile's image's `gy` transposed by
+/// [`transpose_image`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn per_tile(
+    pl: &WPlan,
+    gy: &[f32],
+    tr0: usize,
+    tr1: usize,
+    gyt: &mut [f32],
+    cur: &mut usize,
+    mut f: impl FnMut(usize, usize, usize, usize, &[f32]),
+) {
+    for gtr in tr0..tr1 {
+        let (img, tr) = (gtr / pl.th, gtr % pl.th);
+        transpose_image(pl, gy, img, gyt, cur);
+        let lt = (gtr - tr0) * pl.tw;
+        for tj in 0..pl.tw {
+            for o0 in (0..pl.kp).step_by(16) {
+                f(tr, tj, lt + tj, o0, gyt);
             }
         }
     }
+}
+
+/// `A y` for F(4×4, 3×3)'s `A` (`Aᵀ` at [`at4`]): `(y₀, ((y₀ + y₁) + y₂) + y₃,
+/// ((y₀ − y₁) + y₂) − y₃, ((y₀ + 2y₁) + 4y₂) + 8y₃, ((y₀ − 2y₁) + 4y₂) − 8y₃, y₃)`
+/// (every product exact).
+#[inline(always)]
+fn a4(y: [f32; 4]) -> [f32; 6] {
+    [
+        y[0],
+        ((y[0] + y[1]) + y[2]) + y[3],
+        ((y[0] - y[1]) + y[2]) - y[3],
+        ((y[0] + 2.0 * y[1]) + 4.0 * y[2]) + 8.0 * y[3],
+        ((y[0] - 2.0 * y[1]) + 4.0 * y[2]) - 8.0 * y[3],
+        y[3],
+    ]
+}
+
+/// [`weight_grad_block`] for tiles of 4×4: `Gy[ξ][t][o]` = `(A gy_t Aᵀ)[ξ]` of tile `t`'s
+/// 4×4 output gradient (zeros outside the image), [`a4`] down each column, then along each
+/// row, sixteen channels at a time.
+#[inline(always)]
+fn weight_grad_block4(
+    pl: &WPlan,
+    gy: &[f32],
+    tr0: usize,
+    tr1: usize,
+    g: &mut [f32],
+    gyt: &mut [f32],
+    cur: &mut usize,
+) {
+    let (kp, h, w) = (pl.kp, pl.h, pl.w);
+    per_tile(pl, gy, tr0, tr1, gyt, cur, |tr, tj, t, o0, gyt| {
+        let mut gv = [[[0.0f32; 16]; 4]; 4];
+        for (a, row) in gv.iter_mut().enumerate() {
+            for (b, v) in row.iter_mut().enumerate() {
+                let (i, col) = (4 * tr + a, 4 * tj + b);
+                if i < h && col < w {
+                    *v = part(gyt, (i * w + col) * kp + o0);
+                }
+            }
+        }
+        let mut y = [[0.0f32; 16]; 36];
+        for l in 0..16 {
+            // x[p][b] = (A gy)[p][b], column by column; then row p times Aᵀ.
+            let mut x = [[0.0f32; 4]; 6];
+            for b in 0..4 {
+                let col = a4([gv[0][b][l], gv[1][b][l], gv[2][b][l], gv[3][b][l]]);
+                for p in 0..6 {
+                    x[p][b] = col[p];
+                }
+            }
+            for (p, xp) in x.iter().enumerate() {
+                let r = a4(*xp);
+                for q in 0..6 {
+                    y[6 * p + q][l] = r[q];
+                }
+            }
+        }
+        for (xi, yx) in y.iter().enumerate() {
+            let at = xi * pl.sg + t * kp + o0;
+            g[at..at + 16].copy_from_slice(yx);
+        }
+    });
 }
 
 /// `part[ξ]` `[c, kp]` (+)= `V[ξ]` (`c` × `tn` tiles, as [`input_block`] lays them out, read
@@ -1394,7 +1580,7 @@ fn weight_products(
     part: &mut [f32],
 ) {
     let (c, kp, sv) = (pl.c, pl.kp, pl.fp.sv);
-    for xi in 0..16 {
+    for xi in 0..pl.fp.planes {
         let vx = &v[xi * sv..xi * sv + pl.rows * c * pl.fp.te];
         let gx = &g[xi * pl.sg..xi * pl.sg + tn * kp];
         let mx = &mut part[xi * c * kp..(xi + 1) * c * kp];
@@ -1432,8 +1618,8 @@ mod tests {
     use super::super::conv::{self, Direct};
     use super::super::kernel::{isa, Isa};
     use super::{
-        backward_input, backward_input_tiled, backward_weight, forward, forward_tiled, WPlan,
-        BW_MAX_TASKS, BW_PARTS_BYTES, G4,
+        backward_input, backward_input_tiled, backward_weight, backward_weight_tiled, forward,
+        forward_tiled, WPlan, BW_MAX_TASKS, BW_PARTS_BYTES, G4,
     };
     use crate::rng::Rng;
 
@@ -2051,9 +2237,9 @@ mod tests {
         gw
     }
 
-    /// The 2×2 output gradient of tile `(ti, tj)`, zeros outside the image.
+    /// The `M × M` output gradient of tile `(ti, tj)` of channel `o`, zeros outside the image.
     #[allow(clippy::too_many_arguments)]
-    fn gy_tile(
+    fn gy_tile<const M: usize>(
         gy: &[f32],
         img: usize,
         o: usize,
@@ -2062,7 +2248,7 @@ mod tests {
         w: usize,
         ti: usize,
         tj: usize,
-    ) -> [[f32; 2]; 2] {
+    ) -> [[f32; M]; M] {
         std::array::from_fn(|a| {
             std::array::from_fn(|b| {
                 pixel(
@@ -2072,34 +2258,38 @@ mod tests {
                     k,
                     h,
                     w,
-                    (2 * ti + a) as isize,
-                    (2 * tj + b) as isize,
+                    (M * ti + a) as isize,
+                    (M * tj + b) as isize,
                 )
             })
         })
     }
 
     /// For each weight, the sum of the absolute values of every term of the Winograd
-    /// expansion of [`backward_weight`]: `S = Σ_t Σ_ξ (|Gᵀ| ⊗ |Gᵀ|)[ξ] · (|Bᵀ| |d_t| |B|)[ξ] ·
-    /// (|A| |gy_t| |Aᵀ|)[ξ]`, in float64.
-    fn abs_terms_weight(d: &Direct, x: &[f32], gy: &[f32]) -> Vec<f64> {
+    /// expansion of [`backward_weight`] with the matrices of `wm`: `S = Σ_t Σ_ξ (|Gᵀ| ⊗
+    /// |Gᵀ|)[ξ] · (|Bᵀ| |d_t| |B|)[ξ] · (|A| |gy_t| |Aᵀ|)[ξ]`, in float64.
+    fn abs_terms_weight<const N: usize, const M: usize>(
+        d: &Direct,
+        x: &[f32],
+        gy: &[f32],
+        wm: &Wino<N, M>,
+    ) -> Vec<f64> {
         let (n, c, h, w, k) = (d.n, d.c, d.h, d.w, d.k);
-        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
         let f = |v: f32| v.abs() as f64;
-        let gm = g_matrix(0.5);
-        let mut m = vec![[[0.0f64; 4]; 4]; k * c];
+        let mut m = vec![[[0.0f64; N]; N]; k * c];
         for img in 0..n {
             for ti in 0..th {
                 for tj in 0..tw {
-                    let vs: Vec<[[f64; 4]; 4]> = (0..c)
+                    let vs: Vec<[[f64; N]; N]> = (0..c)
                         .map(|ch| {
-                            let dd = window::<4>(x, img, ch, c, h, w, ti, tj);
+                            let dd = window::<N>(x, img, ch, c, h, w, ti, tj);
                             std::array::from_fn(|i| {
                                 std::array::from_fn(|j| {
                                     let mut s = 0.0;
-                                    for p in 0..4 {
-                                        for q in 0..4 {
-                                            s += f(BT[i][p]) * f(dd[p][q]) * f(BT[j][q]);
+                                    for p in 0..N {
+                                        for q in 0..N {
+                                            s += f(wm.bt[i][p]) * f(dd[p][q]) * f(wm.bt[j][q]);
                                         }
                                     }
                                     s
@@ -2108,13 +2298,13 @@ mod tests {
                         })
                         .collect();
                     for o in 0..k {
-                        let g = gy_tile(gy, img, o, k, h, w, ti, tj);
-                        let y: [[f64; 4]; 4] = std::array::from_fn(|i| {
+                        let g = gy_tile::<M>(gy, img, o, k, h, w, ti, tj);
+                        let y: [[f64; N]; N] = std::array::from_fn(|i| {
                             std::array::from_fn(|j| {
                                 let mut s = 0.0;
-                                for r in 0..2 {
-                                    for q in 0..2 {
-                                        s += f(AT[r][i]) * f(g[r][q]) * f(AT[q][j]);
+                                for r in 0..M {
+                                    for q in 0..M {
+                                        s += f(wm.at[r][i]) * f(g[r][q]) * f(wm.at[q][j]);
                                     }
                                 }
                                 s
@@ -2122,8 +2312,8 @@ mod tests {
                         });
                         for ch in 0..c {
                             let mm = &mut m[o * c + ch];
-                            for i in 0..4 {
-                                for j in 0..4 {
+                            for i in 0..N {
+                                for j in 0..N {
                                     mm[i][j] += vs[ch][i][j] * y[i][j];
                                 }
                             }
@@ -2137,9 +2327,9 @@ mod tests {
             for a in 0..3 {
                 for b in 0..3 {
                     let mut t = 0.0;
-                    for i in 0..4 {
-                        for j in 0..4 {
-                            t += f(gm[i][a]) * mm[i][j] * f(gm[j][b]);
+                    for i in 0..N {
+                        for j in 0..N {
+                            t += f(wm.g[i][a]) * mm[i][j] * f(wm.g[j][b]);
                         }
                     }
                     s[q * 9 + 3 * a + b] = t;
@@ -2163,28 +2353,42 @@ mod tests {
     /// terms, so `Σ|x·gy| ≤ S`): one rounding more. So `γ_{tiles+10} · S`. Typical errors grow
     /// like `√tiles` and are far below; a final transform off by a relative 2⁻¹⁰ breaks it:
     /// see [`a_broken_weight_transform_fails_the_bound`].
-    fn bound_weight(tiles: usize, s: f64) -> f64 {
-        let n = (tiles + 10) as f64 * 2f64.powi(-24);
+    ///
+    /// For F(4×4, 3×3) (`m = 4`): 6 in `Bᵀ d B` (see [`bound`]), 6 in `A gy Aᵀ` (rows of up to
+    /// four terms, products by powers of two exact), 12 in `Gᵀ M G` (per side: the rounded
+    /// constant, the product, four sums over its five nonzero terms), 1 for the portable
+    /// kernel, 1 for the reference, 1 for `S` computed from the rounded `G`: `γ_{tiles+27}·S`.
+    fn bound_weight(m: usize, tiles: usize, s: f64) -> f64 {
+        let extra = if m == 2 { 10 } else { 27 };
+        let n = (tiles + extra) as f64 * 2f64.powi(-24);
         n / (1.0 - n) * s
     }
 
-    fn outside_weight(got: &[f32], want: &[f64], s: &[f64], tiles: usize) -> Option<String> {
+    fn outside_weight(
+        m: usize,
+        got: &[f32],
+        want: &[f64],
+        s: &[f64],
+        tiles: usize,
+    ) -> Option<String> {
         assert_eq!(got.len(), want.len());
         (0..got.len()).find_map(|i| {
             let (g, w) = (got[i] as f64, want[i]);
-            let tol = bound_weight(tiles, s[i]);
+            let tol = bound_weight(m, tiles, s[i]);
             ((g - w).abs() > tol || g.is_nan())
                 .then(|| format!("element {i}: got {g}, want {w}, bound {tol:e}"))
         })
     }
 
-    fn tiles(d: &Direct) -> usize {
-        d.n * d.h.div_ceil(2) * d.w.div_ceil(2)
+    /// Tiles of `m × m` of the batch.
+    fn tiles(d: &Direct, m: usize) -> usize {
+        d.n * d.h.div_ceil(m) * d.w.div_ceil(m)
     }
 
-    /// The weight gradient against float64 loops within [`bound_weight`], on the shapes of
-    /// [`winograd_matches_float64_within_the_rounding_bound`] (partial tiles, odd sizes, 1×1,
-    /// channel counts off the vector width, several images and blocks).
+    /// The weight gradient on tiles of 2×2 and of 4×4 against float64 loops within
+    /// [`bound_weight`], on the shapes of [`winograd_matches_float64_within_the_rounding_bound`]
+    /// (partial tiles, odd sizes, 1×1, channel counts off the vector width, several images
+    /// and blocks).
     #[test]
     fn winograd_weight_gradient_matches_float64_within_the_rounding_bound() {
         let shapes = SHAPES.iter().chain(&[(6, 5, 32, 32, 3)]);
@@ -2192,35 +2396,46 @@ mod tests {
             let d = geometry(n, c, h, w, k);
             let dt = data(&d, 400 + seed as u64);
             let want = naive_weight(&d, &dt.x, &dt.gy);
-            let s = abs_terms_weight(&d, &dt.x, &dt.gy);
-            let mut got = vec![f32::NAN; k * c * 9];
-            backward_weight(&d, &dt.x, &dt.gy, &mut got);
-            if let Some(e) = outside_weight(&got, &want, &s, tiles(&d)) {
-                panic!("backward_weight {n}×{c}×{h}×{w} → {k}: {e}");
+            for m in [2, 4] {
+                let s = if m == 2 {
+                    abs_terms_weight(&d, &dt.x, &dt.gy, &f2(0.5))
+                } else {
+                    abs_terms_weight(&d, &dt.x, &dt.gy, &f4(1.0))
+                };
+                let mut got = vec![f32::NAN; k * c * 9];
+                backward_weight_tiled(&d, m, &dt.x, &dt.gy, &mut got);
+                if let Some(e) = outside_weight(m, &got, &want, &s, tiles(&d, m)) {
+                    panic!("backward_weight, tiles of {m}, {n}×{c}×{h}×{w} → {k}: {e}");
+                }
             }
         }
     }
 
     /// The documented sums in scalar code, without blocks (one chain of `f32` multiply-adds
-    /// over the tiles), with `Gᵀ`'s ½ replaced by `half`.
-    fn weight_chain(d: &Direct, x: &[f32], gy: &[f32], half: f32) -> Vec<f32> {
+    /// over the tiles), with the matrices of `wm`.
+    fn weight_chain<const N: usize, const M: usize>(
+        d: &Direct,
+        x: &[f32],
+        gy: &[f32],
+        wm: &Wino<N, M>,
+    ) -> Vec<f32> {
         let (n, c, h, w, k) = (d.n, d.c, d.h, d.w, d.k);
-        let mut m = vec![[[0.0f32; 4]; 4]; k * c];
+        let mut m = vec![[[0.0f32; N]; N]; k * c];
         for img in 0..n {
-            for ti in 0..h.div_ceil(2) {
-                for tj in 0..w.div_ceil(2) {
-                    let vs: Vec<[[f32; 4]; 4]> = (0..c)
+            for ti in 0..h.div_ceil(M) {
+                for tj in 0..w.div_ceil(M) {
+                    let vs: Vec<[[f32; N]; N]> = (0..c)
                         .map(|ch| {
-                            let dd = window::<4>(x, img, ch, c, h, w, ti, tj);
-                            mm(&mm(&BT, &dd), &tr(&BT))
+                            let dd = window::<N>(x, img, ch, c, h, w, ti, tj);
+                            mm(&mm(&wm.bt, &dd), &tr(&wm.bt))
                         })
                         .collect();
                     for o in 0..k {
-                        let g = gy_tile(gy, img, o, k, h, w, ti, tj);
-                        let y = mm(&mm(&tr(&AT), &g), &AT);
+                        let g = gy_tile::<M>(gy, img, o, k, h, w, ti, tj);
+                        let y = mm(&mm(&tr(&wm.at), &g), &wm.at);
                         for ch in 0..c {
-                            for i in 0..4 {
-                                for j in 0..4 {
+                            for i in 0..N {
+                                for j in 0..N {
                                     let e = &mut m[o * c + ch][i][j];
                                     *e = vs[ch][i][j].mul_add(y[i][j], *e);
                                 }
@@ -2230,17 +2445,17 @@ mod tests {
                 }
             }
         }
-        let gm = g_matrix(half);
         m.iter()
-            .flat_map(|mm4| {
-                let r = mm(&mm(&tr(&gm), mm4), &gm);
+            .flat_map(|mt| {
+                let r = mm(&mm(&tr(&wm.g), mt), &wm.g);
                 (0..9).map(move |q| r[q / 3][q % 3])
             })
             .collect()
     }
 
     /// The bound is tight enough to catch a wrong transform: the sums with `Gᵀ`'s ½ off by a
-    /// relative 2⁻¹⁰ fall outside it, the right ones inside.
+    /// relative 2⁻¹⁰ (F(2×2, 3×3)), or F(4×4, 3×3)'s fractions off by 2⁻⁸ (see
+    /// [`a_broken_transform_fails_the_bound`]), fall outside it, the right ones inside.
     #[test]
     fn a_broken_weight_transform_fails_the_bound() {
         for (seed, &(n, c, h, w, k)) in [(2, 16, 8, 8, 16), (1, 17, 7, 9, 20), (3, 32, 4, 4, 16)]
@@ -2250,18 +2465,31 @@ mod tests {
             let d = geometry(n, c, h, w, k);
             let dt = data(&d, 500 + seed as u64);
             let want = naive_weight(&d, &dt.x, &dt.gy);
-            let s = abs_terms_weight(&d, &dt.x, &dt.gy);
-            let good = weight_chain(&d, &dt.x, &dt.gy, 0.5);
-            assert_eq!(
-                outside_weight(&good, &want, &s, tiles(&d)),
-                None,
-                "the right transform passes"
-            );
-            let bad = weight_chain(&d, &dt.x, &dt.gy, 0.5 * (1.0 + 2f32.powi(-10)));
-            assert!(
-                outside_weight(&bad, &want, &s, tiles(&d)).is_some(),
-                "a transform off by 2⁻¹⁰ must fail ({n}×{c}×{h}×{w} → {k})"
-            );
+            for m in [2, 4] {
+                let off = 1.0 + 2f32.powi(if m == 2 { -10 } else { -8 });
+                let (s, good, bad) = if m == 2 {
+                    (
+                        abs_terms_weight(&d, &dt.x, &dt.gy, &f2(0.5)),
+                        weight_chain(&d, &dt.x, &dt.gy, &f2(0.5)),
+                        weight_chain(&d, &dt.x, &dt.gy, &f2(0.5 * off)),
+                    )
+                } else {
+                    (
+                        abs_terms_weight(&d, &dt.x, &dt.gy, &f4(1.0)),
+                        weight_chain(&d, &dt.x, &dt.gy, &f4(1.0)),
+                        weight_chain(&d, &dt.x, &dt.gy, &f4(off)),
+                    )
+                };
+                assert_eq!(
+                    outside_weight(m, &good, &want, &s, tiles(&d, m)),
+                    None,
+                    "the right transform passes (tiles of {m})"
+                );
+                assert!(
+                    outside_weight(m, &bad, &want, &s, tiles(&d, m)).is_some(),
+                    "a transform off by {off} must fail (tiles of {m}, {n}×{c}×{h}×{w} → {k})"
+                );
+            }
         }
     }
 
@@ -2270,17 +2498,25 @@ mod tests {
     /// hold 420 MB), and smaller layers keep their tasks (their parallelism and their bits).
     #[test]
     fn weight_gradient_partial_sums_are_bounded() {
-        let parts = |n, c, k, h| {
-            let pl = WPlan::new(&geometry(n, c, h, h, k));
+        let parts = |n, c, k, h, m| {
+            let pl = WPlan::new(&geometry(n, c, h, h, k), m);
             // The tasks without the bound: the blocks in at most BW_MAX_TASKS runs.
             let free = pl.nb.div_ceil(pl.nb.div_ceil(BW_MAX_TASKS));
-            (pl.tasks, free, pl.tasks * 16 * c * pl.kp * 4)
+            (pl.tasks, free, pl.tasks * pl.fp.planes * c * pl.kp * 4)
         };
-        let (tasks, free, bytes) = parts(512, 640, 640, 8);
-        assert!(bytes <= BW_PARTS_BYTES, "{tasks} tasks, {bytes} bytes");
-        assert!((2..free).contains(&tasks), "{tasks} of {free}");
+        for m in [2, 4] {
+            let (tasks, free, bytes) = parts(512, 640, 640, 8, m);
+            assert!(
+                bytes <= BW_PARTS_BYTES,
+                "tiles of {m}: {tasks} tasks, {bytes} bytes"
+            );
+            assert!(
+                (2..free).contains(&tasks),
+                "tiles of {m}: {tasks} of {free}"
+            );
+        }
         for (c, k, h) in [(160, 160, 32), (16, 32, 32), (64, 64, 8)] {
-            let (tasks, free, bytes) = parts(128, c, k, h);
+            let (tasks, free, bytes) = parts(128, c, k, h, 2);
             assert_eq!(tasks, free, "{c}→{k} at {h}×{h}: {bytes} bytes");
         }
     }
@@ -2311,24 +2547,30 @@ mod tests {
         {
             let d = geometry(n, c, h, w, k);
             let dt = data(&d, 600 + seed as u64);
-            let run = |t| {
-                pool(t).install(|| {
-                    let mut gw = vec![f32::NAN; k * c * 9];
-                    backward_weight(&d, &dt.x, &dt.gy, &mut gw);
-                    gw
-                })
-            };
-            let (a, b) = (run(1), run(3));
-            if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
-                panic!(
-                    "{n}×{c}×{h}×{w} → {k}: element {i}: {} (1 thread) vs {} (3)",
-                    a[i], b[i]
-                );
-            }
-            for v in a {
-                sum = sum
-                    .wrapping_mul(0x100000001b3)
-                    .wrapping_add(v.to_bits() as u64);
+            for m in [2, 4] {
+                let run = |t| {
+                    pool(t).install(|| {
+                        let mut gw = vec![f32::NAN; k * c * 9];
+                        if m == super::tile_size(&d) {
+                            backward_weight(&d, &dt.x, &dt.gy, &mut gw);
+                        } else {
+                            backward_weight_tiled(&d, m, &dt.x, &dt.gy, &mut gw);
+                        }
+                        gw
+                    })
+                };
+                let (a, b) = (run(1), run(3));
+                if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+                    panic!(
+                        "tiles of {m}, {n}×{c}×{h}×{w} → {k}: element {i}: {} (1 thread) vs {} (3)",
+                        a[i], b[i]
+                    );
+                }
+                for v in a {
+                    sum = sum
+                        .wrapping_mul(0x100000001b3)
+                        .wrapping_add(v.to_bits() as u64);
+                }
             }
         }
         println!("weight gradient checksum on {:?}: {sum:016x}", isa());
@@ -2356,7 +2598,7 @@ mod tests {
     /// winograd_speed -- --ignored --nocapture`, under each `SADDLE_CPU_ISA`; `WINOGRAD_SHAPES`
     /// (`c,k,h,w;…`) and `WINOGRAD_BATCH` change the shapes, `WINOGRAD_SKIP_DIRECT` times only
     /// the Winograd path, `WINOGRAD_ONLY_WEIGHT` only the weight gradient, `WINOGRAD_TILE`
-    /// (2 or 4) times the forward and input gradient on that tile instead of the chosen one.
+    /// (2 or 4) times the Winograd paths on that tile instead of the chosen one.
     #[test]
     #[ignore = "a timing report (CPU time, direct against Winograd), not a check: run by hand \
                 with --release -- --ignored --nocapture; correctness is the other tests' work, \
@@ -2460,7 +2702,9 @@ mod tests {
                 } else {
                     time(reps, || conv::backward_weight(&d, &dt.x, &dt.gy, &mut gw))
                 };
-                let ww = time(reps, || backward_weight(&d, &dt.x, &dt.gy, &mut gw));
+                let ww = time(reps, || {
+                    backward_weight_tiled(&d, m, &dt.x, &dt.gy, &mut gw)
+                });
                 (fd, fw, bd, bw, wd, ww)
             });
             let (fd, fw, bd, bw, wd, ww) = row;
