@@ -1157,8 +1157,8 @@ const BW_BLOCK_BYTES: usize = 2048 << 10;
 const BW_MIN_TILES: usize = 512;
 /// Most tasks (partial sums) of the weight gradient.
 const BW_MAX_TASKS: usize = 16;
-/// Most bytes of the weight gradient's partial sums together (`16·c·kp` floats per task): at
-/// 640 channels in and out a task's sums are 26 MB; 16 tasks (a batch of 512 at 8×8 has the
+/// Most bytes of the weight gradient's partial sums together (`(m+2)²·c·kp` floats per task,
+/// 16 or 36 planes): at 640 channels in and out (F(2×2)) a task's sums are 26 MB; 16 tasks (a batch of 512 at 8×8 has the
 /// blocks for them) would hold 420 MB, four 105 MB.
 const BW_PARTS_BYTES: usize = 128 << 20;
 
@@ -1271,7 +1271,7 @@ impl WPlan {
 /// [`kernel::KC`] from +0, each chunk `+ 0.0` then added to what is there; the tasks' `Mw`
 /// are added in task order, then `Gᵀ Mw G` (plain `f32`, in a fixed order).
 ///
-/// **Scratch** (all from the pool): the tasks' partial sums (at most 16 × `16·c·kp`), and per
+/// **Scratch** (all from the pool): the tasks' partial sums (at most 16 × `(m+2)²·c·kp`), and per
 /// running task one block's `V` and `Gy` (about [`BW_BLOCK_BYTES`]) and one image's transposed
 /// `gy` (`h·w·kp`): about 3 MB per thread at `c = k = 32`, 32×32, any batch.
 pub fn backward_weight(d: &Direct, x: &[f32], gy: &[f32], gw: &mut [f32]) {
