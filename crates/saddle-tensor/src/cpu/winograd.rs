@@ -825,7 +825,7 @@ fn output_block(
     o: &mut [f32],
     tmp: &mut [f32],
 ) {
-    let (h, w, tw, sm) = (pl.h, pl.w, pl.tw, pl.sm);
+    let (tw, sm) = (pl.tw, pl.sm);
     let tn = (tr1 - tr0) * tw;
     let ne = pl.k * tn;
     let zs = &mut tmp[..4 * ne];
@@ -854,46 +854,7 @@ fn output_block(
             z1[2 * e + 1] = (t11 - t12) - t13;
         }
     }
-    for ch in 0..pl.k {
-        let b = bias.map_or(0.0, |b| b[ch]);
-        for gtr in tr0..tr1 {
-            // Row tr of tiles of image img of the group.
-            let (img, tr) = (gtr / pl.th, gtr % pl.th);
-            let pr = ((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w;
-            let rp = res.map(|r| &r[pr.clone()]);
-            let plane = &mut o[pr];
-            for a in 0..2 {
-                let i = 2 * tr + a;
-                if i >= h {
-                    break;
-                }
-                let at = 2 * a * ne + 2 * (ch * tn + (gtr - tr0) * tw);
-                let src = &zs[at..at + w];
-                let dst = &mut plane[i * w..(i + 1) * w];
-                if let Some(rp) = rp {
-                    // `+ bias`, then the residual (never with ReLU: see `forward_add`).
-                    let rr = &rp[i * w..(i + 1) * w];
-                    lanes!(w, q, L, {
-                        let mut y: [f32; L] = part(src, q);
-                        let r: [f32; L] = part(rr, q);
-                        for (v, r) in y.iter_mut().zip(r) {
-                            *v = (*v + b) + r;
-                        }
-                        dst[q..q + L].copy_from_slice(&y);
-                    });
-                    continue;
-                }
-                lanes!(w, q, L, {
-                    let mut y: [f32; L] = part(src, q);
-                    for v in y.iter_mut() {
-                        let x = *v + b;
-                        *v = if x > 0.0 || !relu { x } else { 0.0 };
-                    }
-                    dst[q..q + L].copy_from_slice(&y);
-                });
-            }
-        }
-    }
+    write_outputs(pl, zs, tr0, tr1, bias, relu, res, o);
 }
 
 /// [`input_block`] for tiles of 4×4 outputs: `V[ξ][tr − tr0][ch][tj]` = `(Bᵀ d B)[ξ]` of the
@@ -1030,6 +991,66 @@ fn input_block4(
     }
 }
 
+/// The output rows of the rows of tiles `tr0 ≤ tr < tr1` from `zs` (`zs[a·m·ne + m·e + b]` =
+/// output `(a, b)` of tile `e` = (channel, tile), `ne = k·tn`), `+ bias`, then ReLU if asked
+/// or the residual: per channel and row of pixels, on the way to the output.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn write_outputs(
+    pl: &Plan,
+    zs: &[f32],
+    tr0: usize,
+    tr1: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    res: Option<&[f32]>,
+    o: &mut [f32],
+) {
+    let (m, h, w, tw) = (pl.m, pl.h, pl.w, pl.tw);
+    let tn = (tr1 - tr0) * tw;
+    let ne = pl.k * tn;
+    for ch in 0..pl.k {
+        let b = bias.map_or(0.0, |b| b[ch]);
+        for gtr in tr0..tr1 {
+            // Row tr of tiles of image img of the group.
+            let (img, tr) = (gtr / pl.th, gtr % pl.th);
+            let pr = ((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w;
+            let rp = res.map(|r| &r[pr.clone()]);
+            let plane = &mut o[pr];
+            for a in 0..m {
+                let i = m * tr + a;
+                if i >= h {
+                    break;
+                }
+                let at = m * a * ne + m * (ch * tn + (gtr - tr0) * tw);
+                let src = &zs[at..at + w];
+                let dst = &mut plane[i * w..(i + 1) * w];
+                if let Some(rp) = rp {
+                    // `+ bias`, then the residual (never with ReLU: see `forward_add`).
+                    let rr = &rp[i * w..(i + 1) * w];
+                    lanes!(w, q, L, {
+                        let mut y: [f32; L] = part(src, q);
+                        let r: [f32; L] = part(rr, q);
+                        for (v, r) in y.iter_mut().zip(r) {
+                            *v = (*v + b) + r;
+                        }
+                        dst[q..q + L].copy_from_slice(&y);
+                    });
+                    continue;
+                }
+                lanes!(w, q, L, {
+                    let mut y: [f32; L] = part(src, q);
+                    for v in y.iter_mut() {
+                        let x = *v + b;
+                        *v = if x > 0.0 || !relu { x } else { 0.0 };
+                    }
+                    dst[q..q + L].copy_from_slice(&y);
+                });
+            }
+        }
+    }
+}
+
 /// `Aᵀ m` for F(4×4, 3×3)'s
 ///
 /// ```text
@@ -1063,7 +1084,7 @@ fn output_block4(
     o: &mut [f32],
     tmp: &mut [f32],
 ) {
-    let (h, w, tw, sm) = (pl.h, pl.w, pl.tw, pl.sm);
+    let (tw, sm) = (pl.tw, pl.sm);
     let tn = (tr1 - tr0) * tw;
     let ne = pl.k * tn;
     // zs[a·4ne + 4e + b] = ((Aᵀ M) A)[a][b] of tile e = (channel, tile).
@@ -1098,46 +1119,7 @@ fn output_block4(
         });
     }
     let zs = &tmp[..16 * ne];
-    for ch in 0..pl.k {
-        let b = bias.map_or(0.0, |b| b[ch]);
-        for gtr in tr0..tr1 {
-            // Row tr of tiles of image img of the group.
-            let (img, tr) = (gtr / pl.th, gtr % pl.th);
-            let pr = ((img * pl.k) + ch) * h * w..((img * pl.k) + ch + 1) * h * w;
-            let rp = res.map(|r| &r[pr.clone()]);
-            let plane = &mut o[pr];
-            for a in 0..4 {
-                let i = 4 * tr + a;
-                if i >= h {
-                    break;
-                }
-                let at = 4 * a * ne + 4 * (ch * tn + (gtr - tr0) * tw);
-                let src = &zs[at..at + w];
-                let dst = &mut plane[i * w..(i + 1) * w];
-                if let Some(rp) = rp {
-                    // `+ bias`, then the residual (never with ReLU: see `forward_add`).
-                    let rr = &rp[i * w..(i + 1) * w];
-                    lanes!(w, q, L, {
-                        let mut y: [f32; L] = part(src, q);
-                        let r: [f32; L] = part(rr, q);
-                        for (v, r) in y.iter_mut().zip(r) {
-                            *v = (*v + b) + r;
-                        }
-                        dst[q..q + L].copy_from_slice(&y);
-                    });
-                    continue;
-                }
-                lanes!(w, q, L, {
-                    let mut y: [f32; L] = part(src, q);
-                    for v in y.iter_mut() {
-                        let x = *v + b;
-                        *v = if x > 0.0 || !relu { x } else { 0.0 };
-                    }
-                    dst[q..q + L].copy_from_slice(&y);
-                });
-            }
-        }
-    }
+    write_outputs(pl, zs, tr0, tr1, bias, relu, res, o);
 }
 
 /// Fewest input channels for which [`backward_weight`] is used (see [`applies_backward_weight`]):
