@@ -138,4 +138,28 @@ fn main() {
     t("sum_axes conv bias grad", 0.0, || {
         drop(b.sum_axes(&h1, &[0, 2, 3], false).unwrap())
     });
+    // The wide ResNets' batch norms (fused with ReLU) at batch 128, one per stage: memory
+    // bound, so the line to read is the time against the bytes each pass moves.
+    let relu = saddle_tensor::Activation::Relu;
+    for (c, hw) in [(32, 32), (64, 16), (128, 8)] {
+        let x = rnd(&[128, c, hw, hw]);
+        let gamma = rnd(&[c]);
+        let beta = rnd(&[c]);
+        let gy = rnd(&[128, c, hw, hw]);
+        let (y, stats) = b
+            .batch_norm_act_train(&x, &gamma, &beta, 1e-5, relu)
+            .unwrap();
+        t(&format!("bn+relu train fwd {c}x{hw}x{hw}"), 0.0, || {
+            drop(
+                b.batch_norm_act_train(&x, &gamma, &beta, 1e-5, relu)
+                    .unwrap(),
+            )
+        });
+        t(&format!("bn+relu train bwd {c}x{hw}x{hw}"), 0.0, || {
+            drop(
+                b.batch_norm_act_train_backward(&x, &gamma, &stats, &y, &gy, 1e-5, relu)
+                    .unwrap(),
+            )
+        });
+    }
 }

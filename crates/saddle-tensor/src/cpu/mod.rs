@@ -354,18 +354,87 @@ fn per_row(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync + S
     }
 }
 
-/// Two `[c]` tensors from `f(channel)` ([`vectorised`]), a channel per task (on threads when
-/// `parallel`), so that each value is computed in one order whatever the number of threads.
+/// Two `[c]` tensors from `f(channel)`, as [`per_channel_into`] without an output.
 fn per_channel_pair(
     c: usize,
     parallel: bool,
     f: impl Fn(usize) -> (f32, f32) + Sync + Send,
 ) -> (CpuTensor, CpuTensor) {
+    per_channel_into(
+        &mut [],
+        0,
+        c,
+        0,
+        parallel,
+        #[inline(always)]
+        |ch, _| f(ch),
+    )
+}
+
+/// One channel's planes of an `[n, c, s]` output, for the one task that computes the channel.
+struct ChannelOut<'a> {
+    base: *mut f32,
+    n: usize,
+    c: usize,
+    s: usize,
+    ch: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl ChannelOut<'_> {
+    /// Image `i`'s plane of the channel, `out[i, ch, ..]`.
+    #[inline(always)]
+    fn plane(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.n, "plane {i} of {} images", self.n);
+        // SAFETY: `base` is the start of an `[n, c, s]` slice borrowed mutably for the
+        // lifetime of `self` (`per_channel_into`); the plane lies inside it (`i < n`,
+        // `ch < c`); planes of different channels are disjoint, each channel has one
+        // `ChannelOut`, and `&mut self` hands out one plane at a time.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.add((i * self.c + self.ch) * self.s), self.s)
+        }
+    }
+}
+
+/// The start of an output whose channels' planes tasks write apart (see [`ChannelOut`]).
+struct Planes(*mut f32);
+
+// SAFETY: `Planes` is only read to make each channel's `ChannelOut`, whose planes are disjoint.
+unsafe impl Sync for Planes {}
+
+impl Planes {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Two `[c]` tensors from `f(channel, planes)` ([`vectorised`]), a channel per task (on
+/// threads when `parallel`), so that each value is computed in one order whatever the number
+/// of threads; `f` also writes the channel's planes of `out` (`[n, c, s]`), while the
+/// channel's inputs are still in the cache from its sums.
+fn per_channel_into(
+    out: &mut [f32],
+    n: usize,
+    c: usize,
+    s: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut ChannelOut) -> (f32, f32) + Sync + Send,
+) -> (CpuTensor, CpuTensor) {
+    assert_eq!(out.len(), n * c * s, "an [n, c, s] output");
+    let base = Planes(out.as_mut_ptr());
     let mut st = pool::Scratch::new(2 * c);
     let go = |(ch, o): (usize, &mut [f32])| {
+        let mut planes = ChannelOut {
+            base: base.get(),
+            n,
+            c,
+            s,
+            ch,
+            _out: std::marker::PhantomData,
+        };
         let (a, b) = vectorised(
             #[inline(always)]
-            || f(ch),
+            || f(ch, &mut planes),
         );
         o[0] = a;
         o[1] = b;
@@ -429,11 +498,238 @@ fn sq_dev_f64(x: &[f32], mu: f64) -> f64 {
     s
 }
 
+/// One channel's constants in the batch norm's input gradient
+/// `k · (cnt · g − gb − x̂ · gg)`, `x̂ = (x − mu) · inv`.
+#[derive(Clone, Copy)]
+struct GradLine {
+    mu: f32,
+    inv: f32,
+    k: f32,
+    cnt: f32,
+    gb: f32,
+    gg: f32,
+}
+
+impl GradLine {
+    /// `dst = k · (cnt · gz(y, gy) − gb − x̂ · gg)` over a plane, `gz` as in [`bn_grad_sums`]
+    /// (written out with AVX2 instructions where the CPU has them: the same operations, so
+    /// the same bits; the compiler's build of the generic loop was part scalar).
+    #[inline(always)]
+    fn apply(
+        self,
+        dst: &mut [f32],
+        x: &[f32],
+        gy: &[f32],
+        y: &[f32],
+        act: Option<Activation>,
+        gz: impl Fn(f32, f32) -> f32,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(kernel::isa(), Isa::Avx512 | Isa::Avx2) {
+            // SAFETY: both sets include AVX2 (`isa()` names only a set this CPU runs).
+            return unsafe { self.apply_avx2(dst, x, gy, y, act) };
+        }
+        let _ = act;
+        self.apply_plain(dst, x, gy, y, gz)
+    }
+
+    #[inline(always)]
+    fn apply_plain(
+        self,
+        dst: &mut [f32],
+        x: &[f32],
+        gy: &[f32],
+        y: &[f32],
+        gz: impl Fn(f32, f32) -> f32,
+    ) {
+        let GradLine {
+            mu,
+            inv,
+            k,
+            cnt,
+            gb,
+            gg,
+        } = self;
+        for (((d, &xv), &gv), &yv) in dst.iter_mut().zip(x).zip(gy).zip(y) {
+            let xhat = (xv - mu) * inv;
+            *d = k * (cnt * gz(yv, gv) - gb - xhat * gg);
+        }
+    }
+
+    /// [`GradLine::apply_plain`] with AVX2 instructions (8 lanes, the rest by the plain loop).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply_avx2(
+        self,
+        dst: &mut [f32],
+        x: &[f32],
+        gy: &[f32],
+        y: &[f32],
+        act: Option<Activation>,
+    ) {
+        use std::arch::x86_64::*;
+        let n = dst.len().min(x.len()).min(gy.len()).min(y.len());
+        let full = n / 8 * 8;
+        let set = |v: f32| _mm256_set1_ps(v);
+        let (mu, inv, k, cnt) = (set(self.mu), set(self.inv), set(self.k), set(self.cnt));
+        let (gb, gg, zero) = (set(self.gb), set(self.gg), _mm256_setzero_ps());
+        let slope = set(match act {
+            Some(Activation::LeakyRelu(sl)) => sl,
+            _ => 0.0,
+        });
+        for i in (0..full).step_by(8) {
+            // SAFETY: `i + 8 <= full <= n`, within all four slices.
+            let (xv, gv, yv) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    _mm256_loadu_ps(gy.as_ptr().add(i)),
+                    _mm256_loadu_ps(y.as_ptr().add(i)),
+                )
+            };
+            let g = act_grad_avx2(act, yv, gv, zero, slope);
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(xv, mu), inv);
+            let t = _mm256_sub_ps(
+                _mm256_sub_ps(_mm256_mul_ps(cnt, g), gb),
+                _mm256_mul_ps(xhat, gg),
+            );
+            // SAFETY: as the loads.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(k, t)) };
+        }
+        let gz = |y: f32, g: f32| act.map_or(g, |a| a.grad_from_output(y, g));
+        self.apply_plain(
+            &mut dst[full..n],
+            &x[full..n],
+            &gy[full..n],
+            &y[full..n],
+            gz,
+        );
+    }
+}
+
+/// `Activation::pass_or_scale(y > 0, g)` on 8 lanes: `g` where `y > 0` (ordered: a NaN is
+/// not), else 0 (ReLU) or `slope · g`; `g` itself without an activation.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn act_grad_avx2(
+    act: Option<Activation>,
+    y: std::arch::x86_64::__m256,
+    g: std::arch::x86_64::__m256,
+    zero: std::arch::x86_64::__m256,
+    slope: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(y, zero);
+    match act {
+        None => g,
+        Some(Activation::Relu) => _mm256_and_ps(pos, g),
+        Some(Activation::LeakyRelu(_)) => _mm256_blendv_ps(_mm256_mul_ps(slope, g), g, pos),
+    }
+}
+
+/// Σ `g` and Σ `g · ((x − mu) · inv)` as [`bn_grad_sums_plain`], where `g` is the gradient
+/// of the batch norm's output: `gz(y, gy)`, which must be `act.grad_from_output(y, gy)` (`gy`
+/// itself when `act` is `None`). On x86-64 CPUs with AVX2 the loop is written out with its
+/// instructions ([`bn_grad_sums_avx2`], the same bits): left to the compiler, its `f64` sums
+/// came out mostly scalar.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bn_grad_sums(
+    x: &[f32],
+    gy: &[f32],
+    y: &[f32],
+    mu: f32,
+    inv: f32,
+    act: Option<Activation>,
+    gz: impl Fn(f32, f32) -> f32,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(kernel::isa(), Isa::Avx512 | Isa::Avx2) {
+        // SAFETY: both sets include AVX2 (`isa()` names only a set this CPU runs).
+        return unsafe { bn_grad_sums_avx2(x, gy, y, mu, inv, act) };
+    }
+    let _ = act;
+    bn_grad_sums_plain(x, gy, y, mu, inv, gz)
+}
+
+/// [`bn_grad_sums_plain`] with AVX2 instructions, for `gz` the gradient of `act` (or none):
+/// the same operations on the same lanes (8 `f64` sums in two registers), so the same bits
+/// (tested: `explicit_grad_sums_are_the_plain_loops_bits`). `g · x̂` is exact in `f64` (two
+/// 24-bit significands), so its product and sum round only once either way.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bn_grad_sums_avx2(
+    x: &[f32],
+    gy: &[f32],
+    y: &[f32],
+    mu: f32,
+    inv: f32,
+    act: Option<Activation>,
+) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(gy.len()).min(y.len());
+    let full = n / 8 * 8;
+    let (vmu, vinv, zero) = (_mm256_set1_ps(mu), _mm256_set1_ps(inv), _mm256_setzero_ps());
+    let slope = match act {
+        Some(Activation::LeakyRelu(sl)) => sl,
+        _ => 0.0,
+    };
+    let vslope = _mm256_set1_ps(slope);
+    let (mut a0, mut a1, mut b0, mut b1) = (
+        _mm256_setzero_pd(),
+        _mm256_setzero_pd(),
+        _mm256_setzero_pd(),
+        _mm256_setzero_pd(),
+    );
+    for i in (0..full).step_by(8) {
+        // SAFETY: `i + 8 <= full <= n`, within all three slices.
+        let (xv, gv, yv) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                _mm256_loadu_ps(gy.as_ptr().add(i)),
+                _mm256_loadu_ps(y.as_ptr().add(i)),
+            )
+        };
+        let xh = _mm256_mul_ps(_mm256_sub_ps(xv, vmu), vinv);
+        let g = act_grad_avx2(act, yv, gv, zero, vslope);
+        let (g0, g1) = (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(g)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(g)),
+        );
+        let (x0, x1) = (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(xh)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(xh)),
+        );
+        a0 = _mm256_add_pd(a0, g0);
+        a1 = _mm256_add_pd(a1, g1);
+        b0 = _mm256_add_pd(b0, _mm256_mul_pd(g0, x0));
+        b1 = _mm256_add_pd(b1, _mm256_mul_pd(g1, x1));
+    }
+    let (mut la, mut lb) = ([0.0f64; 8], [0.0f64; 8]);
+    // SAFETY: each array holds 8 `f64`, two registers of 4.
+    unsafe {
+        _mm256_storeu_pd(la.as_mut_ptr(), a0);
+        _mm256_storeu_pd(la.as_mut_ptr().add(4), a1);
+        _mm256_storeu_pd(lb.as_mut_ptr(), b0);
+        _mm256_storeu_pd(lb.as_mut_ptr().add(4), b1);
+    }
+    let (mut sa, mut sb): (f64, f64) = (la.iter().sum(), lb.iter().sum());
+    for i in full..n {
+        let g = match act {
+            None => gy[i],
+            Some(a) => a.grad_from_output(y[i], gy[i]),
+        } as f64;
+        sa += g;
+        sb += g * ((x[i] - mu) * inv) as f64;
+    }
+    (sa, sb)
+}
+
 /// Σ `g` and Σ `g · ((x − mu) · inv)` (the normalised input rounded to `f32` first) in `f64`,
 /// lanes as [`sum_f64`], where `g = gz(y, gy)`: the gradient of the batch norm's output, from
 /// the gradient `gy` of a fused activation's output `y` (or `gy` itself, `y` then unused).
 #[inline(always)]
-fn bn_grad_sums(
+fn bn_grad_sums_plain(
     x: &[f32],
     gy: &[f32],
     y: &[f32],
@@ -444,15 +740,16 @@ fn bn_grad_sums(
     let (mut a, mut b) = ([0.0f64; 8], [0.0f64; 8]);
     let (mut xi, mut gi, mut yi) = (x.chunks_exact(8), gy.chunks_exact(8), y.chunks_exact(8));
     for ((xc, gc), yc) in (&mut xi).zip(&mut gi).zip(&mut yi) {
-        // The normalised inputs first, 8 f32 lanes, then the f64 sums (so both vectorise).
-        let mut xh = [0.0f32; 8];
+        // The normalised inputs and the gradients first, 8 f32 lanes, then the f64 sums (so
+        // that each loop vectorises: with `gz` in the f64 loop the compiler left it scalar).
+        let (mut xh, mut g) = ([0.0f32; 8], [0.0f32; 8]);
         for l in 0..8 {
             xh[l] = (xc[l] - mu) * inv;
+            g[l] = gz(yc[l], gc[l]);
         }
         for l in 0..8 {
-            let g = gz(yc[l], gc[l]) as f64;
-            a[l] += g;
-            b[l] += g * xh[l] as f64;
+            a[l] += g[l] as f64;
+            b[l] += g[l] as f64 * xh[l] as f64;
         }
     }
     let (mut sa, mut sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
@@ -771,6 +1068,9 @@ impl Cpu {
         let xs = x.as_slice();
         let plane = |i: usize, ch: usize| &xs[(i * c + ch) * s..(i * c + ch + 1) * s];
         // Per channel: the mean, then the biased variance about it, both accumulated in f64.
+        // (The output is written an image at a time after all of them: written a channel at a
+        // time, while its planes are in the cache as the backward pass does, it measured no
+        // faster, and slower on 8×8 planes.)
         let (mean, var) = per_channel_pair(
             c,
             xs.len() >= PAR_MIN,
@@ -845,21 +1145,32 @@ impl Cpu {
             return Err(TensorError::shape(op, "statistics must be [c]"));
         }
         Ok(match fused {
-            None => self.bn_backward_with(x, gamma, stats, gy, gy, eps, |_, g| g),
-            Some((y, Activation::Relu)) => {
-                self.bn_backward_with(x, gamma, stats, y, gy, eps, |y, g| {
-                    Activation::Relu.grad_from_output(y, g)
-                })
-            }
-            Some((y, Activation::LeakyRelu(sl))) => {
-                self.bn_backward_with(x, gamma, stats, y, gy, eps, move |y, g| {
-                    Activation::LeakyRelu(sl).grad_from_output(y, g)
-                })
-            }
+            None => self.bn_backward_with(x, gamma, stats, gy, gy, eps, None, |_, g| g),
+            Some((y, Activation::Relu)) => self.bn_backward_with(
+                x,
+                gamma,
+                stats,
+                y,
+                gy,
+                eps,
+                Some(Activation::Relu),
+                |y, g| Activation::Relu.grad_from_output(y, g),
+            ),
+            Some((y, Activation::LeakyRelu(sl))) => self.bn_backward_with(
+                x,
+                gamma,
+                stats,
+                y,
+                gy,
+                eps,
+                Some(Activation::LeakyRelu(sl)),
+                move |y, g| Activation::LeakyRelu(sl).grad_from_output(y, g),
+            ),
         })
     }
 
-    /// The batch-norm gradients with the output gradient `gz(y, gy)` (shapes checked).
+    /// The batch-norm gradients with the output gradient `gz(y, gy)`, `act`'s
+    /// gradient (`gy` itself for `None`; shapes checked).
     #[allow(clippy::too_many_arguments)]
     fn bn_backward_with(
         &self,
@@ -869,6 +1180,7 @@ impl Cpu {
         y: &CpuTensor,
         gy: &CpuTensor,
         eps: f32,
+        act: Option<Activation>,
         gz: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
     ) -> BatchNormGrads<CpuTensor> {
         let d = x.dims();
@@ -882,53 +1194,56 @@ impl Cpu {
             gamma.as_slice(),
         );
         let inv = |ch: usize| 1.0 / (var[ch] + eps).sqrt();
-        // Per channel: Σ g (beta's gradient) and Σ g·x̂ (gamma's), in f64.
-        let (gb, gg) = per_channel_pair(
-            c,
-            xs.len() >= PAR_MIN,
-            #[inline(always)]
-            |ch| {
-                let (mu, iv) = (mean[ch], inv(ch));
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                for i in 0..n {
-                    let o = (i * c + ch) * s;
-                    if i + 1 < n {
-                        let next = o + c * s..o + c * s + s;
-                        prefetch_plane(&xs[next.clone()]);
-                        prefetch_plane(&gs[next.clone()]);
-                        if !std::ptr::eq(ys, gs) {
-                            prefetch_plane(&ys[next]);
-                        }
-                    }
-                    let r = o..o + s;
-                    let (a, b) = bn_grad_sums(&xs[r.clone()], &gs[r.clone()], &ys[r], mu, iv, gz);
-                    sg += a;
-                    sgx += b;
-                }
-                (sg as f32, sgx as f32)
-            },
-        );
-        let (gbs, ggs) = (gb.as_slice(), gg.as_slice());
+        // Per channel: Σ g (beta's gradient) and Σ g·x̂ (gamma's), in f64, then the channel's
+        // input gradient while its planes are still in the cache.
+        let mut sums = None;
         let gx = CpuTensor::build(x.dims(), |out| {
-            per_row(
+            sums = Some(per_channel_into(
                 out,
-                c * s,
+                n,
+                c,
+                s,
+                xs.len() >= PAR_MIN,
                 #[inline(always)]
-                |i, img| {
-                    for ch in 0..c {
-                        let (mu, iv) = (mean[ch], inv(ch));
-                        let k = gm[ch] * iv / cnt;
+                |ch, planes| {
+                    let (mu, iv) = (mean[ch], inv(ch));
+                    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                    for i in 0..n {
+                        let o = (i * c + ch) * s;
+                        if i + 1 < n {
+                            let next = o + c * s..o + c * s + s;
+                            prefetch_plane(&xs[next.clone()]);
+                            prefetch_plane(&gs[next.clone()]);
+                            if !std::ptr::eq(ys, gs) {
+                                prefetch_plane(&ys[next]);
+                            }
+                        }
+                        let r = o..o + s;
+                        let (a, b) =
+                            bn_grad_sums(&xs[r.clone()], &gs[r.clone()], &ys[r], mu, iv, act, gz);
+                        sg += a;
+                        sgx += b;
+                    }
+                    let (gb, gg) = (sg as f32, sgx as f32);
+                    let k = gm[ch] * iv / cnt;
+                    for i in 0..n {
                         let o = (i * c + ch) * s;
                         let (xr, gr, yr) = (&xs[o..o + s], &gs[o..o + s], &ys[o..o + s]);
-                        let dst = img[ch * s..(ch + 1) * s].iter_mut();
-                        for (((d, &xv), &gv), &yv) in dst.zip(xr).zip(gr).zip(yr) {
-                            let xhat = (xv - mu) * iv;
-                            *d = k * (cnt * gz(yv, gv) - gbs[ch] - xhat * ggs[ch]);
-                        }
+                        let line = GradLine {
+                            mu,
+                            inv: iv,
+                            k,
+                            cnt,
+                            gb,
+                            gg,
+                        };
+                        line.apply(planes.plane(i), xr, gr, yr, act, gz);
                     }
+                    (gb, gg)
                 },
-            )
+            ));
         });
+        let (gb, gg) = sums.expect("the channels ran");
         BatchNormGrads {
             x: gx,
             gamma: gg,
@@ -2197,9 +2512,9 @@ mod vectorised_tests {
             .map(|i| ((i * 104_729 % 977) as f32 - 500.0) * 3.1e-4)
             .collect();
         let (mu, inv) = (0.0123f32, 7.77f32);
-        let (a, b) = bn_grad_sums(&x, &gy, &gy, mu, inv, |_, g| g);
+        let (a, b) = bn_grad_sums_plain(&x, &gy, &gy, mu, inv, |_, g| g);
         let leaky = |y, g| Activation::LeakyRelu(0.1).grad_from_output(y, g);
-        let (fa, fb) = bn_grad_sums(&x, &gy, &x, mu, inv, leaky);
+        let (fa, fb) = bn_grad_sums_plain(&x, &gy, &x, mu, inv, leaky);
         let mut bits = vec![
             sum_f64(&x).to_bits(),
             sq_dev_f64(&x, 0.0123).to_bits(),
@@ -2247,6 +2562,67 @@ mod vectorised_tests {
             // the plain build with itself, and says so.
             if ran == 0 {
                 eprintln!("vectorised_builds_agree: this CPU has neither AVX2 nor AVX-512");
+            }
+        }
+    }
+
+    /// The batch-norm gradient sums and input gradient written out with AVX2 instructions give
+    /// the plain loops' bits, for each fused activation, on lengths with and without a remainder of 8 and on
+    /// outputs of both signs, zeros and a NaN (ordered `y > 0`: a NaN passes no gradient).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn explicit_grad_sums_are_the_plain_loops_bits() {
+        if !Isa::Avx2.supported() {
+            // The explicit loop runs only where AVX2 does (CI's machines have it).
+            eprintln!("explicit_grad_sums_are_the_plain_loops_bits: this CPU has no AVX2");
+            return;
+        }
+        for len in [0usize, 5, 8, 64, 1037] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 % 1000) as f32 - 431.5) * 1.37e-3 * (1.0 + (i % 13) as f32))
+                .collect();
+            let gy: Vec<f32> = (0..len)
+                .map(|i| ((i * 104_729 % 977) as f32 - 500.0) * 3.1e-4)
+                .collect();
+            let mut y: Vec<f32> = (0..len)
+                .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
+                .collect();
+            if len > 3 {
+                y[3] = f32::NAN;
+            }
+            let (mu, inv) = (0.0123f32, 7.77f32);
+            for act in [
+                None,
+                Some(Activation::Relu),
+                Some(Activation::LeakyRelu(0.1)),
+            ] {
+                let gz = |y: f32, g: f32| act.map_or(g, |a| a.grad_from_output(y, g));
+                let plain = bn_grad_sums_plain(&x, &gy, &y, mu, inv, gz);
+                // SAFETY: this CPU runs AVX2 (checked above).
+                let fast = unsafe { bn_grad_sums_avx2(&x, &gy, &y, mu, inv, act) };
+                assert_eq!(
+                    (fast.0.to_bits(), fast.1.to_bits()),
+                    (plain.0.to_bits(), plain.1.to_bits()),
+                    "length {len}, {act:?}: {fast:?} against {plain:?}"
+                );
+                let line = GradLine {
+                    mu,
+                    inv,
+                    k: 0.37,
+                    cnt: len as f32,
+                    gb: plain.0 as f32,
+                    gg: plain.1 as f32,
+                };
+                let (mut want, mut got) = (vec![0.0f32; len], vec![0.0f32; len]);
+                line.apply_plain(&mut want, &x, &gy, &y, gz);
+                // SAFETY: this CPU runs AVX2 (checked above).
+                unsafe { line.apply_avx2(&mut got, &x, &gy, &y, act) };
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "input gradient, length {len}, {act:?}"
+                );
             }
         }
     }
