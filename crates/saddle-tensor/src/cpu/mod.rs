@@ -595,7 +595,7 @@ impl GradLine {
             // SAFETY: as the loads.
             unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(k, t)) };
         }
-        let gz = |y: f32, g: f32| act.map_or(g, |a| a.grad_from_output(y, g));
+        let gz = |y, g| act_grad(act, y, g);
         self.apply_plain(
             &mut dst[full..n],
             &x[full..n],
@@ -604,6 +604,13 @@ impl GradLine {
             gz,
         );
     }
+}
+
+/// The gradient of an activation's input from its output `y` and output gradient `g` (`g`
+/// itself without an activation).
+#[inline(always)]
+fn act_grad(act: Option<Activation>, y: f32, g: f32) -> f32 {
+    act.map_or(g, |a| a.grad_from_output(y, g))
 }
 
 /// `Activation::pass_or_scale(y > 0, g)` on 8 lanes: `g` where `y > 0` (ordered: a NaN is
@@ -715,10 +722,7 @@ unsafe fn bn_grad_sums_avx2(
     }
     let (mut sa, mut sb): (f64, f64) = (la.iter().sum(), lb.iter().sum());
     for i in full..n {
-        let g = match act {
-            None => gy[i],
-            Some(a) => a.grad_from_output(y[i], gy[i]),
-        } as f64;
+        let g = act_grad(act, y[i], gy[i]) as f64;
         sa += g;
         sb += g * ((x[i] - mu) * inv) as f64;
     }
@@ -740,16 +744,15 @@ fn bn_grad_sums_plain(
     let (mut a, mut b) = ([0.0f64; 8], [0.0f64; 8]);
     let (mut xi, mut gi, mut yi) = (x.chunks_exact(8), gy.chunks_exact(8), y.chunks_exact(8));
     for ((xc, gc), yc) in (&mut xi).zip(&mut gi).zip(&mut yi) {
-        // The normalised inputs and the gradients first, 8 f32 lanes, then the f64 sums (so
-        // that each loop vectorises: with `gz` in the f64 loop the compiler left it scalar).
-        let (mut xh, mut g) = ([0.0f32; 8], [0.0f32; 8]);
+        // The normalised inputs first, 8 f32 lanes, then the f64 sums.
+        let mut xh = [0.0f32; 8];
         for l in 0..8 {
             xh[l] = (xc[l] - mu) * inv;
-            g[l] = gz(yc[l], gc[l]);
         }
         for l in 0..8 {
-            a[l] += g[l] as f64;
-            b[l] += g[l] as f64 * xh[l] as f64;
+            let g = gz(yc[l], gc[l]) as f64;
+            a[l] += g;
+            b[l] += g * xh[l] as f64;
         }
     }
     let (mut sa, mut sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
@@ -2596,7 +2599,7 @@ mod vectorised_tests {
                 Some(Activation::Relu),
                 Some(Activation::LeakyRelu(0.1)),
             ] {
-                let gz = |y: f32, g: f32| act.map_or(g, |a| a.grad_from_output(y, g));
+                let gz = |y, g| act_grad(act, y, g);
                 let plain = bn_grad_sums_plain(&x, &gy, &y, mu, inv, gz);
                 // SAFETY: this CPU runs AVX2 (checked above).
                 let fast = unsafe { bn_grad_sums_avx2(&x, &gy, &y, mu, inv, act) };
