@@ -607,7 +607,8 @@ impl GradLine {
 }
 
 /// The gradient of an activation's input from its output `y` and output gradient `g` (`g`
-/// itself without an activation).
+/// itself without an activation) (the AVX2 loops' remainders).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn act_grad(act: Option<Activation>, y: f32, g: f32) -> f32 {
     act.map_or(g, |a| a.grad_from_output(y, g))
