@@ -47,7 +47,7 @@ BATCH = 128
 EPS, ALPHA = 8.0 / 255.0, 2.0 / 255.0
 
 DEFAULT_RECIPES = {
-    "quick": "preset=cifar-quick arch=wrn-28-2 training=n_fgsm epsilon=0.03137255 k=1 "
+    "quick": "preset=cifar-quick arch=wrn-22-2 training=n_fgsm epsilon=0.03137255 k=1 "
              "a=0.03137255 random_start=true n_fgsm_noise=2 attack_bn_mode=train optimizer=sgd momentum=0.9 "
              "weight_decay=0.0005 lr=0.008 batch=128",
     "paper": "preset=cifar-paper arch=wrn-madry-34-10 training=pgd epsilon=0.03137255 k=7 "

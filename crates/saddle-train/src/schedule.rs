@@ -148,8 +148,9 @@ mod tests {
 
     #[test]
     fn a_stretched_schedule_keeps_its_shape_over_the_new_length() {
-        // cifar-quick's cycle over 6,000 steps, stretched to 1,800: the same values at the same
-        // fractions of the run (exactly where the fraction lands on a step of both).
+        // A one-cycle over 6,000 steps (cifar-quick's until session 18), stretched to 1,800: the
+        // same values at the same fractions of the run (exactly where the fraction lands on a
+        // step of both).
         let c = Schedule::OneCycle {
             max: 0.2,
             total: 6000,
