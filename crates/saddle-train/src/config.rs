@@ -496,6 +496,8 @@ impl TrainConfig {
     pub fn preset(name: &str) -> Option<TrainConfig> {
         let paper = TrainConfig::mnist_paper();
         let cifar = TrainConfig::cifar_paper();
+        // cifar-quick's length: its step count and its one-cycle's, which must agree.
+        let cifar_quick_steps = 8000;
         Some(match name {
             "cifar-paper" => cifar,
             "cifar-quick" => TrainConfig {
@@ -517,14 +519,14 @@ impl TrainConfig {
                 training: TrainingMode::NFgsm,
                 k: 1,
                 a: 8.0 / 255.0,
-                max_num_training_steps: 8000,
+                max_num_training_steps: cifar_quick_steps,
                 optimizer: OptimizerKind::Sgd {
                     momentum: 0.9,
                     weight_decay: 5e-4,
                 },
                 learning_rate: Schedule::OneCycle {
                     max: 0.2,
-                    total: 8000,
+                    total: cifar_quick_steps,
                     warmup: 0.4,
                     div: 25.0,
                 },
